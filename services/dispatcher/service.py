@@ -1,0 +1,102 @@
+"""The dispatcher: consumes ``clicks``, fans each out to matching endpoints, delivers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from shared import metrics
+from shared.courier import Courier
+from shared.endpoints import EndpointStore
+from shared.errors import InvalidInput
+from shared.filters import endpoint_wants
+from shared.limits import EndpointGate
+from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
+from shared.settings import Settings
+from shared.signing import webhook_id
+from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
+from shared.worker import Record
+
+SERVICE = "dispatcher"
+log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        producer: AIOKafkaProducer,
+        endpoints: EndpointStore,
+        courier: Courier,
+    ) -> None:
+        self._settings = settings
+        self._topics = Topics(settings.topic_prefix)
+        self._producer = producer
+        self._endpoints = endpoints
+        self._courier = courier
+        self._gate = EndpointGate(
+            settings.endpoint_max_in_flight, max_queued=2 * settings.endpoint_max_in_flight
+        )
+        self._deliveries = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
+
+    async def handle(self, record: Record) -> None:
+        """Finish one ``clicks`` record: every delivery done or durably handed on."""
+        try:
+            event = decode_click(record.value, now=datetime.now(UTC))
+        except InvalidInput as exc:
+            await self._set_aside(record, exc)
+            return
+        targets = [
+            ep
+            for ep in self._endpoints.table.for_account(event.account_id)
+            if endpoint_wants(ep, event)
+        ]
+        if targets:
+            await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
+
+    async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
+        envelope = DeliveryEnvelope(
+            webhook_id=webhook_id(event.id, endpoint.id),
+            event_id=event.id,
+            endpoint_id=endpoint.id,
+            account_id=endpoint.account_id,
+            event=event.payload,
+            attempts_made=0,
+            tier=-1,
+            due_at_ms=0,
+        )
+        if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s, time.monotonic()):
+            await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
+            metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
+            return
+        try:
+            async with self._deliveries:
+                self._in_flight.inc()
+                try:
+                    await self._courier.attempt(endpoint, envelope)
+                finally:
+                    self._in_flight.dec()
+        finally:
+            self._gate.leave(endpoint.id)
+
+    async def _set_aside(self, record: Record, exc: InvalidInput) -> None:
+        """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""
+        reason = "; ".join(f"{p.field}: {p.problem}" for p in exc.problems)[:1000]
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        await self._producer.send_and_wait(
+            self._topics.clicks_invalid,
+            key=record.key,
+            value=record.value,
+            headers=[
+                (HEADER_REASON, f"{exc.message}: {reason}".encode()),
+                (HEADER_SOURCE, source.encode()),
+            ],
+        )
+        metrics.INVALID_RECORDS.labels(reason=exc.message).inc()
+        log.warning("click_set_aside", source=source, reason=reason)

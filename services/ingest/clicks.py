@@ -1,0 +1,128 @@
+"""POST /v1/clicks: validate every event, publish all, answer 202 only once acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.ingest.auth import Authenticator
+from services.ingest.responses import ApiError, invalid
+from shared import metrics
+from shared.errors import InvalidInput, Problem
+from shared.messages import ClickEvent, decode_json, encode, validate_click
+from shared.settings import Settings
+from shared.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+JSON_TYPES = ("application/json", "")
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson")
+RETRY_AFTER_S = "5"
+
+
+def new_event_id() -> str:
+    return "evt_" + uuid.uuid4().hex
+
+
+def parse_body(raw: bytes, content_type: str) -> list[Any]:
+    """One event, a JSON array, or NDJSON, as a list of decoded objects."""
+    if content_type in NDJSON_TYPES:
+        items: list[Any] = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(decode_json(line))
+            except InvalidInput as exc:
+                problem = exc.problems[0]
+                raise InvalidInput(
+                    "malformed NDJSON", [Problem("$", f"line {number}: {problem.problem}")]
+                ) from None
+        return items
+    decoded = decode_json(raw)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def validate_all(items: list[Any], now: datetime) -> list[ClickEvent]:
+    events: list[ClickEvent] = []
+    problems: list[Problem] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(validate_click(item, now=now, index=index, default_id=new_event_id()))
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise InvalidInput(f"{len({p.index for p in problems})} invalid event(s)", problems)
+    return events
+
+
+class ClickIntake:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, auth: Authenticator) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._auth = auth
+        self._topic = Topics(settings.topic_prefix).clicks
+
+    async def post_clicks(self, request: web.Request) -> web.Response:
+        if not self._auth.authenticate(request).may_publish:
+            raise ApiError(403, "forbidden", "this token may not publish clicks")
+        content_type = request.content_type if request.body_exists else ""
+        if content_type not in JSON_TYPES + NDJSON_TYPES:
+            raise ApiError(
+                415, "unsupported_media_type", "send application/json or application/x-ndjson"
+            )
+        raw = await request.read()
+        metrics.INGEST_REQUEST_BYTES.observe(len(raw))
+        try:
+            items = parse_body(raw, content_type)
+        except InvalidInput as exc:
+            metrics.INGEST_EVENTS.labels(result="rejected", reason="malformed").inc()
+            raise invalid(exc, status=400) from None
+        if not items:
+            raise ApiError(422, "invalid_request", "no events in the request")
+        if len(items) > self._settings.max_batch_events:
+            raise ApiError(
+                413,
+                "too_many_events",
+                f"at most {self._settings.max_batch_events} events per request",
+            )
+        try:
+            events = validate_all(items, datetime.now(UTC))
+        except InvalidInput as exc:
+            metrics.INGEST_EVENTS.labels(result="rejected", reason="invalid").inc(len(items))
+            raise invalid(exc) from None
+        await self._publish(events)
+        metrics.INGEST_EVENTS.labels(result="accepted", reason="").inc(len(events))
+        return web.json_response(
+            {"accepted": len(events), "ids": [event.id for event in events]}, status=202
+        )
+
+    async def _publish(self, events: list[ClickEvent]) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                futures = [
+                    await self._producer.send(
+                        self._topic, key=event.link_id.encode(), value=encode(event.payload)
+                    )
+                    for event in events
+                ]
+                await asyncio.gather(*futures)
+        except (KafkaError, TimeoutError) as exc:
+            metrics.PRODUCE_ERRORS.labels(topic=self._topic).inc()
+            log.warning("publish_failed", events=len(events), error=repr(exc))
+            raise ApiError(
+                503,
+                "broker_unavailable",
+                "the events could not be stored; retry with the same ids",
+                headers={"retry-after": RETRY_AFTER_S},
+            ) from None
+        metrics.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""JSON errors for the ingest API: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from aiohttp import web
+
+from shared import metrics
+from shared.errors import InvalidInput, Problem
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Sequence[Problem] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = list(details)
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body = {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": [d.as_dict() for d in self.details],
+            }
+        }
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def invalid(exc: InvalidInput, status: int = 422) -> ApiError:
+    return ApiError(status, "invalid_request", exc.message, exc.problems)
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = ApiError(exc.status, code, exc.reason).response()
+    except Exception:
+        log.exception("request_failed", route=route)
+        response = ApiError(500, "internal", "internal error").response()
+    metrics.INGEST_REQUESTS.labels(route=route, status=str(response.status)).inc()
+    return response

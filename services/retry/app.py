@@ -1,0 +1,36 @@
+"""Wiring of the retry process."""
+
+from __future__ import annotations
+
+from services.retry.service import SERVICE, RetryService
+from shared.kafka import create_consumer
+from shared.logging import configure_logging
+from shared.runtime import courier_for, kafka_runtime, ops_server, run_worker
+from shared.settings import load_settings
+from shared.topics import RETRY_GROUP, Topics
+from shared.worker import PartitionWorker
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    topics = Topics(settings.topic_prefix)
+    async with (
+        kafka_runtime(settings) as rt,
+        courier_for(rt, SERVICE) as courier,
+        ops_server(rt, settings.retry_port),
+    ):
+        consumer = create_consumer(settings, group_id=topics.group(RETRY_GROUP))
+        service = RetryService(settings, consumer=consumer, endpoints=rt.endpoints, courier=courier)
+        worker = PartitionWorker(
+            consumer,
+            service.handle,
+            max_in_flight=settings.max_in_flight,
+            drain_grace_s=settings.drain_grace_s,
+            gate=service.admit,
+            next_wakeup_s=service.next_wakeup_s,
+            on_poll=service.resume_due,
+        )
+        # A pattern, not the current schedule's list: tiers of an older schedule still drain.
+        consumer.subscribe(pattern=topics.retry_pattern, listener=worker.listener)
+        await run_worker(rt, consumer, worker)

@@ -1,0 +1,204 @@
+"""Carries one delivery from attempt to a durable result; shared by dispatcher and retry.
+
+A delivery is finished only when it was delivered, or when the broker acknowledged its
+envelope on a retry tier or the dead-letter topic. Callers commit offsets only after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from shared import metrics
+from shared.backoff import jittered_delay_s, nearest_tier
+from shared.delivery import AttemptResult, Sender
+from shared.endpoints import EndpointStore
+from shared.messages import (
+    AttemptRecord,
+    DeadLetter,
+    DeadLetterReason,
+    DeliveryEnvelope,
+    Endpoint,
+    encode,
+)
+from shared.outcomes import DeadLettered, Delivered, RetryLater, Route, route_after_attempt
+from shared.settings import Settings
+from shared.topics import HEADER_DUE_AT_MS, HEADER_REASON, Topics
+
+log = structlog.get_logger(__name__)
+
+
+class Courier:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: str,
+        producer: AIOKafkaProducer,
+        sender: Sender,
+        endpoints: EndpointStore,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._topics = Topics(settings.topic_prefix)
+        self._producer = producer
+        self._sender = sender
+        self._endpoints = endpoints
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._clock = clock
+
+    async def attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> Route:
+        """Make one attempt and hand the delivery on durably according to its outcome."""
+        attempt_no = envelope.attempts_made + 1
+        bound = log.bind(
+            event_id=envelope.event_id,
+            endpoint_id=envelope.endpoint_id,
+            webhook_id=envelope.webhook_id,
+            attempt=attempt_no,
+        )
+        result = await self._sender.attempt(
+            endpoint,
+            envelope.event,
+            webhook_id=envelope.webhook_id,
+            event_id=envelope.event_id,
+            attempt=attempt_no,
+        )
+        self._observe(result, envelope)
+        if self._settings.attempt_log_enabled:
+            await self._log_attempt(result.record)
+        route = route_after_attempt(
+            result.outcome,
+            current_tier=nearest_tier(self._settings.retry_schedule_s, envelope.tier)
+            if envelope.tier >= 0
+            else -1,
+            schedule_s=self._settings.retry_schedule_s,
+            retry_after_s=result.retry_after_s,
+        )
+        updated = msgspec.structs.replace(
+            envelope,
+            attempts_made=attempt_no,
+            attempts=[*envelope.attempts, result.record],
+        )
+        bound.info(
+            "delivery_attempted",
+            outcome=result.outcome,
+            status=result.record.status,
+            duration_ms=result.record.duration_ms,
+            route=route.kind,
+        )
+        await self.hand_on(endpoint, updated, route)
+        return route
+
+    async def hand_on(
+        self, endpoint: Endpoint | None, envelope: DeliveryEnvelope, route: Route
+    ) -> None:
+        match route:
+            case Delivered():
+                return
+            case RetryLater(tier=tier):
+                await self.schedule_retry(envelope, tier=tier)
+            case DeadLettered(reason=reason):
+                if reason == "endpoint_gone" and endpoint is not None:
+                    await self.disable_endpoint(endpoint, "endpoint answered 410 Gone")
+                await self.dead_letter(envelope, reason)
+
+    async def schedule_retry(
+        self, envelope: DeliveryEnvelope, *, tier: int, topic_tier: int | None = None
+    ) -> None:
+        """Write the envelope to a tier topic, due after that tier's delay plus jitter.
+
+        ``topic_tier`` differs from ``tier`` when a delivery is shunted for fairness: it waits
+        in the first tier's topic but keeps its place in the schedule.
+        """
+        schedule = self._settings.retry_schedule_s
+        wait_tier = tier if topic_tier is None else topic_tier
+        delay_s = jittered_delay_s(schedule[wait_tier], self._rng)
+        due_at_ms = int((self._clock() + delay_s) * 1000)
+        queued = msgspec.structs.replace(envelope, tier=tier, due_at_ms=due_at_ms)
+        topic = self._topics.retry(schedule[wait_tier])
+        await self._send(topic, queued, [(HEADER_DUE_AT_MS, str(due_at_ms).encode())])
+        metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(wait_tier)).inc()
+
+    async def dead_letter(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
+        letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
+        await self._send(self._topics.dlq, letter, [(HEADER_REASON, reason.encode())])
+        metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
+        log.warning(
+            "delivery_dead_lettered",
+            reason=reason,
+            event_id=envelope.event_id,
+            endpoint_id=envelope.endpoint_id,
+            webhook_id=envelope.webhook_id,
+            attempts=envelope.attempts_made,
+        )
+
+    async def dead_letter_raw(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Keep a record that is not a readable envelope, byte for byte, in the DLQ."""
+        await self._producer.send_and_wait(self._topics.dlq, key=key, value=value, headers=headers)
+        metrics.DEAD_LETTERS.labels(service=self._service, reason="malformed_envelope").inc()
+
+    async def disable_endpoint(self, endpoint: Endpoint, reason: str) -> None:
+        current = self._endpoints.table.get(endpoint.id) or endpoint
+        if not current.enabled:
+            return
+        disabled = msgspec.structs.replace(
+            current, enabled=False, disabled_reason=reason, updated_at=datetime.now(UTC)
+        )
+        await self._endpoints.put(disabled)
+        log.warning("endpoint_disabled", endpoint_id=endpoint.id, reason=reason)
+
+    async def _send(
+        self, topic: str, message: msgspec.Struct, headers: list[tuple[str, bytes]]
+    ) -> None:
+        envelope = message.envelope if isinstance(message, DeadLetter) else message
+        assert isinstance(envelope, DeliveryEnvelope)
+        try:
+            await self._producer.send_and_wait(
+                topic, key=envelope.endpoint_id.encode(), value=encode(message), headers=headers
+            )
+        except Exception:
+            metrics.PRODUCE_ERRORS.labels(topic=topic).inc()
+            raise
+
+    def _observe(self, result: AttemptResult, envelope: DeliveryEnvelope) -> None:
+        record = result.record
+        metrics.DELIVERY_ATTEMPTS.labels(service=self._service, outcome=record.outcome).inc()
+        metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=self._service).observe(
+            record.duration_ms / 1000
+        )
+        if record.outcome == "success":
+            occurred = envelope.event.get("occurred_at")
+            if isinstance(occurred, str):
+                try:
+                    occurred_s = datetime.fromisoformat(occurred).timestamp()
+                except ValueError:
+                    occurred_s = None
+                if occurred_s is not None:
+                    metrics.DELIVERY_LATENCY_SECONDS.labels(service=self._service).observe(
+                        max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
+                    )
+
+    async def _log_attempt(self, record: AttemptRecord) -> None:
+        # The attempt log is an audit trail, not part of the delivery guarantee: the delivery
+        # does not wait for its acknowledgement, but a failure is counted.
+        topic = self._topics.attempts
+        future = await self._producer.send(
+            topic, key=record.endpoint_id.encode(), value=encode(record)
+        )
+        future.add_done_callback(lambda done: _count_produce_error(done, topic))
+
+
+def _count_produce_error(future: asyncio.Future[object], topic: str) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        metrics.PRODUCE_ERRORS.labels(topic=topic).inc()

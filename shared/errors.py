@@ -1,0 +1,57 @@
+"""Every error clickhook raises on purpose, each carrying the context needed to act on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ClickhookError(Exception):
+    """Base of the project's own errors."""
+
+
+class SettingsError(ClickhookError):
+    """An environment variable holds a value the services cannot run with."""
+
+    def __init__(self, name: str, value: str, problem: str) -> None:
+        super().__init__(f"{name}={value!r}: {problem}")
+        self.name = name
+        self.value = value
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with one input: where (a JSON path) and what."""
+
+    field: str
+    problem: str
+    index: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"field": self.field, "problem": self.problem}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+class InvalidInput(ClickhookError):
+    """Input that failed validation; ``problems`` lists every issue found."""
+
+    def __init__(self, message: str, problems: list[Problem]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems
+
+
+class RefusedDestination(OSError):
+    """The SSRF guard refused a destination address.
+
+    An ``OSError`` so that aiohttp's connector wraps it like any other connect failure; the
+    outcome classifier unwraps it to tell it apart.
+    """
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(f"refused destination {host} ({address}): {reason}")
+        self.host = host
+        self.address = address
+        self.reason = reason

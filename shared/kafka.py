@@ -1,0 +1,88 @@
+"""Kafka producer/consumer factories and idempotent topic creation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.settings import Settings
+from shared.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+Header = tuple[str, bytes]
+
+
+def create_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """Idempotent producer (acks=all): a send resolves only once the record is durable."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=linger_ms,
+        max_request_size=MAX_MESSAGE_BYTES,
+        request_timeout_ms=int(settings.publish_timeout_s * 1000),
+        client_id="clickhook",
+    )
+
+
+def create_consumer(
+    settings: Settings, *, group_id: str | None, max_poll_records: int = 500
+) -> AIOKafkaConsumer:
+    """A consumer with manual commits: offsets are committed only from watermarks."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        isolation_level="read_committed",
+        client_id="clickhook",
+    )
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    topics = Topics(settings.topic_prefix)
+    partitions = settings.topic_partitions
+    replication = settings.topic_replication
+    big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+
+    def spec(name: str, configs: dict[str, str], num_partitions: int = partitions) -> NewTopic:
+        return NewTopic(name, num_partitions, replication, topic_configs=configs)
+
+    return [
+        spec(topics.clicks, big),
+        spec(topics.clicks_invalid, {**big, "retention.ms": str(14 * 86_400_000)}),
+        spec(topics.endpoints, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, 1),
+        spec(topics.dlq, {**big, "retention.ms": str(30 * 86_400_000)}),
+        spec(topics.attempts, {"retention.ms": str(7 * 86_400_000)}),
+        *(spec(name, big) for name in topics.retry_tiers(settings.retry_schedule_s)),
+    ]
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = None) -> None:
+    """Create the topics that are missing; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        wanted = list(specs if specs is not None else topic_specs(settings))
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in wanted if spec.name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+        for name, error_code, *_ in response.topic_errors:
+            if error_code not in (0, TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"creating topic {name} failed with Kafka error {error_code}")
+        log.info("topics_created", topics=[spec.name for spec in missing])
+    finally:
+        await admin.close()

@@ -1,0 +1,202 @@
+"""The consume loop both workers share: many records in flight, watermark commits.
+
+Records are handled concurrently; per partition only the watermark (lowest offset still in
+flight) is committed, so a crash at any instant re-reads, and never skips, unfinished work.
+On revoke the in-flight work of the lost partitions is awaited and committed before the
+rebalance goes on; on stop, fetching ends and in-flight work drains within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from shared.watermark import PartitionWatermark
+
+log = structlog.get_logger(__name__)
+
+Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
+Handler = Callable[[Record], Awaitable[None]]
+# Called for each fetched record before it is started; False holds the rest of that
+# partition's batch back (the gate has already sought/paused the partition).
+Gate = Callable[[TopicPartition, Record], bool]
+
+COMMIT_INTERVAL_S = 0.5
+HANDLER_RETRY_MAX_S = 30.0
+IDLE_POLL_MS = 500
+
+
+class PartitionWorker:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: Handler,
+        *,
+        max_in_flight: int,
+        drain_grace_s: float,
+        gate: Gate | None = None,
+        next_wakeup_s: Callable[[], float | None] | None = None,
+        on_poll: Callable[[], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._max_in_flight = max_in_flight
+        self._drain_grace_s = drain_grace_s
+        self._gate = gate
+        self._next_wakeup_s = next_wakeup_s
+        self._on_poll = on_poll
+        self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._backpressure = False
+        self._stopping = False
+        self.listener = _Listener(self)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_commit = time.monotonic()
+        while not stop.is_set():
+            if self._on_poll is not None:
+                self._on_poll()
+            self._apply_backpressure()
+            batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
+            for tp, records in batches.items():
+                self._take(tp, records)
+            if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                await self.commit()
+                last_commit = time.monotonic()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Let in-flight work finish within the grace period, then commit what is done."""
+        self._stopping = True
+        if self._tasks:
+            log.info("draining", in_flight=len(self._tasks), grace_s=self._drain_grace_s)
+            await asyncio.wait(set(self._tasks), timeout=self._drain_grace_s)
+        for task in set(self._tasks):
+            task.cancel()
+        await self.commit()
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, watermark in self._watermarks.items():
+            if partitions is not None and tp not in partitions:
+                continue
+            offset = watermark.committable()
+            if offset is not None and offset != self._committed.get(tp):
+                offsets[tp] = OffsetAndMetadata(offset, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on; the new owner re-reads from the last commit (at-least-once).
+            log.warning("commit_rejected", error=str(exc))
+            return
+        except KafkaError as exc:
+            log.warning("commit_failed", error=str(exc))
+            return
+        for tp, meta in offsets.items():
+            self._committed[tp] = meta.offset
+
+    def _take(self, tp: TopicPartition, records: list[Record]) -> None:
+        watermark = self._watermarks.setdefault(tp, PartitionWatermark())
+        for record in records:
+            if self._gate is not None and not self._gate(tp, record):
+                return
+            watermark.start(record.offset)
+            task = asyncio.create_task(self._handle(tp, watermark, record))
+            partition_tasks = self._tasks_by_tp.setdefault(tp, set())
+            self._tasks.add(task)
+            partition_tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(partition_tasks.discard)
+
+    async def _handle(
+        self, tp: TopicPartition, watermark: PartitionWatermark, record: Record
+    ) -> None:
+        delay_s = 0.5
+        while True:
+            try:
+                await self._handler(record)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Usually the broker is unreachable for a hand-off: keep the record unfinished
+                # (so its offset is not committed) and try again until it succeeds or we stop.
+                log.exception(
+                    "record_handler_failed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=record.offset,
+                )
+                if self._stopping:
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, HANDLER_RETRY_MAX_S)
+        watermark.finish(record.offset)
+
+    def _apply_backpressure(self) -> None:
+        saturated = len(self._tasks) >= self._max_in_flight
+        if saturated == self._backpressure:
+            return
+        self._backpressure = saturated
+        assignment = self._consumer.assignment()
+        if saturated:
+            self._consumer.pause(*assignment)
+        else:
+            self._consumer.resume(*assignment)
+        log.debug("backpressure", on=saturated, in_flight=len(self._tasks))
+
+    def _poll_timeout_ms(self) -> int:
+        if self._next_wakeup_s is None:
+            return IDLE_POLL_MS
+        wakeup = self._next_wakeup_s()
+        if wakeup is None:
+            return IDLE_POLL_MS
+        return max(1, min(IDLE_POLL_MS, int(wakeup * 1000)))
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        lost = {tp for tp in revoked if tp in self._watermarks}
+        pending = {task for tp in lost for task in self._tasks_by_tp.get(tp, ())}
+        if pending:
+            log.info("revoke_waiting", partitions=len(lost), in_flight=len(pending))
+            await asyncio.wait(pending, timeout=self._drain_grace_s)
+        await self.commit(lost)
+        for tp in lost:
+            self._watermarks.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._tasks_by_tp.pop(tp, None)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
+        self._backpressure = False
+        for tp in assigned:
+            self._committed.pop(tp, None)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: PartitionWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self._worker._on_revoked(set(revoked))
+        except Exception:
+            # The rebalance must go on regardless; uncommitted work is re-read (at-least-once).
+            log.exception("revoke_handling_failed")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker._on_assigned(set(assigned))

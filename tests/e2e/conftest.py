@@ -1,0 +1,99 @@
+"""The pipeline as deployed: ingest, dispatcher and retry as subprocesses on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.services import ServiceProcess, free_port, service_env
+
+PUBLISH_TOKEN = "tok-publish"
+ACCOUNT_TOKEN = "tok-acc42"
+ACCOUNT_ID = "acc_42"
+
+
+@dataclass
+class Pipeline:
+    bootstrap: str
+    prefix: str
+    services: dict[str, ServiceProcess]
+    session: aiohttp.ClientSession
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.services['ingest'].port}"
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+    async def create_endpoint(self, url: str, **fields: Any) -> dict[str, Any]:
+        async with self.session.post(
+            f"{self.ingest_url}/v1/endpoints",
+            json={"url": url, **fields},
+            headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 201, body
+            return body
+
+    async def post_clicks(self, payload: Any) -> dict[str, Any]:
+        async with self.session.post(
+            f"{self.ingest_url}/v1/clicks",
+            json=payload,
+            headers={"authorization": f"Bearer {PUBLISH_TOKEN}"},
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 202, body
+            return body
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name} ---\n{service.log_tail(60)}" for name, service in self.services.items()
+        )
+
+
+StartPipeline = Callable[..., Awaitable[Pipeline]]
+
+
+@pytest.fixture(name="start_pipeline")
+async def fixture_start_pipeline(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> AsyncIterator[StartPipeline]:
+    started: list[Pipeline] = []
+
+    async def start(**extra_env: str) -> Pipeline:
+        ports = {"ingest": free_port(), "dispatcher": free_port(), "retry": free_port()}
+        env = service_env(
+            kafka_bootstrap,
+            prefix,
+            CLICKHOOK_API_KEYS=f"{PUBLISH_TOKEN}:publish,{ACCOUNT_TOKEN}:account:{ACCOUNT_ID}",
+            CLICKHOOK_INGEST_PORT=str(ports["ingest"]),
+            CLICKHOOK_DISPATCHER_PORT=str(ports["dispatcher"]),
+            CLICKHOOK_RETRY_PORT=str(ports["retry"]),
+            **extra_env,
+        )
+        services = {
+            name: ServiceProcess(name, env, port, tmp_path / f"{name}.log")
+            for name, port in ports.items()
+        }
+        # Ingest first: it creates the topics the others then find.
+        services["ingest"].start()
+        await services["ingest"].wait_ready()
+        for name in ("dispatcher", "retry"):
+            services[name].start()
+        await asyncio.gather(*(services[n].wait_ready() for n in ("dispatcher", "retry")))
+        pipeline = Pipeline(kafka_bootstrap, prefix, services, aiohttp.ClientSession())
+        started.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in started:
+        await pipeline.session.close()
+        for service in pipeline.services.values():
+            service.terminate()
