@@ -53,3 +53,25 @@ def signed_headers(
         HEADER_SIGNATURE: signature_header(keys, webhook_id, timestamp_s, body),
         "content-type": "application/json",
     }
+
+
+def verify(
+    secret: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    now_s: float,
+    tolerance_s: float = 300.0,
+) -> bool:
+    """Receiver-side check: a fresh timestamp and at least one matching ``v1`` signature."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    try:
+        msg_id = lowered[HEADER_ID]
+        timestamp_s = int(lowered[HEADER_TIMESTAMP])
+        presented = lowered[HEADER_SIGNATURE].split()
+    except (KeyError, ValueError):
+        return False
+    if abs(now_s - timestamp_s) > tolerance_s:
+        return False
+    expected = sign(secret_key(secret), msg_id, timestamp_s, body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in presented)
