@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared import metrics
 from shared.backoff import jittered_delay_s, nearest_tier
+from shared.breaker import CircuitBreaker
 from shared.delivery import AttemptResult, Sender
 from shared.endpoints import EndpointStore
 from shared.messages import (
@@ -54,17 +55,25 @@ class Courier:
         self._sender = sender
         self._endpoints = endpoints
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         self._clock = clock
 
     async def attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> Route:
-        """Make one attempt and hand the delivery on durably according to its outcome."""
+        """Make one attempt and hand the delivery on durably according to its outcome.
+
+        While the endpoint's breaker is open the delivery moves to its next tier without an
+        attempt.
+        """
+        now_s = self._clock()
+        current_tier = self._current_tier(envelope)
+        if not self._breaker.allow(endpoint.id, now_s):
+            route = route_after_attempt(
+                "error", current_tier=current_tier, schedule_s=self._settings.retry_schedule_s
+            )
+            metrics.BREAKER_SKIPS.labels(service=self._service).inc()
+            await self.hand_on(endpoint, envelope, route)
+            return route
         attempt_no = envelope.attempts_made + 1
-        bound = log.bind(
-            event_id=envelope.event_id,
-            endpoint_id=envelope.endpoint_id,
-            webhook_id=envelope.webhook_id,
-            attempt=attempt_no,
-        )
         result = await self._sender.attempt(
             endpoint,
             envelope.event,
@@ -77,26 +86,55 @@ class Courier:
             await self._log_attempt(result.record)
         route = route_after_attempt(
             result.outcome,
-            current_tier=nearest_tier(self._settings.retry_schedule_s, envelope.tier)
-            if envelope.tier >= 0
-            else -1,
+            current_tier=current_tier,
             schedule_s=self._settings.retry_schedule_s,
             retry_after_s=result.retry_after_s,
         )
         updated = msgspec.structs.replace(
-            envelope,
-            attempts_made=attempt_no,
-            attempts=[*envelope.attempts, result.record],
+            envelope, attempts_made=attempt_no, attempts=[*envelope.attempts, result.record]
         )
-        bound.info(
+        log.info(
             "delivery_attempted",
+            event_id=envelope.event_id,
+            endpoint_id=envelope.endpoint_id,
+            webhook_id=envelope.webhook_id,
+            attempt=attempt_no,
             outcome=result.outcome,
             status=result.record.status,
             duration_ms=result.record.duration_ms,
             route=route.kind,
         )
+        await self._track_health(endpoint, updated, result.outcome == "success")
         await self.hand_on(endpoint, updated, route)
         return route
+
+    def _current_tier(self, envelope: DeliveryEnvelope) -> int:
+        """The schedule position the envelope waited in; -1 before the first attempt. A tier
+        of an older, longer schedule maps to the nearest one that still exists."""
+        if envelope.tier < 0:
+            return -1
+        return nearest_tier(self._settings.retry_schedule_s, envelope.tier)
+
+    async def _track_health(
+        self, endpoint: Endpoint, envelope: DeliveryEnvelope, success: bool
+    ) -> None:
+        now_s = self._clock()
+        history_start_s = (
+            envelope.attempts[0].at_ms / 1000
+            if all(a.outcome != "success" for a in envelope.attempts)
+            else None
+        )
+        self._breaker.record(endpoint.id, success, now_s, history_start_s)
+        counts = self._breaker.open_counts(now_s)
+        for state in ("open", "half_open"):
+            metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
+        failing_for_s = self._breaker.failing_for_s(endpoint.id, now_s)
+        if not success and failing_for_s >= self._settings.disable_after_s:
+            days = failing_for_s / 86400
+            await self.disable_endpoint(
+                endpoint, f"every attempt failed for {days:.1f} days (CLICKHOOK_DISABLE_AFTER)"
+            )
+            self._breaker.forget(endpoint.id)
 
     async def hand_on(
         self, endpoint: Endpoint | None, envelope: DeliveryEnvelope, route: Route

@@ -87,3 +87,12 @@ ENDPOINTS = Gauge("clickhook_endpoints", "Endpoints known, by state", ["state"])
 PRODUCE_ERRORS = Counter(
     "clickhook_kafka_produce_errors_total", "Failed produce requests", ["topic"]
 )
+REPLAYED = Counter("clickhook_replayed_total", "Dead letters put back into delivery")
+BREAKER_SKIPS = Counter(
+    "clickhook_breaker_skipped_total",
+    "Deliveries moved on without an attempt because their endpoint's breaker was open",
+    ["service"],
+)
+BREAKERS = Gauge(
+    "clickhook_circuit_breakers", "Endpoints whose breaker is not closed", ["service", "state"]
+)

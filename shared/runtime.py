@@ -17,7 +17,6 @@ from shared.delivery import Sender, create_session
 from shared.endpoints import EndpointStore
 from shared.health import Readiness, start_ops_server
 from shared.kafka import create_producer, ensure_topics
-from shared.lifecycle import stop_on_signals
 from shared.settings import Settings
 from shared.worker import PartitionWorker
 
@@ -73,7 +72,6 @@ async def _ensure_topics_when_reachable(settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def kafka_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     stop = asyncio.Event()
-    stop_on_signals(stop)
     await _ensure_topics_when_reachable(settings)
     producer = create_producer(settings)
     await producer.start()

@@ -54,7 +54,10 @@ class Settings:
     endpoint_max_in_flight: int = 10
     attempt_log_enabled: bool = True
     drain_grace_s: float = 20.0
-    secret_grace_s: float = 24 * 3600.0
+    secret_rotation_grace_s: float = 24 * 3600.0
+    breaker_threshold: int = 10
+    breaker_cooldown_s: float = 60.0
+    disable_after_s: float = 5 * 86400.0
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     publish_timeout_s: float = 10.0
@@ -158,5 +161,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 10, minimum=1),
         attempt_log_enabled=_bool(env, "CLICKHOOK_ATTEMPT_LOG", True),
         drain_grace_s=_duration(env, "CLICKHOOK_DRAIN_GRACE", 20.0),
-        secret_grace_s=_duration(env, "CLICKHOOK_SECRET_GRACE", 24 * 3600.0),
+        secret_rotation_grace_s=_duration(env, "CLICKHOOK_SECRET_ROTATION_GRACE", 24 * 3600.0),
+        breaker_threshold=_int(env, "CLICKHOOK_BREAKER_THRESHOLD", 10, minimum=1),
+        breaker_cooldown_s=_duration(env, "CLICKHOOK_BREAKER_COOLDOWN", 60.0),
+        disable_after_s=_duration(env, "CLICKHOOK_DISABLE_AFTER", 5 * 86400.0),
     )

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 SECRET_BYTES = 32
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
 
 HEADER_ID = "webhook-id"
 HEADER_TIMESTAMP = "webhook-timestamp"
@@ -18,6 +20,17 @@ HEADER_SIGNATURE = "webhook-signature"
 
 def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def is_valid_secret(secret: str) -> bool:
+    """``whsec_`` and base64 of 24 to 64 bytes, as Standard Webhooks asks."""
+    if not secret.startswith(SECRET_PREFIX):
+        return False
+    try:
+        key = secret_key(secret)
+    except ValueError:
+        return False
+    return MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES
 
 
 def secret_key(secret: str) -> bytes:

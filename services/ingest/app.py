@@ -9,6 +9,7 @@ from services.ingest.clicks import ClickIntake
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.responses import error_middleware
 from shared.health import add_ops_routes
+from shared.lifecycle import stop_on_signals
 from shared.logging import configure_logging
 from shared.runtime import Runtime, kafka_runtime
 from shared.settings import load_settings
@@ -18,7 +19,7 @@ def create_app(rt: Runtime) -> web.Application:
     settings = rt.settings
     auth = Authenticator(settings.api_keys)
     clicks = ClickIntake(settings, rt.producer, auth)
-    endpoints = EndpointApi(settings, rt.endpoints, auth)
+    endpoints = EndpointApi(settings, rt.endpoints, auth, rt.producer)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/clicks", clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
@@ -27,6 +28,7 @@ def create_app(rt: Runtime) -> web.Application:
     app.router.add_patch("/v1/endpoints/{endpoint_id}", endpoints.patch)
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/replay", endpoints.replay)
     add_ops_routes(app, rt.readiness)
     return app
 
@@ -35,6 +37,7 @@ async def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     async with kafka_runtime(settings) as rt:
+        stop_on_signals(rt.stop)
         runner = web.AppRunner(create_app(rt), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.bind_host, settings.ingest_port).start()

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from services.ingest.auth import Authenticator, Principal
 from services.ingest.responses import ApiError, invalid
+from shared.dead_letters import replay
 from shared.endpoints import EndpointStore
 from shared.errors import InvalidInput, Problem
 from shared.messages import (
@@ -22,7 +24,7 @@ from shared.messages import (
     decode_json,
 )
 from shared.settings import Settings
-from shared.signing import generate_secret
+from shared.signing import generate_secret, is_valid_secret
 from shared.urls import url_problems
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
@@ -36,6 +38,7 @@ class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | None = None
     enabled: bool = True
     format: PayloadFormat = "standard"
+    secret: str | None = None  # whsec_ + base64 of 24-64 bytes; generated when absent
     account_id: str | None = None  # admin tokens only
 
 
@@ -46,6 +49,11 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    since: datetime
+    until: datetime | None = None
 
 
 def new_endpoint_id() -> str:
@@ -61,10 +69,17 @@ def _decode_body(raw: bytes, kind: type[Any]) -> Any:
 
 
 class EndpointApi:
-    def __init__(self, settings: Settings, store: EndpointStore, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: EndpointStore,
+        auth: Authenticator,
+        producer: AIOKafkaProducer,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._auth = auth
+        self._producer = producer
 
     def _principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
@@ -115,7 +130,14 @@ class EndpointApi:
             raise ApiError(404, "not_found", "no such account")
         self._check_url(body.url)
         now = datetime.now(UTC)
-        secret = generate_secret()
+        secret = body.secret if body.secret is not None else generate_secret()
+        if not is_valid_secret(secret):
+            raise ApiError(
+                422,
+                "invalid_request",
+                "invalid secret",
+                [Problem("secret", "must be whsec_ followed by base64 of 24 to 64 bytes")],
+            )
         endpoint = Endpoint(
             id=new_endpoint_id(),
             account_id=account_id,
@@ -167,7 +189,7 @@ class EndpointApi:
     async def rotate_secret(self, request: web.Request) -> web.Response:
         _, endpoint = self._owned(request)
         now = datetime.now(UTC)
-        grace_end = now + timedelta(seconds=self._settings.secret_grace_s)
+        grace_end = now + timedelta(seconds=self._settings.secret_rotation_grace_s)
         secret = generate_secret()
         kept = [
             EndpointSecret(s.secret, s.expires_at or grace_end)
@@ -185,3 +207,21 @@ class EndpointApi:
                 "previous_secret_expires_at": grace_end.isoformat(),
             }
         )
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """Put this endpoint's dead letters of a window back into delivery."""
+        _, endpoint = self._owned(request)
+        body: ReplayRequest = await self._read(request, ReplayRequest)
+        if body.since.tzinfo is None or (body.until is not None and body.until.tzinfo is None):
+            raise ApiError(422, "invalid_request", "times need a UTC offset, e.g. Z")
+        if body.until is not None and body.until <= body.since:
+            raise ApiError(422, "invalid_request", "until must be after since")
+        until_ms = int(body.until.timestamp() * 1000) if body.until is not None else None
+        report = await replay(
+            self._settings,
+            self._producer,
+            endpoint.id,
+            int(body.since.timestamp() * 1000),
+            until_ms,
+        )
+        return web.json_response({"endpoint_id": endpoint.id, **report.as_dict()})

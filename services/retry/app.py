@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.retry.service import SERVICE, RetryService
 from shared.kafka import create_consumer
+from shared.lifecycle import stop_on_signals
 from shared.logging import configure_logging
 from shared.runtime import courier_for, kafka_runtime, ops_server, run_worker
 from shared.settings import load_settings
@@ -20,6 +21,7 @@ async def main() -> None:
         courier_for(rt, SERVICE) as courier,
         ops_server(rt, settings.retry_port),
     ):
+        stop_on_signals(rt.stop)
         consumer = create_consumer(settings, group_id=topics.group(RETRY_GROUP))
         service = RetryService(settings, consumer=consumer, endpoints=rt.endpoints, courier=courier)
         worker = PartitionWorker(
