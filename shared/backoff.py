@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_JITTER_FRACTION = 0.10
+MIN_DELAY_S = 0.001
 
 
 def parse_duration_s(text: str) -> float:
@@ -20,8 +22,8 @@ def parse_duration_s(text: str) -> float:
         if match is None:
             raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 5s, 5m, 2h, 1d)") from None
         value = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if value < 0:
-        raise ValueError(f"negative duration: {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a finite, non-negative duration: {text!r}")
     return value
 
 
@@ -31,8 +33,8 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     if not parts:
         raise ValueError("the retry schedule is empty")
     delays = tuple(parse_duration_s(part) for part in parts)
-    if any(delay <= 0 for delay in delays):
-        raise ValueError("every retry delay must be positive")
+    if any(delay < MIN_DELAY_S for delay in delays):
+        raise ValueError("every retry delay must be positive, at least 1ms")
     return delays
 
 

@@ -14,11 +14,11 @@ from shared.topics import HEADER_DUE_AT_MS
 K = TypeVar("K", bound=Hashable)
 
 
-def due_at_ms_from_headers(headers: Iterable[tuple[str, bytes]]) -> int | None:
+def due_at_ms_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
     for name, value in headers:
         if name == HEADER_DUE_AT_MS:
             try:
-                return int(value)
+                return int(value) if value is not None else None
             except ValueError:
                 return None
     return None

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from shared import metrics
 from shared.endpoint_table import EndpointTable
 from shared.kafka import create_consumer
+from shared.lifecycle import close_quietly
 from shared.messages import Endpoint, decode_endpoint, encode
 from shared.settings import Settings
 from shared.topics import Topics
@@ -44,7 +45,7 @@ class EndpointStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._consumer.stop()
+        await close_quietly("endpoint consumer", self._consumer.stop())
 
     async def put(self, endpoint: Endpoint) -> None:
         """Write an endpoint and see it here at once (read-your-writes)."""

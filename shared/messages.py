@@ -64,13 +64,19 @@ class ClickEvent(msgspec.Struct, frozen=True):
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
 
 def _problem_from(exc: msgspec.ValidationError, index: int | None) -> Problem:
+    """A msgspec error as a field path and a problem: ``link.id`` / ``is required``."""
     text = str(exc)
     match = _PATH.search(text)
     path = match.group("path").lstrip(".") if match else ""
     message = _PATH.sub("", text)
+    missing = _MISSING.match(message)
+    if missing is not None:
+        path = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        message = "is required"
     return Problem(field=path or "$", problem=message, index=index)
 
 
@@ -118,7 +124,7 @@ def decode_json(raw: bytes) -> Any:
     """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax or NaN."""
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput("malformed JSON", [Problem("$", str(exc))]) from None
 
 
@@ -225,9 +231,7 @@ class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[AttemptRecord] = []
 
 
-DeadLetterReason = Literal[
-    "exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled", "refused_destination"
-]
+DeadLetterReason = Literal["exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled"]
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

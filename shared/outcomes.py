@@ -22,6 +22,8 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 def classify_status(status: int) -> Outcome:
     if 200 <= status < 300:
         return "success"
+    if status < 200:
+        return "error"  # an informational answer is not an answer
     if status == 410:
         return "gone"
     if status == 429:
@@ -54,7 +56,7 @@ def parse_retry_after_s(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     stripped = value.strip()
-    if stripped.isdigit():
+    if stripped.isascii() and stripped.isdigit():
         return float(stripped)
     try:
         when = parsedate_to_datetime(stripped)

@@ -17,6 +17,7 @@ from shared.delivery import Sender, create_session
 from shared.endpoints import EndpointStore
 from shared.health import Readiness, start_ops_server
 from shared.kafka import create_producer, ensure_topics
+from shared.lifecycle import close_quietly
 from shared.settings import Settings
 from shared.worker import PartitionWorker
 
@@ -91,7 +92,7 @@ async def kafka_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             with contextlib.suppress(asyncio.CancelledError):
                 await probe_task
         await endpoints.stop()
-        await producer.stop()
+        await close_quietly("producer", producer.stop())
 
 
 async def wait_for_stop_or(stop: asyncio.Event, ready: asyncio.Event) -> bool:
@@ -137,4 +138,4 @@ async def run_worker(rt: Runtime, consumer: AIOKafkaConsumer, worker: PartitionW
         await worker.run(rt.stop)
     finally:
         rt.readiness.draining = True
-        await consumer.stop()
+        await close_quietly("consumer", consumer.stop())

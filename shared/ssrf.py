@@ -24,7 +24,13 @@ _ALWAYS_REFUSED: tuple[IPNetwork, ...] = tuple(
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",
         "fd00:ec2::254/128",  # AWS IMDS over IPv6
-        "64:ff9b::/96",  # NAT64 can reach IPv4 private space
+        # IPv6 forms that embed an IPv4 address, which may be a private one:
+        "64:ff9b::/96",  # NAT64
+        "64:ff9b:1::/48",  # local-use NAT64
+        "2002::/16",  # 6to4
+        "::/96",  # IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # SIIT
+        "fec0::/10",  # site-local (deprecated)
         "ff00::/8",
     )
 )

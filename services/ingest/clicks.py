@@ -73,7 +73,7 @@ class ClickIntake:
 
     async def post_clicks(self, request: web.Request) -> web.Response:
         if not self._auth.authenticate(request).may_publish:
-            raise ApiError(403, "forbidden", "this token may not publish clicks")
+            raise ApiError(401, "insufficient_scope", "this token may not publish clicks")
         content_type = request.content_type if request.body_exists else ""
         if content_type not in JSON_TYPES + NDJSON_TYPES:
             raise ApiError(

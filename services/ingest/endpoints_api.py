@@ -84,7 +84,7 @@ class EndpointApi:
     def _principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
         if principal.account_id is None and not principal.is_admin:
-            raise ApiError(403, "forbidden", "this token may not manage endpoints")
+            raise ApiError(401, "insufficient_scope", "this token may not manage endpoints")
         return principal
 
     def _owned(self, request: web.Request) -> tuple[Principal, Endpoint]:

@@ -1,0 +1,77 @@
+"""In-process services wired to the real broker, each test on its own topic prefix."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.ingest.app import create_app
+from shared.runtime import Runtime, kafka_runtime
+from shared.settings import Settings, load_settings
+from tests.support.services import ROOT, free_port
+
+PUBLISH = "tok-publish"
+ACCOUNT_A = "tok-account-a"
+ACCOUNT_B = "tok-account-b"
+ADMIN = "tok-admin"
+
+AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def make_settings(bootstrap: str, prefix: str, **overrides: Any) -> Settings:
+    base = load_settings(
+        {
+            "CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap,
+            "CLICKHOOK_TOPIC_PREFIX": prefix,
+            "CLICKHOOK_API_KEYS": (
+                f"{PUBLISH}:publish,{ACCOUNT_A}:account:acc_a,"
+                f"{ACCOUNT_B}:account:acc_b,{ADMIN}:admin"
+            ),
+            "CLICKHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
+            "CLICKHOOK_ALLOW_HTTP": "true",
+            "CLICKHOOK_TOPIC_PARTITIONS": "3",
+        }
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(name="settings")
+def fixture_settings(kafka_bootstrap: str, prefix: str) -> Settings:
+    return make_settings(kafka_bootstrap, prefix)
+
+
+@pytest.fixture(name="runtime")
+async def fixture_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with kafka_runtime(settings) as rt:
+        await rt.endpoints.loaded.wait()
+        yield rt
+
+
+@pytest.fixture(name="ingest")
+async def fixture_ingest(runtime: Runtime, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(runtime))
+
+
+@pytest.fixture(name="private_broker")
+def fixture_private_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of this test's own, for tests that stop it."""
+    env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_STATE_DIR": str(tmp_path / "kafka")}
+    script = str(ROOT / "deploy" / "local" / "kafka.sh")
+    started = subprocess.run(
+        ["bash", script, "start"], env=env, check=True, capture_output=True, text=True
+    )
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, check=False, capture_output=True)
