@@ -121,11 +121,13 @@ def validate_click(
 
 
 def decode_json(raw: bytes) -> Any:
-    """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax or NaN."""
+    """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or deep nesting."""
     try:
         return msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput("malformed JSON", [Problem("$", str(exc))]) from None
+    except RecursionError:
+        raise InvalidInput("malformed JSON", [Problem("$", "nested too deeply")]) from None
 
 
 def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:

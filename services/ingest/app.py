@@ -7,6 +7,7 @@ from aiohttp import web
 from services.ingest.auth import Authenticator
 from services.ingest.clicks import ClickIntake
 from services.ingest.endpoints_api import EndpointApi
+from services.ingest.openapi import openapi_document
 from services.ingest.responses import error_middleware
 from shared.health import add_ops_routes
 from shared.lifecycle import stop_on_signals
@@ -29,8 +30,15 @@ def create_app(rt: Runtime) -> web.Application:
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
     app.router.add_post("/v1/endpoints/{endpoint_id}/replay", endpoints.replay)
+    document = openapi_document()
+
+    async def serve_openapi(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/openapi.json", serve_openapi)
     add_ops_routes(app, rt.readiness)
     return app
+
 
 
 async def main() -> None:
