@@ -1,28 +1,44 @@
-"""Per-endpoint caps on concurrency and rate, so one receiver only spends its own share."""
+"""Per-endpoint caps on concurrency and rate, so one receiver only spends its own share.
+
+A delivery over an endpoint's caps waits a short, bounded time (a burst to a fast receiver
+drains in that time); past it, or past the short queue, the caller shunts it to the first
+retry tier rather than hold a partition back behind one slow receiver.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
+from shared.settings import Settings
+
 
 @dataclass(slots=True)
 class TokenBucket:
-    """Classic token bucket; time comes in as an argument, so it is pure."""
+    """A token bucket with reservations; time comes in as an argument, so it is pure.
+
+    ``reserve`` may take a token that is not there yet (the balance goes negative) and says
+    how long to wait for it, like Go's ``rate.Limiter.Reserve``.
+    """
 
     rate_per_s: float
     tokens: float
     updated_s: float
 
-    def take(self, now_s: float) -> bool:
-        burst = max(1.0, self.rate_per_s)
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.rate_per_s)
+
+    def reserve(self, now_s: float, max_wait_s: float) -> float | None:
+        """Seconds to wait before sending, or None when that would exceed ``max_wait_s``."""
         elapsed = max(0.0, now_s - self.updated_s)
-        self.tokens = min(burst, self.tokens + elapsed * self.rate_per_s)
-        self.updated_s = now_s
-        if self.tokens < 1.0:
-            return False
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate_per_s)
+        self.updated_s = max(now_s, self.updated_s)
+        wait_s = max(0.0, (1.0 - self.tokens) / self.rate_per_s)
+        if wait_s > max_wait_s:
+            return None
         self.tokens -= 1.0
-        return True
+        return wait_s
 
 
 @dataclass(slots=True)
@@ -34,38 +50,43 @@ class _Lane:
 
 
 class EndpointGate:
-    """At most ``max_in_flight`` deliveries per endpoint, ``max_queued`` more waiting.
-
-    ``enter`` answers False when the endpoint is over its rate or its short queue is full:
-    the caller then shunts the delivery to the first retry tier instead of holding a
-    partition back behind one slow receiver.
-    """
-
-    def __init__(self, max_in_flight: int, max_queued: int) -> None:
+    def __init__(self, max_in_flight: int, max_queued: int, max_wait_s: float) -> None:
         self._max_in_flight = max_in_flight
         self._max_queued = max_queued
+        self._max_wait_s = max_wait_s
         self._lanes: dict[str, _Lane] = {}
 
     async def enter(self, endpoint_id: str, rate_per_s: float | None, now_s: float) -> bool:
+        """Wait (briefly) for the endpoint's rate and a slot; False: shunt the delivery.
+
+        On True the caller must ``leave`` once the attempt is over.
+        """
         lane = self._lanes.get(endpoint_id)
         if lane is None:
             lane = self._lanes[endpoint_id] = _Lane(asyncio.Semaphore(self._max_in_flight))
+        if lane.slots.locked() and lane.queued >= self._max_queued:
+            return False
+        lane.queued += 1
+        try:
+            return await self._wait_turn(lane, rate_per_s, now_s)
+        finally:
+            lane.queued -= 1
+            self._forget_if_idle(endpoint_id, lane)
+
+    async def _wait_turn(self, lane: _Lane, rate_per_s: float | None, now_s: float) -> bool:
         if rate_per_s is not None:
             if lane.bucket is None or lane.bucket.rate_per_s != rate_per_s:
                 lane.bucket = TokenBucket(rate_per_s, max(1.0, rate_per_s), now_s)
-            if not lane.bucket.take(now_s):
-                self._forget_if_idle(endpoint_id, lane)
+            wait_s = lane.bucket.reserve(now_s, self._max_wait_s)
+            if wait_s is None:
                 return False
-        if lane.slots.locked():
-            if lane.queued >= self._max_queued:
-                return False
-            lane.queued += 1
-            try:
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        try:
+            async with asyncio.timeout(self._max_wait_s):
                 await lane.slots.acquire()
-            finally:
-                lane.queued -= 1
-        else:
-            await lane.slots.acquire()
+        except TimeoutError:
+            return False
         lane.active += 1
         return True
 
@@ -83,3 +104,11 @@ class EndpointGate:
         # Rate-limited lanes keep their bucket; others are dropped to bound memory.
         if lane.active == 0 and lane.queued == 0 and lane.bucket is None:
             self._lanes.pop(endpoint_id, None)
+
+
+def gate_for(settings: Settings) -> EndpointGate:
+    return EndpointGate(
+        settings.endpoint_max_in_flight,
+        max_queued=settings.endpoint_max_queued,
+        max_wait_s=settings.endpoint_max_wait_s,
+    )

@@ -52,6 +52,8 @@ class Settings:
     topic_replication: int = 1
     max_in_flight: int = 1000
     endpoint_max_in_flight: int = 10
+    endpoint_max_queued: int = 500
+    endpoint_max_wait_s: float = 1.0
     attempt_log_enabled: bool = True
     drain_grace_s: float = 20.0
     secret_rotation_grace_s: float = 24 * 3600.0
@@ -159,6 +161,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         topic_replication=_int(env, "CLICKHOOK_TOPIC_REPLICATION", 1, minimum=1),
         max_in_flight=_int(env, "CLICKHOOK_MAX_IN_FLIGHT", 1000, minimum=1),
         endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 10, minimum=1),
+        endpoint_max_queued=_int(env, "CLICKHOOK_ENDPOINT_MAX_QUEUED", 500),
+        endpoint_max_wait_s=_duration(env, "CLICKHOOK_ENDPOINT_MAX_WAIT", 1.0),
         attempt_log_enabled=_bool(env, "CLICKHOOK_ATTEMPT_LOG", True),
         drain_grace_s=_duration(env, "CLICKHOOK_DRAIN_GRACE", 20.0),
         secret_rotation_grace_s=_duration(env, "CLICKHOOK_SECRET_ROTATION_GRACE", 24 * 3600.0),

@@ -14,7 +14,7 @@ from shared.courier import Courier
 from shared.endpoints import EndpointStore
 from shared.errors import InvalidInput
 from shared.filters import endpoint_wants
-from shared.limits import EndpointGate
+from shared.limits import gate_for
 from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.settings import Settings
 from shared.signing import webhook_id
@@ -39,9 +39,7 @@ class Dispatcher:
         self._producer = producer
         self._endpoints = endpoints
         self._courier = courier
-        self._gate = EndpointGate(
-            settings.endpoint_max_in_flight, max_queued=2 * settings.endpoint_max_in_flight
-        )
+        self._gate = gate_for(settings)
         self._deliveries = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
 

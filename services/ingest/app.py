@@ -40,7 +40,6 @@ def create_app(rt: Runtime) -> web.Application:
     return app
 
 
-
 async def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)

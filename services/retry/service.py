@@ -13,7 +13,7 @@ from shared import metrics
 from shared.courier import Courier
 from shared.due import DueTimes, due_at_ms_from_headers
 from shared.endpoints import EndpointStore
-from shared.limits import EndpointGate
+from shared.limits import gate_for
 from shared.messages import decode_envelope
 from shared.settings import Settings
 from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
@@ -42,9 +42,7 @@ class RetryService:
         self._endpoints = endpoints
         self._courier = courier
         self._held: DueTimes[TopicPartition] = DueTimes()
-        self._gate = EndpointGate(
-            settings.endpoint_max_in_flight, max_queued=2 * settings.endpoint_max_in_flight
-        )
+        self._gate = gate_for(settings)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
 
     # --- hooks for the partition worker ---------------------------------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.support.services import ServiceProcess, free_port, service_env
 
@@ -51,6 +53,32 @@ class Pipeline:
             body: dict[str, Any] = await response.json()
             assert response.status == 202, body
             return body
+
+    def spawn(self, name: str, instance: str) -> ServiceProcess:
+        """Another process of a service (a second instance, or a restart after kill -9)."""
+        template = self.services[name]
+        port = free_port()
+        env = {**template.env, f"CLICKHOOK_{name.upper()}_PORT": str(port)}
+        log_path = template.log_path.with_name(f"{name}-{instance}.log")
+        service = ServiceProcess(name, env, port, log_path)
+        self.services[f"{name}-{instance}"] = service
+        service.start()
+        return service
+
+    async def produce_clicks(self, events: list[dict[str, Any]]) -> None:
+        """Straight to the ``clicks`` topic, as a shortener may do."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True)
+        await producer.start()
+        try:
+            futures = [
+                await producer.send(
+                    self.topic("clicks"), key=e["link"]["id"].encode(), value=orjson.dumps(e)
+                )
+                for e in events
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
 
     def logs(self) -> str:
         return "\n".join(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,31 +12,15 @@ from standardwebhooks.webhooks import Webhook
 from shared.messages import decode_dead_letter
 from shared.topics import HEADER_REASON
 from tests.e2e.conftest import ACCOUNT_ID, StartPipeline
+from tests.support.clicks import make_click
 from tests.support.receiver import Receiver
 from tests.support.topics import produce, read_records
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 
-def click(event_id: str | None = None, **overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "type": "link.clicked",
-        "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "account_id": ACCOUNT_ID,
-        "link": {
-            "id": "lnk_9",
-            "domain": "短.be",
-            "key": "abc",
-            "url": "https://example.com/x",
-            "tags": ["spring"],
-        },
-        "click": {"ip": "203.0.113.9", "country": "JP", "user_agent": "ua", "referer": "r"},
-        "campaign": {"unknown": "fields pass through"},
-    }
-    if event_id is not None:
-        event["id"] = event_id
-    event.update(overrides)
-    return event
+def click(event_id: str) -> dict[str, Any]:
+    return make_click(event_id, account_id=ACCOUNT_ID)
 
 
 async def test_posted_click_is_delivered_signed_within_a_second(
@@ -62,7 +45,7 @@ async def test_posted_click_is_delivered_signed_within_a_second(
 async def test_failed_delivery_is_retried_on_schedule_with_the_same_webhook_id(
     start_pipeline: StartPipeline, receiver: Receiver
 ) -> None:
-    receiver.respond = lambda n: 500 if n < 2 else 200
+    receiver.respond = lambda _, n: 500 if n < 2 else 200
     pipeline = await start_pipeline(CLICKHOOK_RETRY_SCHEDULE="1s,2s")
     endpoint = await pipeline.create_endpoint(receiver.url())
 
@@ -79,7 +62,7 @@ async def test_failed_delivery_is_retried_on_schedule_with_the_same_webhook_id(
 async def test_delivery_failing_every_tier_lands_in_the_dlq_with_its_history(
     start_pipeline: StartPipeline, receiver: Receiver
 ) -> None:
-    receiver.respond = lambda _: 500
+    receiver.respond = lambda _, __: 500
     pipeline = await start_pipeline(CLICKHOOK_RETRY_SCHEDULE="1s,2s")
     endpoint = await pipeline.create_endpoint(receiver.url())
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-Responder = Callable[[int], int]
+# (the request, how many requests that path had before it) -> status
+Responder = Callable[["Received", int], int]
 
 
 @dataclass(frozen=True)
@@ -22,14 +23,16 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers each request with ``respond(n)`` (n counts requests from 0) after ``delay_s``."""
+    """Answers each request with ``respond(request, n)`` after ``delay_s``; n counts earlier
+    requests to the same path, so one receiver can play many endpoints (one path each)."""
 
-    respond: Responder = lambda _: 200
+    respond: Responder = lambda _request, _n: 200
     delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _per_path: dict[str, int] = field(default_factory=dict)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -37,7 +40,9 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -51,15 +56,23 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        index = len(self.received)
-        self.received.append(Received(request.path, dict(request.headers), body, time.time()))
+        received = Received(request.path, dict(request.headers), body, time.time())
+        earlier = self._per_path.get(request.path, 0)
+        self._per_path[request.path] = earlier + 1
+        self.received.append(received)
         async with self._arrived:
             self._arrived.notify_all()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        return web.Response(status=self.respond(index), text="ok")
+        return web.Response(status=self.respond(received, earlier), text="ok")
+
+    def on_path(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
 
     async def wait_for(self, count: int, timeout_s: float) -> list[Received]:
+        return await self.wait_until(lambda: len(self.received) >= count, timeout_s)
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> list[Received]:
         async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.received) >= count)
+            await self._arrived.wait_for(done)
         return list(self.received)
