@@ -20,6 +20,7 @@ from shared.outcomes import (
     RETRY_AFTER_STATUSES,
     classify_exception,
     classify_status,
+    describe_exception,
     parse_retry_after_s,
 )
 from shared.signing import secret_key, signed_headers
@@ -148,7 +149,7 @@ class Sender:
             outcome = classify_status(status)
         except Exception as exc:  # noqa: BLE001 - every failure is an outcome to record
             outcome = classify_exception(exc)
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = describe_exception(exc)[:500]
         duration_ms = (time.perf_counter() - started) * 1000
         record = AttemptRecord(
             webhook_id=webhook_id,

@@ -35,14 +35,24 @@ def classify_status(status: int) -> Outcome:
     return "http_5xx"
 
 
+def refusal_in(exc: BaseException) -> RefusedDestination | None:
+    """The SSRF refusal behind a failure, also when aiohttp wrapped it in its own error."""
+    for candidate in (exc, getattr(exc, "os_error", None), exc.__cause__):
+        if isinstance(candidate, RefusedDestination):
+            return candidate
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    refusal = refusal_in(exc)
+    return str(refusal) if refusal is not None else f"{type(exc).__name__}: {exc}"
+
+
 def classify_exception(exc: BaseException) -> Outcome:
     """Map a client-side failure to an outcome; never branch on exception types elsewhere."""
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return "timeout"
-    cause = exc.__cause__ if isinstance(exc, aiohttp.ClientConnectorError) else exc
-    if isinstance(cause, RefusedDestination) or isinstance(
-        getattr(exc, "os_error", None), RefusedDestination
-    ):
+    if refusal_in(exc) is not None:
         return "refused_destination"
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
         return "tls_error"
