@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared import metrics
 from shared.endpoint_table import EndpointTable
-from shared.kafka import create_consumer
+from shared.kafka import create_consumer, topic_partitions
 from shared.lifecycle import close_quietly
 from shared.messages import Endpoint, decode_endpoint, encode
 from shared.settings import Settings
@@ -24,6 +24,7 @@ class EndpointStore:
     """Reads ``webhook.endpoints`` from the beginning, then follows it; writes go through it."""
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self._settings = settings
         self._topic = Topics(settings.topic_prefix).endpoints
         self._producer = producer
         self._consumer: AIOKafkaConsumer = create_consumer(settings, group_id=None)
@@ -32,9 +33,8 @@ class EndpointStore:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        assignment = await topic_partitions(self._settings, self._topic)
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic) or {0}
-        assignment = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         self._consumer.assign(assignment)
         await self._consumer.seek_to_beginning(*assignment)
         end_offsets = await self._consumer.end_offsets(assignment)

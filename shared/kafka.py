@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -86,3 +86,15 @@ async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = N
         log.info("topics_created", topics=[spec.name for spec in missing])
     finally:
         await admin.close()
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, asked of the broker (a fresh consumer knows none yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = (p["partition"] for d in described if d["topic"] == topic for p in d["partitions"])
+    return [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiokafka import TopicPartition
 
-from shared.kafka import create_consumer
+from shared.kafka import create_consumer, topic_partitions
+from shared.lifecycle import close_quietly
 from shared.settings import Settings
 from shared.worker import Record
 
@@ -16,13 +17,12 @@ POLL_MS = 500
 async def read_window(settings: Settings, topic: str, since_ms: int) -> AsyncIterator[Record]:
     """Every record of ``topic`` with a timestamp at or after ``since_ms`` that existed when the
     read began; records written meanwhile are left out, so the read always ends."""
+    assignment = await topic_partitions(settings, topic)
+    if not assignment:
+        return
     consumer = create_consumer(settings, group_id=None)
     await consumer.start()
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        assignment = [TopicPartition(topic, p) for p in partitions]
-        if not assignment:
-            return
         consumer.assign(assignment)
         ends = await consumer.end_offsets(assignment)
         starts = await consumer.offsets_for_times(dict.fromkeys(assignment, since_ms))
@@ -44,4 +44,4 @@ async def read_window(settings: Settings, topic: str, since_ms: int) -> AsyncIte
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
     finally:
-        await consumer.stop()
+        await close_quietly("window consumer", consumer.stop())
