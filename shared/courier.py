@@ -21,6 +21,8 @@ from shared.backoff import jittered_delay_s, nearest_tier
 from shared.breaker import CircuitBreaker
 from shared.delivery import AttemptResult, Sender
 from shared.endpoints import EndpointStore
+from shared.kafka import produce_durably
+from shared.lifecycle import until_done
 from shared.messages import (
     AttemptRecord,
     DeadLetter,
@@ -183,7 +185,9 @@ class Courier:
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """Keep a record that is not a readable envelope, byte for byte, in the DLQ."""
-        await self._producer.send_and_wait(self._topics.dlq, key=key, value=value, headers=headers)
+        await produce_durably(
+            self._producer, self._topics.dlq, key=key, value=value, headers=headers
+        )
         metrics.DEAD_LETTERS.labels(service=self._service, reason="malformed_envelope").inc()
 
     async def disable_endpoint(self, endpoint: Endpoint, reason: str) -> None:
@@ -193,7 +197,7 @@ class Courier:
         disabled = msgspec.structs.replace(
             current, enabled=False, disabled_reason=reason, updated_at=datetime.now(UTC)
         )
-        await self._endpoints.put(disabled)
+        await until_done(lambda: self._endpoints.put(disabled), "disable endpoint")
         log.warning("endpoint_disabled", endpoint_id=endpoint.id, reason=reason)
 
     async def _send(
@@ -201,13 +205,13 @@ class Courier:
     ) -> None:
         envelope = message.envelope if isinstance(message, DeadLetter) else message
         assert isinstance(envelope, DeliveryEnvelope)
-        try:
-            await self._producer.send_and_wait(
-                topic, key=envelope.endpoint_id.encode(), value=encode(message), headers=headers
-            )
-        except Exception:
-            metrics.PRODUCE_ERRORS.labels(topic=topic).inc()
-            raise
+        await produce_durably(
+            self._producer,
+            topic,
+            key=envelope.endpoint_id.encode(),
+            value=encode(message),
+            headers=headers,
+        )
 
     def _observe(self, result: AttemptResult, envelope: DeliveryEnvelope) -> None:
         record = result.record

@@ -9,6 +9,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared import metrics
+from shared.lifecycle import until_done
 from shared.settings import Settings
 from shared.topics import Topics
 
@@ -98,3 +100,23 @@ async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartitio
         await admin.close()
     partitions = (p["partition"] for d in described if d["topic"] == topic for p in d["partitions"])
     return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def produce_durably(
+    producer: AIOKafkaProducer,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[Header] | None = None,
+) -> None:
+    """Produce one record and wait for the broker's acknowledgement, retrying until it comes."""
+
+    async def send() -> None:
+        try:
+            await producer.send_and_wait(topic, key=key, value=value, headers=headers or [])
+        except Exception:
+            metrics.PRODUCE_ERRORS.labels(topic=topic).inc()
+            raise
+
+    await until_done(send, f"produce to {topic}")

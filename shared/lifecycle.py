@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from aiokafka.errors import KafkaError
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -58,3 +61,24 @@ async def close_quietly(
         log.warning("close_interrupted", what=what)
     except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever one client does
         log.warning("close_failed", what=what, error=repr(exc))
+
+
+HANDOFF_RETRY_FIRST_S = 0.5
+HANDOFF_RETRY_MAX_S = 30.0
+
+
+async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
+    """Retry a hand-off to Kafka until the broker takes it.
+
+    Retrying the hand-off alone (not the whole record) keeps a broker outage from turning into
+    early re-attempts at the receiver. Shutdown cancels the wait; the record is then not
+    committed and is read again by whoever owns the partition next.
+    """
+    delay_s = HANDOFF_RETRY_FIRST_S
+    while True:
+        try:
+            return await operation()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("handoff_retrying", what=what, error=repr(exc), retry_in_s=delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, HANDOFF_RETRY_MAX_S)

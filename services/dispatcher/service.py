@@ -69,6 +69,17 @@ class Dispatcher:
             tier=-1,
             due_at_ms=0,
         )
+        # Every line logged about this delivery, here or in the courier, carries its ids. Each
+        # delivery runs in a task of its own (gather), so the binding is this delivery's alone.
+        with structlog.contextvars.bound_contextvars(
+            event_id=envelope.event_id,
+            endpoint_id=envelope.endpoint_id,
+            webhook_id=envelope.webhook_id,
+            attempt=envelope.attempts_made + 1,
+        ):
+            await self._attempt_or_shunt(endpoint, envelope)
+
+    async def _attempt_or_shunt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s, time.monotonic()):
             await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
             metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
