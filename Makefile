@@ -4,7 +4,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install up test lint format kafka-start kafka-stop kafka-status clean
+.PHONY: install up test lint format kafka-start kafka-stop kafka-status clean bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,11 @@ kafka-status:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The benchmark (issue 10): its own broker on a free port, the services as processes, a
+# loopback receiver; prints the table and writes docs/benchmarks/ (quick: .../quick/).
+bench: install
+	$(VENV)/bin/python -m tests.bench
+
+bench-quick: install
+	$(VENV)/bin/python -m tests.bench --quick

@@ -15,7 +15,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from shared.errors import RefusedDestination
-from shared.messages import AttemptRecord, Endpoint, Outcome, webhook_body
+from shared.formats import build_request
+from shared.messages import AttemptRecord, Endpoint, Outcome
 from shared.outcomes import (
     RETRY_AFTER_STATUSES,
     classify_exception,
@@ -23,7 +24,6 @@ from shared.outcomes import (
     describe_exception,
     parse_retry_after_s,
 )
-from shared.signing import secret_key, signed_headers
 from shared.ssrf import IPNetwork, refusal_reason
 
 RESPONSE_BODY_CAP_BYTES = 1024
@@ -127,9 +127,9 @@ class Sender:
     ) -> AttemptResult:
         started_s = self._clock()
         now = datetime.fromtimestamp(started_s, UTC)
-        body = webhook_body(event)
-        keys = [secret_key(s) for s in endpoint.signing_secrets(now)]
-        headers = signed_headers(keys, webhook_id, int(started_s), body)
+        body, headers = build_request(
+            endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
+        )
         status: int | None = None
         error: str | None = None
         response_body: str | None = None

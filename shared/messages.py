@@ -120,25 +120,59 @@ def validate_click(
     )
 
 
+# Far below the codec's recursion limit (~1000 levels, less the caller's stack), so every body,
+# envelope and dead letter that wraps a decoded event still encodes.
+MAX_JSON_DEPTH = 64
+# Ingest's body limit: a click it would refuse with a 413 is set aside when produced directly.
+MAX_CLICK_BYTES = 1024 * 1024
+
+
+def _nested_deeper_than(obj: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels; breadth-first, no recursion."""
+    level = [obj] if isinstance(obj, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+    return bool(level)
+
+
 def decode_json(raw: bytes) -> Any:
     """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or deep nesting."""
+    too_deep = Problem("$", f"nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        return msgspec.json.decode(raw)
+        obj = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput("malformed JSON", [Problem("$", str(exc))]) from None
     except RecursionError:
-        raise InvalidInput("malformed JSON", [Problem("$", "nested too deeply")]) from None
+        raise InvalidInput("malformed JSON", [too_deep]) from None
+    if _nested_deeper_than(obj, MAX_JSON_DEPTH):
+        raise InvalidInput("malformed JSON", [too_deep])
+    return obj
 
 
 def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
     if raw is None:
         raise InvalidInput("null record value", [Problem("$", "the record has no value")])
+    if len(raw) > MAX_CLICK_BYTES:
+        problem = f"is {len(raw)} bytes, more than {MAX_CLICK_BYTES}"
+        raise InvalidInput("click too large", [Problem("$", problem)])
     return validate_click(decode_json(raw), now=now)
 
 
 # --- endpoints ----------------------------------------------------------------------------
 
-PayloadFormat = Literal["standard"]
+# How a delivery's body is rendered (shared/formats.py); every format is signed the same way.
+PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt"]
+# Signature headers sent besides the Standard Webhooks ones, for receivers that already verify
+# GitHub's or Dub's (shared/signing.py).
+SignatureStyle = Literal["github", "dub"]
+MAX_SIGNATURE_STYLES = 2
 
 
 class EndpointFilters(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -169,6 +203,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     disabled_reason: str | None = None
     secrets: list[EndpointSecret]
     format: PayloadFormat = "standard"
+    signature_styles: list[SignatureStyle] = []
     created_at: datetime
     updated_at: datetime
 

@@ -96,3 +96,20 @@ BREAKER_SKIPS = Counter(
 BREAKERS = Gauge(
     "clickhook_circuit_breakers", "Endpoints whose breaker is not closed", ["service", "state"]
 )
+
+# Computed by shared/lag.py. Every replica reports its whole group: aggregate with max.
+CONSUMER_LAG = Gauge(
+    "clickhook_kafka_consumer_lag",
+    "Records of a topic not yet consumed by a consumer group (end minus committed offsets)",
+    ["group", "topic"],
+)
+RETRY_ENVELOPES = Gauge(
+    "clickhook_retry_envelopes",
+    "Envelopes in a retry tier not yet consumed: due (their time has passed) or waiting",
+    ["topic", "state"],
+)
+LAG_SAMPLE_ERRORS = Counter(
+    "clickhook_kafka_lag_sample_errors_total",
+    "Failed consumer lag measurements (the lag gauges keep their last value)",
+    ["group"],
+)

@@ -79,20 +79,30 @@ async def kafka_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     endpoints = EndpointStore(settings, producer)
     probe = BrokerProbe(producer)
     probe_task: asyncio.Task[None] | None = None
+    stop_watch: asyncio.Task[None] | None = None
     try:
         await endpoints.start()
         probe_task = asyncio.create_task(probe.run(), name="broker-probe")
         readiness = Readiness()
         readiness.add("broker_reachable", lambda: probe.reachable)
         readiness.add("endpoints_loaded", endpoints.loaded.is_set)
+        stop_watch = asyncio.create_task(_unready_on_stop(stop, readiness), name="unready-on-stop")
         yield Runtime(settings, producer, endpoints, readiness, stop)
     finally:
-        if probe_task is not None:
-            probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe_task
+        for task in (probe_task, stop_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await endpoints.stop()
         await close_quietly("producer", producer.stop())
+
+
+async def _unready_on_stop(stop: asyncio.Event, readiness: Readiness) -> None:
+    """Unready from the moment a stop is asked for, not once the drain is over: the drain
+    takes up to CLICKHOOK_DRAIN_GRACE, and nothing new should be routed here meanwhile."""
+    await stop.wait()
+    readiness.draining = True
 
 
 async def wait_for_stop_or(stop: asyncio.Event, ready: asyncio.Event) -> bool:

@@ -8,6 +8,8 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
+from shared.messages import SignatureStyle
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 24
@@ -16,6 +18,8 @@ MAX_SECRET_BYTES = 64
 HEADER_ID = "webhook-id"
 HEADER_TIMESTAMP = "webhook-timestamp"
 HEADER_SIGNATURE = "webhook-signature"
+HEADER_GITHUB_SIGNATURE = "X-Hub-Signature-256"
+HEADER_DUB_SIGNATURE = "Dub-Signature"
 
 
 def generate_secret() -> str:
@@ -66,6 +70,36 @@ def signed_headers(
         HEADER_SIGNATURE: signature_header(keys, webhook_id, timestamp_s, body),
         "content-type": "application/json",
     }
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256>`` of the body, as GitHub sends ``X-Hub-Signature-256``.
+
+    The key is the whole secret string, ``whsec_`` prefix included, as UTF-8: a GitHub-style
+    verifier is configured with the secret as text and uses exactly those bytes as the key.
+    """
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def dub_signature(secret: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of the body keyed with the whole secret string, as Dub's
+    ``Dub-Signature``, so a receiver moving from Dub keeps its verifier."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def style_headers(styles: Iterable[SignatureStyle], secret: str, body: bytes) -> dict[str, str]:
+    """The extra signature headers an endpoint asked for, signed with its current secret.
+
+    These styles carry one signature each, so during a rotation grace period they use the new
+    secret only (the Standard Webhooks header still carries both).
+    """
+    headers: dict[str, str] = {}
+    for style in styles:
+        if style == "github":
+            headers[HEADER_GITHUB_SIGNATURE] = github_signature(secret, body)
+        elif style == "dub":
+            headers[HEADER_DUB_SIGNATURE] = dub_signature(secret, body)
+    return headers
 
 
 def verify(

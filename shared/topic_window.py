@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from aiokafka import TopicPartition
 
@@ -14,7 +14,9 @@ from shared.worker import Record
 POLL_MS = 500
 
 
-async def read_window(settings: Settings, topic: str, since_ms: int) -> AsyncIterator[Record]:
+async def read_window(
+    settings: Settings, topic: str, since_ms: int
+) -> AsyncGenerator[Record, None]:
     """Every record of ``topic`` with a timestamp at or after ``since_ms`` that existed when the
     read began; records written meanwhile are left out, so the read always ends."""
     assignment = await topic_partitions(settings, topic)

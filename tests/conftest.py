@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.broker import PrivateBroker
 from tests.support.receiver import Receiver
 
 
@@ -26,6 +28,17 @@ def fixture_kafka_bootstrap() -> str:
 def fixture_prefix() -> str:
     """Topics and groups of one test never meet another test's."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(name="private_broker")
+async def fixture_private_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    """A broker of this test's own, for tests that stop it."""
+    broker = PrivateBroker.in_dir(tmp_path)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
 
 
 @pytest.fixture(name="receiver")

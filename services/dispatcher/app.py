@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.dispatcher.service import SERVICE, Dispatcher
 from shared.kafka import create_consumer
+from shared.lag import dispatcher_lag_scope, lag_reporting
 from shared.lifecycle import stop_on_signals
 from shared.logging import configure_logging
 from shared.runtime import courier_for, kafka_runtime, ops_server, run_worker
@@ -20,6 +21,7 @@ async def main() -> None:
         kafka_runtime(settings) as rt,
         courier_for(rt, SERVICE) as courier,
         ops_server(rt, settings.dispatcher_port),
+        lag_reporting(settings, dispatcher_lag_scope(settings)),
     ):
         stop_on_signals(rt.stop)
         dispatcher = Dispatcher(

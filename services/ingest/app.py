@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.ingest.auth import Authenticator
+from services.ingest.backfill_api import BackfillApi
 from services.ingest.clicks import ClickIntake
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.openapi import openapi_document
@@ -21,6 +22,7 @@ def create_app(rt: Runtime) -> web.Application:
     auth = Authenticator(settings.api_keys)
     clicks = ClickIntake(settings, rt.producer, auth)
     endpoints = EndpointApi(settings, rt.endpoints, auth, rt.producer)
+    backfills = BackfillApi(settings, endpoints, rt.endpoints, rt.producer)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/clicks", clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
@@ -30,6 +32,10 @@ def create_app(rt: Runtime) -> web.Application:
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
     app.router.add_post("/v1/endpoints/{endpoint_id}/replay", endpoints.replay)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/backfill", backfills.start)
+    app.router.add_get("/v1/endpoints/{endpoint_id}/backfill", backfills.status)
+    app.router.add_delete("/v1/endpoints/{endpoint_id}/backfill", backfills.cancel)
+    app.on_cleanup.append(backfills.close)
     document = openapi_document()
 
     async def serve_openapi(_: web.Request) -> web.Response:

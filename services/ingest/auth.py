@@ -40,7 +40,8 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthorized", "missing or malformed bearer token")
-        presented = token.strip().encode()
+        # aiohttp hands non-UTF-8 header bytes over as lone surrogates: take the raw bytes back.
+        presented = token.strip().encode("utf-8", "surrogateescape")
         found: str | None = None
         # Compare against every key, without stopping early, so timing reveals nothing.
         for candidate, scope in self._keys:

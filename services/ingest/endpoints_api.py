@@ -16,11 +16,13 @@ from shared.dead_letters import replay
 from shared.endpoints import EndpointStore
 from shared.errors import InvalidInput, Problem
 from shared.messages import (
+    MAX_SIGNATURE_STYLES,
     MAX_STRING_CHARS,
     Endpoint,
     EndpointFilters,
     EndpointSecret,
     PayloadFormat,
+    SignatureStyle,
     decode_json,
 )
 from shared.settings import Settings
@@ -29,6 +31,7 @@ from shared.urls import url_problems
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
+SignatureStyles = Annotated[list[SignatureStyle], msgspec.Meta(max_length=MAX_SIGNATURE_STYLES)]
 
 
 class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -38,6 +41,7 @@ class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | None = None
     enabled: bool = True
     format: PayloadFormat = "standard"
+    signature_styles: SignatureStyles = []  # Standard Webhooks headers are always sent
     secret: str | None = None  # whsec_ + base64 of 24-64 bytes; generated when absent
     account_id: str | None = None  # admin tokens only
 
@@ -49,6 +53,7 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
+    signature_styles: SignatureStyles | msgspec.UnsetType = msgspec.UNSET
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -94,6 +99,10 @@ class EndpointApi:
         if endpoint is None or not principal.may_manage(endpoint.account_id):
             raise ApiError(404, "not_found", "no such endpoint")
         return principal, endpoint
+
+    def owned(self, request: web.Request) -> Endpoint:
+        """The endpoint named in the path, if the caller may manage it; else a 404."""
+        return self._owned(request)[1]
 
     def _check_url(self, url: str) -> None:
         problems = url_problems(
@@ -148,6 +157,7 @@ class EndpointApi:
             enabled=body.enabled,
             secrets=[EndpointSecret(secret)],
             format=body.format,
+            signature_styles=list(dict.fromkeys(body.signature_styles)),
             created_at=now,
             updated_at=now,
         )
@@ -177,6 +187,8 @@ class EndpointApi:
             self._check_url(changes["url"])
         if changes.get("enabled") is True:
             changes["disabled_reason"] = None
+        if "signature_styles" in changes:
+            changes["signature_styles"] = list(dict.fromkeys(changes["signature_styles"]))
         updated = msgspec.structs.replace(endpoint, **changes, updated_at=datetime.now(UTC))
         await self._store.put(updated)
         return web.json_response(updated.public_view())

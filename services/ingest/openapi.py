@@ -6,12 +6,14 @@ so the document cannot drift from the code that enforces it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
+from services.ingest.backfill_api import BackfillRequest
 from services.ingest.endpoints_api import EndpointCreate, EndpointPatch, ReplayRequest
-from shared.messages import EndpointFilters
+from shared.backfill import BackfillState
+from shared.messages import EndpointFilters, PayloadFormat, SignatureStyle
 
 REF = "#/components/schemas/{name}"
 
@@ -51,7 +53,11 @@ ENDPOINT: dict[str, Any] = {
         "rate_limit_per_s": {"type": ["number", "null"]},
         "enabled": {"type": "boolean"},
         "disabled_reason": {"type": ["string", "null"]},
-        "format": {"type": "string"},
+        "format": {"type": "string", "enum": list(get_args(PayloadFormat))},
+        "signature_styles": {
+            "type": "array",
+            "items": {"type": "string", "enum": list(get_args(SignatureStyle))},
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
     },
@@ -81,6 +87,43 @@ ERROR: dict[str, Any] = {
                 },
             },
         }
+    },
+}
+
+
+BACKFILL_NOTE = (
+    "Progress lives in the memory of the ingest instance that started the backfill: status and "
+    "cancel answer 404 on other instances and after a restart."
+)
+
+_COUNT = {"type": "integer", "minimum": 0}
+BACKFILL_STATUS: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "endpoint_id",
+        "state",
+        "since",
+        "until",
+        "max_clicks",
+        "scanned",
+        "matched",
+        "scheduled",
+        "started_at",
+        "finished_at",
+        "error",
+    ],
+    "properties": {
+        "endpoint_id": {"type": "string"},
+        "state": {"type": "string", "enum": list(get_args(BackfillState))},
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "max_clicks": {"type": "integer"},
+        "scanned": {**_COUNT, "description": "records of `clicks` read"},
+        "matched": {**_COUNT, "description": "clicks of the window this endpoint wants, queued"},
+        "scheduled": {**_COUNT, "description": "of those, acknowledged by the broker"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "error": {"type": ["string", "null"]},
     },
 }
 
@@ -189,6 +232,33 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/endpoints/{endpoint_id}/backfill": {
+            **with_id,
+            "post": {
+                "summary": "Deliver this endpoint's clicks of a past window (at most 7 days)",
+                "description": BACKFILL_NOTE,
+                "requestBody": _body("BackfillRequest"),
+                "responses": {
+                    **_ok(202, _ref("BackfillStatus"), "started"),
+                    **_errors(*ENDPOINT_ERRORS, 409),
+                },
+            },
+            "get": {
+                "summary": "Progress of this endpoint's latest backfill",
+                "description": BACKFILL_NOTE,
+                "responses": {
+                    **_ok(200, _ref("BackfillStatus"), "progress"),
+                    **_errors(401, 404),
+                },
+            },
+            "delete": {
+                "summary": "Cancel the running backfill; deliveries already queued still go out",
+                "responses": {
+                    **_ok(200, _ref("BackfillStatus"), "cancelled"),
+                    **_errors(401, 404, 409),
+                },
+            },
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {
@@ -210,7 +280,8 @@ def _paths() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     _, generated = msgspec.json.schema_components(
-        [EndpointCreate, EndpointPatch, ReplayRequest, EndpointFilters], ref_template=REF
+        [EndpointCreate, EndpointPatch, ReplayRequest, BackfillRequest, EndpointFilters],
+        ref_template=REF,
     )
     return {
         **generated,
@@ -258,6 +329,7 @@ def _schemas() -> dict[str, Any]:
                 "already_delivered": {"type": "integer"},
             },
         },
+        "BackfillStatus": BACKFILL_STATUS,
         "Error": ERROR,
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.retry.service import SERVICE, RetryService
 from shared.kafka import create_consumer
+from shared.lag import lag_reporting, retry_lag_scope
 from shared.lifecycle import stop_on_signals
 from shared.logging import configure_logging
 from shared.runtime import courier_for, kafka_runtime, ops_server, run_worker
@@ -20,6 +21,7 @@ async def main() -> None:
         kafka_runtime(settings) as rt,
         courier_for(rt, SERVICE) as courier,
         ops_server(rt, settings.retry_port),
+        lag_reporting(settings, retry_lag_scope(settings)),
     ):
         stop_on_signals(rt.stop)
         consumer = create_consumer(settings, group_id=topics.group(RETRY_GROUP))

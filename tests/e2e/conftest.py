@@ -18,6 +18,7 @@ from tests.support.services import ServiceProcess, free_port, service_env
 PUBLISH_TOKEN = "tok-publish"
 ACCOUNT_TOKEN = "tok-acc42"
 ACCOUNT_ID = "acc_42"
+ADMIN_TOKEN = "tok-admin"
 
 
 @dataclass
@@ -34,11 +35,13 @@ class Pipeline:
     def topic(self, name: str) -> str:
         return self.prefix + name
 
-    async def create_endpoint(self, url: str, **fields: Any) -> dict[str, Any]:
+    async def create_endpoint(
+        self, url: str, token: str = ACCOUNT_TOKEN, **fields: Any
+    ) -> dict[str, Any]:
         async with self.session.post(
             f"{self.ingest_url}/v1/endpoints",
             json={"url": url, **fields},
-            headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
+            headers={"authorization": f"Bearer {token}"},
         ) as response:
             body: dict[str, Any] = await response.json()
             assert response.status == 201, body
@@ -95,12 +98,15 @@ async def fixture_start_pipeline(
 ) -> AsyncIterator[StartPipeline]:
     started: list[Pipeline] = []
 
-    async def start(**extra_env: str) -> Pipeline:
+    async def start(bootstrap: str | None = None, **extra_env: str) -> Pipeline:
         ports = {"ingest": free_port(), "dispatcher": free_port(), "retry": free_port()}
+        bootstrap = bootstrap or kafka_bootstrap
         env = service_env(
-            kafka_bootstrap,
+            bootstrap,
             prefix,
-            CLICKHOOK_API_KEYS=f"{PUBLISH_TOKEN}:publish,{ACCOUNT_TOKEN}:account:{ACCOUNT_ID}",
+            CLICKHOOK_API_KEYS=(
+                f"{PUBLISH_TOKEN}:publish,{ACCOUNT_TOKEN}:account:{ACCOUNT_ID},{ADMIN_TOKEN}:admin"
+            ),
             CLICKHOOK_INGEST_PORT=str(ports["ingest"]),
             CLICKHOOK_DISPATCHER_PORT=str(ports["dispatcher"]),
             CLICKHOOK_RETRY_PORT=str(ports["retry"]),
@@ -116,7 +122,7 @@ async def fixture_start_pipeline(
         for name in ("dispatcher", "retry"):
             services[name].start()
         await asyncio.gather(*(services[n].wait_ready() for n in ("dispatcher", "retry")))
-        pipeline = Pipeline(kafka_bootstrap, prefix, services, aiohttp.ClientSession())
+        pipeline = Pipeline(bootstrap, prefix, services, aiohttp.ClientSession())
         started.append(pipeline)
         return pipeline
 

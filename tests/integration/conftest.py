@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,7 +12,6 @@ from aiohttp.test_utils import TestClient
 from services.ingest.app import create_app
 from shared.runtime import Runtime, kafka_runtime
 from shared.settings import Settings, load_settings
-from tests.support.services import ROOT, free_port
 
 PUBLISH = "tok-publish"
 ACCOUNT_A = "tok-account-a"
@@ -61,17 +57,3 @@ async def fixture_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 @pytest.fixture(name="ingest")
 async def fixture_ingest(runtime: Runtime, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(runtime))
-
-
-@pytest.fixture(name="private_broker")
-def fixture_private_broker(tmp_path: Path) -> Iterator[str]:
-    """A broker of this test's own, for tests that stop it."""
-    env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_STATE_DIR": str(tmp_path / "kafka")}
-    script = str(ROOT / "deploy" / "local" / "kafka.sh")
-    started = subprocess.run(
-        ["bash", script, "start"], env=env, check=True, capture_output=True, text=True
-    )
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", script, "stop"], env=env, check=False, capture_output=True)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +10,15 @@ import pytest
 from services.ingest.app import create_app
 from shared.runtime import kafka_runtime
 from tests.integration.conftest import PUBLISH, AiohttpClient, auth, make_settings
-from tests.support.services import ROOT
+from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.kafka
 
 
 async def test_broker_down_is_a_503_with_retry_after(
-    private_broker: str, prefix: str, tmp_path: Path, aiohttp_client: AiohttpClient
+    private_broker: PrivateBroker, prefix: str, aiohttp_client: AiohttpClient
 ) -> None:
-    settings = make_settings(private_broker, prefix, publish_timeout_s=2.0)
+    settings = make_settings(private_broker.bootstrap, prefix, publish_timeout_s=2.0)
     event: dict[str, Any] = {
         "type": "link.clicked",
         "occurred_at": datetime.now(UTC).isoformat(),
@@ -32,14 +29,7 @@ async def test_broker_down_is_a_503_with_retry_after(
         await rt.endpoints.loaded.wait()
         client = await aiohttp_client(create_app(rt))
         before = await client.post("/v1/clicks", json=event, headers=auth(PUBLISH))
-        stopping = await asyncio.create_subprocess_exec(
-            "bash",
-            str(ROOT / "deploy" / "local" / "kafka.sh"),
-            "stop",
-            env={**os.environ, "KAFKA_STATE_DIR": str(tmp_path / "kafka")},
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        assert await stopping.wait() == 0
+        await private_broker.stop()
         after = await client.post("/v1/clicks", json=event, headers=auth(PUBLISH))
         error = (await after.json())["error"]
 

@@ -13,12 +13,13 @@ from aiohttp import web
 Responder = Callable[["Received", int], int]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Received:
     path: str
     headers: dict[str, str]
     body: bytes
     at_s: float
+    status: int = 0  # what the receiver answered
 
 
 @dataclass
@@ -59,12 +60,13 @@ class Receiver:
         received = Received(request.path, dict(request.headers), body, time.time())
         earlier = self._per_path.get(request.path, 0)
         self._per_path[request.path] = earlier + 1
+        received.status = self.respond(received, earlier)
         self.received.append(received)
         async with self._arrived:
             self._arrived.notify_all()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        return web.Response(status=self.respond(received, earlier), text="ok")
+        return web.Response(status=received.status, text="ok")
 
     def on_path(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]

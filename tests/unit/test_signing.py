@@ -14,15 +14,20 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shared.signing import (
+    HEADER_DUB_SIGNATURE,
+    HEADER_GITHUB_SIGNATURE,
     HEADER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    dub_signature,
     generate_secret,
+    github_signature,
     is_valid_secret,
     secret_key,
     sign,
     signature_header,
     signed_headers,
+    style_headers,
     webhook_id,
 )
 
@@ -192,3 +197,45 @@ def test_webhook_id_differs_between_endpoints_of_one_event() -> None:
 
 def test_webhook_id_does_not_merge_the_pair_by_concatenation() -> None:
     assert webhook_id("evt_1", "ep_1") != webhook_id("evt_1ep_", "1")
+
+
+# GitHub's published example ("Validating webhook deliveries").
+GITHUB_SECRET = "It's a Secret to Everybody"
+GITHUB_PAYLOAD = b"Hello, World!"
+GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+def hex_hmac(secret: str, body: bytes) -> str:
+    """What a GitHub- or Dub-style receiver computes: the secret as typed is the key."""
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def test_github_signature_matches_githubs_published_example() -> None:
+    assert github_signature(GITHUB_SECRET, GITHUB_PAYLOAD) == GITHUB_SIGNATURE
+
+
+@settings(max_examples=50)
+@given(body=st.binary(max_size=2000))
+def test_github_and_dub_signatures_verify_with_an_independent_hmac(body: bytes) -> None:
+    secret = generate_secret()
+
+    assert github_signature(secret, body) == "sha256=" + hex_hmac(secret, body)
+    assert dub_signature(secret, body) == hex_hmac(secret, body)
+
+
+def test_github_and_dub_signatures_use_the_whole_secret_string_not_its_decoded_bytes(
+    secret: str,
+) -> None:
+    decoded_key = hmac.new(secret_key(secret), BODY, hashlib.sha256).hexdigest()
+
+    assert dub_signature(secret, BODY) != decoded_key
+    assert github_signature(secret, BODY) != "sha256=" + decoded_key
+
+
+def test_style_headers_holds_only_the_styles_asked_for(secret: str) -> None:
+    assert style_headers([], secret, BODY) == {}
+    assert style_headers(["dub"], secret, BODY) == {HEADER_DUB_SIGNATURE: hex_hmac(secret, BODY)}
+    assert style_headers(["github", "dub"], secret, BODY) == {
+        HEADER_GITHUB_SIGNATURE: "sha256=" + hex_hmac(secret, BODY),
+        HEADER_DUB_SIGNATURE: hex_hmac(secret, BODY),
+    }

@@ -1,0 +1,138 @@
+"""/v1/endpoints/{id}/backfill: start, watch and cancel an endpoint's backfill.
+
+A backfill runs as a task of the ingest instance that took the POST, and its progress lives in
+that instance's memory: GET and DELETE reach it only on the same instance (behind a load
+balancer, use session affinity or ask each instance), and a restart forgets it. Envelopes it
+already wrote are delivered regardless; a new backfill of the same window sends them again with
+the same webhook-ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.ingest.endpoints_api import EndpointApi
+from services.ingest.responses import ApiError, invalid
+from shared.backfill import (
+    MAX_CLICKS,
+    Backfill,
+    BackfillProgress,
+    BackfillWindow,
+    window_problems,
+)
+from shared.endpoints import EndpointStore
+from shared.errors import InvalidInput, Problem
+from shared.messages import decode_json
+from shared.settings import Settings
+
+# Each running backfill reads ``clicks`` with a consumer of its own on the API's event loop.
+MAX_RUNNING = 2
+BUSY_RETRY_AFTER_S = "30"
+
+ClickCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CLICKS)]
+
+
+class BackfillRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    since: datetime
+    until: datetime | None = None  # now when absent
+    max_clicks: ClickCount = MAX_CLICKS
+
+
+@dataclass(slots=True)
+class _Job:
+    progress: BackfillProgress
+    task: asyncio.Task[None]
+
+    @property
+    def running(self) -> bool:
+        return not self.task.done()
+
+
+async def _read_request(request: web.Request) -> BackfillRequest:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    try:
+        obj = decode_json(await request.read())
+        return msgspec.convert(obj, BackfillRequest, strict=True)
+    except InvalidInput as exc:
+        raise invalid(exc) from None
+    except msgspec.ValidationError as exc:
+        problem = Problem("$", str(exc))
+        raise ApiError(422, "invalid_request", "invalid backfill", [problem]) from None
+
+
+class BackfillApi:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: EndpointApi,
+        store: EndpointStore,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self._settings = settings
+        self._endpoints = endpoints
+        self._store = store
+        self._producer = producer
+        self._jobs: dict[str, _Job] = {}  # endpoint id -> its latest backfill
+
+    async def start(self, request: web.Request) -> web.Response:
+        endpoint = self._endpoints.owned(request)
+        body = await _read_request(request)
+        now = datetime.now(UTC)
+        until = body.until or now
+        problems = window_problems(body.since, until, now)
+        if problems:
+            raise ApiError(422, "invalid_request", "invalid backfill window", problems)
+        if not endpoint.enabled:
+            raise ApiError(409, "endpoint_disabled", "enable the endpoint before a backfill")
+        current = self._jobs.get(endpoint.id)
+        if current is not None and current.running:
+            raise ApiError(409, "backfill_running", "this endpoint's backfill is still running")
+        if sum(job.running for job in self._jobs.values()) >= MAX_RUNNING:
+            raise ApiError(
+                503,
+                "busy",
+                "too many backfills running here; try again later",
+                headers={"retry-after": BUSY_RETRY_AFTER_S},
+            )
+        window = BackfillWindow(since=body.since, until=until, max_clicks=body.max_clicks)
+        progress = BackfillProgress(endpoint_id=endpoint.id, window=window, started_at=now)
+        run = Backfill(self._settings, self._producer, self._store.table.get, progress).run()
+        task = asyncio.create_task(run, name=f"backfill-{endpoint.id}")
+        self._jobs[endpoint.id] = _Job(progress, task)
+        return web.json_response(progress.as_dict(), status=202)
+
+    async def status(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        return web.json_response(job.progress.as_dict())
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """Stop writing deliveries; those already written are still delivered."""
+        job = self._job(request)
+        if not job.running:
+            raise ApiError(409, "not_running", f"the backfill has ended: {job.progress.state}")
+        job.task.cancel()
+        await asyncio.wait({job.task})
+        return web.json_response(job.progress.as_dict())
+
+    async def close(self, _: web.Application) -> None:
+        """On shutdown: cancel what still runs (progress is lost with the process anyway)."""
+        running = [job.task for job in self._jobs.values() if job.running]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+    def _job(self, request: web.Request) -> _Job:
+        endpoint = self._endpoints.owned(request)
+        job = self._jobs.get(endpoint.id)
+        if job is None:
+            raise ApiError(404, "not_found", "no backfill of this endpoint on this instance")
+        return job

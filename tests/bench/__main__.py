@@ -1,0 +1,85 @@
+"""python -m tests.bench [--quick] [--out DIR]: run the scenarios, print the table, write
+results.json, results.md and bench.png."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from tests.bench import machine, report, scenarios
+from tests.bench.figures import figures
+from tests.bench.scenarios import FULL, QUICK, Bench, Plan
+from tests.bench.stack import Broker, ReceiverProcess
+
+Scenario = Callable[[Bench], Awaitable[None]]
+SCENARIOS: tuple[tuple[str, Scenario], ...] = (
+    ("receiver alone", scenarios.receiver_alone),
+    ("ingest", scenarios.ingest),
+    ("deliveries", scenarios.deliveries),
+    ("latency", scenarios.latency),
+    ("retry timing", scenarios.retry_timing),
+    ("isolation", scenarios.isolation),
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
+    parser.add_argument("--out", type=Path, default=None, help="where the results go")
+    return parser.parse_args()
+
+
+async def run_scenarios(plan: Plan, log_dir: Path) -> dict[str, list[float]]:
+    broker = Broker(log_dir)
+    receiver = ReceiverProcess(log_dir / "receiver.log")
+    try:
+        started = time.monotonic()
+        bootstrap = broker.start()
+        print(f"broker at {bootstrap} ({time.monotonic() - started:.0f}s)", flush=True)
+        async with aiohttp.ClientSession() as session:
+            receiver.start()
+            await receiver.wait_ready(session)
+            bench = Bench(plan, bootstrap, receiver, session, log_dir)
+            for name, scenario in SCENARIOS:
+                started = time.monotonic()
+                await scenario(bench)
+                print(f"{name}: {time.monotonic() - started:.0f}s", flush=True)
+            return bench.samples
+    finally:
+        receiver.stop()
+        broker.stop()
+
+
+def main() -> None:
+    args = parse_args()
+    plan = QUICK if args.quick else FULL
+    out: Path = args.out or Path("docs/benchmarks") / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"bench": plan.name, "started_at": datetime.now(UTC).isoformat(), **machine.describe()}
+    log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-"))
+    print(f"clickhook bench ({plan.name}, {plan.repeats} run(s) each); logs in {log_dir}")
+    started = time.monotonic()
+    samples = asyncio.run(run_scenarios(plan, log_dir))
+    meta["duration_s"] = round(time.monotonic() - started, 1)
+    meta["plan"] = dataclasses.asdict(plan)
+    measured = figures(samples)
+    print()
+    print(report.text_table(measured))
+    report.write_json(out / "results.json", meta, measured)
+    (out / "results.md").write_text(report.markdown_table(measured) + "\n")
+    sha = (meta["git"]["sha"] or "no git")[:10]
+    title = f"clickhook bench ({plan.name}) at {sha}, {meta['started_at'][:16]} UTC"
+    report.draw_chart(out / "bench.png", measured, title)
+    print(f"\n{meta['duration_s']:.0f}s; wrote {out}/results.json, results.md, bench.png")
+
+
+if __name__ == "__main__":
+    main()

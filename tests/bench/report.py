@@ -1,0 +1,226 @@
+"""The bench's outputs: a table on stdout, results.json, results.md and bench.png."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the chart is only ever written to a file
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from tests.bench.figures import (
+    PERCENTILES,
+    RATES,
+    RETRY_SCHEDULE,
+    SERVICES,
+    Figure,
+    bound,
+    verdict,
+)
+
+COLUMNS = ("figure", "median", "min", "max", "unit", "target", "")
+PERCENTILE_COLOURS = ("#4c72b0", "#55a868", "#dd8452", "#c44e52")
+THROUGHPUT_KEYS = (
+    "receiver.rps",
+    "ingest.single.rps",
+    "ingest.batch.eps",
+    "delivery.fan1.dps",
+    "delivery.fan10.dps",
+    "delivery.fan100.dps",
+    "delivery.capped.dps",
+)
+
+
+def number(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def rows(figures: Sequence[Figure]) -> list[tuple[str, ...]]:
+    by_key = {figure.spec.key: figure for figure in figures}
+    table: list[tuple[str, ...]] = []
+    for figure in figures:
+        target = figure.spec.target
+        limit = bound(target, by_key) if target is not None else None
+        target_text = "" if target is None else target.describe()
+        if target is not None and target.times_median_of is not None and limit is not None:
+            target_text = f"{target.op} {number(limit)}"
+        met = verdict(figure, by_key)
+        table.append(
+            (
+                figure.spec.label,
+                number(figure.median),
+                number(figure.low),
+                number(figure.high),
+                figure.spec.unit,
+                target_text,
+                {True: "ok", False: "MISS", None: ""}[met],
+            )
+        )
+    return table
+
+
+def text_table(figures: Sequence[Figure]) -> str:
+    body = rows(figures)
+    widths = [max(len(row[i]) for row in [COLUMNS, *body]) for i in range(len(COLUMNS))]
+    lines = []
+    for row in [COLUMNS, *body]:
+        cells = [
+            cell.ljust(width) if i in (0, 4, 5) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def markdown_table(figures: Sequence[Figure]) -> str:
+    header = "| figure | median | min | max | unit | target | |\n|---|--:|--:|--:|---|---|---|"
+    body = ["| " + " | ".join(row) + " |" for row in rows(figures)]
+    return "\n".join([header, *body])
+
+
+def write_json(path: Path, meta: dict[str, Any], figures: Sequence[Figure]) -> None:
+    by_key = {figure.spec.key: figure for figure in figures}
+    entries = [
+        {
+            "key": figure.spec.key,
+            "label": figure.spec.label,
+            "unit": figure.spec.unit,
+            "median": figure.median,
+            "min": figure.low,
+            "max": figure.high,
+            "samples": list(figure.samples),
+            "target": None if figure.spec.target is None else figure.spec.target.describe(),
+            "meets_target": verdict(figure, by_key),
+        }
+        for figure in figures
+    ]
+    path.write_text(json.dumps({**meta, "figures": entries}, indent=2) + "\n")
+
+
+# --- the chart ------------------------------------------------------------------------------
+
+
+def draw_chart(path: Path, figures: Sequence[Figure], title: str) -> None:
+    by_key = {figure.spec.key: figure for figure in figures}
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    _latency_panel(axes[0][0], by_key)
+    _throughput_panel(axes[0][1], by_key)
+    _retry_panel(axes[1][0], by_key)
+    _rss_panel(axes[1][1], by_key)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _percentile_bars(
+    ax: Axes, by_key: dict[str, Figure], groups: Sequence[tuple[str, str]], *, log: bool
+) -> None:
+    """Bars of p50/p95/p99/max per group (label, key prefix); whiskers span min to max."""
+    width = 0.8 / len(PERCENTILES)
+    for p_index, (name, _) in enumerate(PERCENTILES):
+        xs, heights, low, high = [], [], [], []
+        for g_index, (_, prefix) in enumerate(groups):
+            figure = by_key.get(f"{prefix}.{name}")
+            if figure is None:
+                continue
+            xs.append(g_index + (p_index - 1.5) * width)
+            heights.append(figure.median)
+            low.append(figure.median - figure.low)
+            high.append(figure.high - figure.median)
+        ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=name,
+               color=PERCENTILE_COLOURS[p_index])  # fmt: skip
+    ax.set_xticks(
+        range(len(groups)), [_group_label(label, prefix, by_key) for label, prefix in groups]
+    )
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale)" if log else "ms")
+    ax.grid(axis="y", which="both", alpha=0.3)
+
+
+def _group_label(label: str, prefix: str, by_key: dict[str, Figure]) -> str:
+    """A group whose deliveries did not all arrive says so: its percentiles flatter it."""
+    missing = by_key.get(f"{prefix}.missing")
+    if missing is None or missing.median == 0:
+        return label
+    return f"{label}\n({missing.median:.1f}% missing)"
+
+
+def _latency_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    groups = [(f"{rate:,} clicks/s", f"latency.{rate}") for rate in RATES]
+    groups.append(("500/s + 1 hung\n(fast endpoints)", "isolation"))
+    _percentile_bars(ax, by_key, groups, log=True)
+    ax.axhline(50, color="black", linestyle="--", linewidth=1)
+    ax.text(-0.4, 55, "target: p99 ≤ 50 ms at 500/s", fontsize=8)
+    ax.set_title("Click occurred_at → receiver arrival (median of runs, whiskers min to max)")
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
+
+
+def _retry_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    groups = [(f"{delay:g}s tier", f"retry.{delay:g}s") for delay in RETRY_SCHEDULE]
+    _percentile_bars(ax, by_key, groups, log=False)
+    ax.axhline(500, color="black", linestyle="--", linewidth=1)
+    ax.text(-0.4, 510, "target: p99 ≤ 500 ms", fontsize=8)
+    ax.set_title("Retry lateness: receiver arrival minus due time")
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
+
+
+def _throughput_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    shown = [by_key[key] for key in THROUGHPUT_KEYS if key in by_key]
+    ys = range(len(shown))
+    medians = [figure.median for figure in shown]
+    errors = [[f.median - f.low for f in shown], [f.high - f.median for f in shown]]
+    ax.barh(ys, medians, xerr=errors, capsize=3, color="#4c72b0")
+    for y, figure in zip(ys, shown, strict=True):
+        ax.text(figure.high * 1.08, y, _throughput_note(figure, by_key), va="center", fontsize=8)
+        target = figure.spec.target
+        if target is not None:
+            ax.plot([target.value] * 2, [y - 0.4, y + 0.4], color="#c44e52", linewidth=2)
+    ax.set_yticks(list(ys), [figure.spec.label for figure in shown])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    if shown:
+        # Bars on a log axis start at its left edge: the decade below the smallest figure
+        # keeps their lengths comparable.
+        left = 10 ** math.floor(math.log10(min(f.low for f in shown)))
+        ax.set_xlim(left, max(f.high for f in shown) * 6)
+    ax.set_xlabel("per second (log scale); red tick: target")
+    ax.set_title("Throughput (median of runs, whiskers min to max)")
+    ax.grid(axis="x", which="both", alpha=0.3)
+
+
+def _throughput_note(figure: Figure, by_key: dict[str, Figure]) -> str:
+    note = f"{number(figure.median)} {figure.spec.unit}"
+    shunted = by_key.get("delivery.capped.shunted")
+    if figure.spec.key == "delivery.capped.dps" and shunted is not None:
+        note += f", {shunted.median:.0f}% of the backlog shunted"
+    return note
+
+
+def _rss_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    shown = [(name, by_key[f"rss.{name}"]) for name in SERVICES if f"rss.{name}" in by_key]
+    xs = range(len(shown))
+    ax.bar(xs, [figure.high for _, figure in shown], color="#8172b3", label="worst run")
+    ax.scatter(xs, [figure.median for _, figure in shown], color="black", zorder=3,
+               label="median run")  # fmt: skip
+    for x, (_, figure) in zip(xs, shown, strict=True):
+        ax.text(x, figure.high + 3, f"{figure.high:.0f} MB", ha="center", fontsize=9)
+    ax.axhline(150, color="black", linestyle="--", linewidth=1)
+    ax.text(-0.4, 153, "target: ≤ 150 MB per service", fontsize=8)
+    ax.set_xticks(list(xs), [name for name, _ in shown])
+    ax.set_ylim(0, max([180.0, *(figure.high * 1.2 for _, figure in shown)]))
+    ax.set_ylabel("MB")
+    ax.set_title("Peak RSS per service (VmHWM)")
+    ax.legend(loc="upper right", fontsize=8)

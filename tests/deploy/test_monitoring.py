@@ -1,0 +1,125 @@
+"""The alert rules and the Grafana dashboard: valid PromQL over metrics clickhook defines,
+aggregated the way each metric needs, shipped as they are in the repository. (That a running
+service exports them is tests/e2e/test_observability.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import promql_parser
+import pytest
+
+from tests.deploy.manifests import Rendered
+from tests.deploy.test_consistency import exported_metric_names
+from tests.support.promql import (
+    DASHBOARD_PATH,
+    Query,
+    alert_queries,
+    alert_rules,
+    clickhook_metric_names,
+    dashboard_queries,
+    load_dashboard,
+    panels,
+    parse,
+)
+
+ALERTS = alert_queries()
+DASHBOARD_QUERIES = dashboard_queries()
+# Reported by every replica for the whole group or table: summing them counts each replica.
+WHOLE_GROUP_GAUGES = {
+    "clickhook_kafka_consumer_lag",
+    "clickhook_retry_envelopes",
+    "clickhook_endpoints",
+}
+# What the dashboard is for (issue 6): throughput, success rate, latency, lag, tiers, DLQ.
+DASHBOARD_MUST_SHOW = {
+    "clickhook_ingest_events_total",
+    "clickhook_delivery_attempts_total",
+    "clickhook_delivery_latency_seconds_bucket",
+    "clickhook_kafka_consumer_lag",
+    "clickhook_retry_envelopes",
+    "clickhook_dead_letters_total",
+}
+
+
+def by_where(queries: list[Query]) -> list[object]:
+    return [pytest.param(q, id=q.where) for q in queries]
+
+
+@pytest.mark.parametrize("query", by_where(ALERTS + DASHBOARD_QUERIES))
+def test_every_query_is_valid_promql(query: Query) -> None:
+    try:
+        parse(query.expr)
+    except ValueError as exc:
+        pytest.fail(f"{query.where}: {exc}\n{query.expr}")
+
+
+def test_queries_read_only_metrics_clickhook_defines() -> None:
+    used = clickhook_metric_names(ALERTS + DASHBOARD_QUERIES)
+    defined = exported_metric_names()
+    unknown = {name: sorted(where) for name, where in used.items() if name not in defined}
+    assert not unknown, f"metrics not in shared/metrics.py: {unknown}"
+    missing = DASHBOARD_MUST_SHOW - set(clickhook_metric_names(DASHBOARD_QUERIES))
+    assert not missing, f"the dashboard does not show {sorted(missing)}"
+
+
+def is_whole_group_gauge(node: promql_parser.Expr) -> bool:
+    return isinstance(node, promql_parser.VectorSelector) and node.name in WHOLE_GROUP_GAUGES
+
+
+@pytest.mark.parametrize("query", by_where(ALERTS + DASHBOARD_QUERIES))
+def test_whole_group_gauges_are_aggregated_with_max(query: Query) -> None:
+    enclosing: list[str] = []
+    misread: list[str] = []
+
+    def enter(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.AggregateExpr):
+            enclosing.append(str(node.op))
+        elif is_whole_group_gauge(node) and enclosing[-1:] != ["max"]:
+            misread.append(f"{node} under {enclosing[-1:] or 'no aggregation'}")
+
+    def leave(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.AggregateExpr):
+            enclosing.pop()
+
+    promql_parser.walk(parse(query.expr), enter, leave)
+    assert not misread, f"{query.where}: {misread}"
+
+
+def test_alert_rules_are_complete() -> None:
+    for alert in alert_rules():
+        name = alert["alert"]
+        assert re.fullmatch(r"\d+[smh]", alert["for"]), name
+        assert alert["labels"]["severity"] in ("critical", "warning"), name
+        for key in ("summary", "description", "runbook_url"):
+            text = alert["annotations"][key]
+            assert text.count("{{") == text.count("}}"), f"{name}: template braces in {key}"
+
+
+def test_dashboard_is_well_formed_and_every_query_follows_the_namespace() -> None:
+    dashboard = load_dashboard()
+    every = panels(dashboard)
+    ids = [panel["id"] for panel in every]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "namespace"}
+    for panel in every:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert 'namespace=~"$namespace"' in target["expr"], panel["title"]
+
+
+def test_dashboard_ships_as_a_configmap_with_the_monitoring_component(rendered: Rendered) -> None:
+    configmap = rendered.find("ConfigMap", "clickhook-grafana-dashboard")
+    if rendered.overlay == "dev":
+        assert configmap is None, "dev has no monitoring component"
+        return
+    assert configmap is not None
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(configmap["data"][DASHBOARD_PATH.name])
+    assert shipped == load_dashboard()

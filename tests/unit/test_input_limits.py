@@ -1,0 +1,114 @@
+"""How deep and how big a click may be (shared.messages.MAX_JSON_DEPTH / MAX_CLICK_BYTES).
+
+A click that decodes must also encode in every message that wraps it, or the dispatcher retries
+it forever; a click bigger than ingest would take is set aside, not delivered.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+from shared.errors import InvalidInput
+from shared.messages import (
+    MAX_CLICK_BYTES,
+    MAX_JSON_DEPTH,
+    DeadLetter,
+    DeliveryEnvelope,
+    decode_click,
+    decode_json,
+    encode,
+    webhook_body,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+
+
+def nested(levels: int) -> bytes:
+    """``levels`` objects, one inside the other."""
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+def click(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": "evt_1",
+        "type": "link.clicked",
+        "account_id": "acc_1",
+        "occurred_at": "2026-11-27T11:59:00Z",
+        "link": {"id": "lnk_1"},
+        **extra,
+    }
+
+
+def click_nested(levels: int) -> bytes:
+    """A valid click whose object, with its unknown field, nests ``levels`` deep."""
+    return encode(click())[:-1] + b',"deep":' + nested(levels - 1) + b"}"
+
+
+def test_decode_json_accepts_nesting_at_the_limit() -> None:
+    assert decode_json(nested(MAX_JSON_DEPTH)) is not None
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 500, 990, 100_000])
+def test_decode_json_refuses_nesting_beyond_the_limit(levels: int) -> None:
+    with pytest.raises(InvalidInput, match="malformed JSON") as caught:
+        decode_json(nested(levels))
+
+    assert caught.value.problems[0].problem == f"nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def test_decode_json_counts_arrays_as_levels() -> None:
+    with pytest.raises(InvalidInput):
+        decode_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
+
+
+def test_decode_json_accepts_many_shallow_siblings() -> None:
+    wide = msgspec.json.encode([{"a": [1, 2]} for _ in range(10_000)])
+    assert len(decode_json(wide)) == 10_000
+
+
+def test_click_nested_at_the_limit_decodes() -> None:
+    assert decode_click(click_nested(MAX_JSON_DEPTH), now=NOW).id == "evt_1"
+
+
+def test_click_nested_at_the_limit_encodes_in_every_wrapping_message() -> None:
+    event = decode_click(click_nested(MAX_JSON_DEPTH), now=NOW).payload
+    envelope = DeliveryEnvelope(
+        webhook_id="msg_1",
+        event_id="evt_1",
+        endpoint_id="ep_1",
+        account_id="acc_1",
+        event=event,
+        attempts_made=1,
+        tier=0,
+        due_at_ms=0,
+    )
+
+    webhook_body(event)
+    encode(envelope)
+    encode(DeadLetter(reason="exhausted", dead_at_ms=0, envelope=envelope))
+
+
+def test_click_nested_one_level_beyond_the_limit_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        decode_click(click_nested(MAX_JSON_DEPTH + 1), now=NOW)
+
+
+def test_click_of_the_maximum_size_decodes() -> None:
+    raw = encode(click(padding=""))
+    raw = encode(click(padding="x" * (MAX_CLICK_BYTES - len(raw))))
+
+    assert len(raw) == MAX_CLICK_BYTES
+    assert decode_click(raw, now=NOW).id == "evt_1"
+
+
+def test_click_over_the_maximum_size_is_refused_as_too_large() -> None:
+    raw = encode(click(padding="x" * MAX_CLICK_BYTES))
+
+    with pytest.raises(InvalidInput, match="click too large") as caught:
+        decode_click(raw, now=NOW)
+
+    assert caught.value.problems[0].problem == f"is {len(raw)} bytes, more than {MAX_CLICK_BYTES}"
