@@ -25,6 +25,7 @@ from typing import Any, Literal
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from shared.envelopes import first_envelope
 from shared.errors import InvalidInput, Problem
 from shared.filters import endpoint_wants
 from shared.messages import (
@@ -36,7 +37,6 @@ from shared.messages import (
     encode,
 )
 from shared.settings import Settings
-from shared.signing import webhook_id
 from shared.topic_window import read_window
 from shared.topics import HEADER_DUE_AT_MS, Topics
 from shared.worker import Record
@@ -112,21 +112,6 @@ class BackfillProgress:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "error": self.error,
         }
-
-
-def backfill_envelope(endpoint: Endpoint, event: ClickEvent, now_ms: int) -> DeliveryEnvelope:
-    """A first delivery of ``event`` to ``endpoint``, due now; its webhook-id is the one a live
-    delivery of the same pair has."""
-    return DeliveryEnvelope(
-        webhook_id=webhook_id(event.id, endpoint.id),
-        event_id=event.id,
-        endpoint_id=endpoint.id,
-        account_id=endpoint.account_id,
-        event=event.payload,
-        attempts_made=0,
-        tier=-1,
-        due_at_ms=now_ms,
-    )
 
 
 def _readable_click(record: Record, now: datetime) -> ClickEvent | None:
@@ -210,7 +195,9 @@ class Backfill:
                     continue
                 if progress.matched >= window.max_clicks:
                     return "limit_reached", f"more than {window.max_clicks} clicks match"
-                await self._send(backfill_envelope(endpoint, event, int(self._clock() * 1000)))
+                await self._send(
+                    first_envelope(endpoint, event, due_at_ms=int(self._clock() * 1000))
+                )
         return "completed", None
 
     async def _send(self, envelope: DeliveryEnvelope) -> None:

@@ -45,6 +45,7 @@ class Courier:
         *,
         service: str,
         producer: AIOKafkaProducer,
+        attempt_log: AIOKafkaProducer | None,
         sender: Sender,
         endpoints: EndpointStore,
         rng: random.Random | None = None,
@@ -54,6 +55,7 @@ class Courier:
         self._service = service
         self._topics = Topics(settings.topic_prefix)
         self._producer = producer
+        self._attempt_log = attempt_log
         self._sender = sender
         self._endpoints = endpoints
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -84,8 +86,8 @@ class Courier:
             attempt=attempt_no,
         )
         self._observe(result, envelope)
-        if self._settings.attempt_log_enabled:
-            await self._log_attempt(result.record)
+        if self._attempt_log is not None:
+            await self._log_attempt(self._attempt_log, result.record)
         route = route_after_attempt(
             result.outcome,
             current_tier=current_tier,
@@ -231,13 +233,11 @@ class Courier:
                         max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
                     )
 
-    async def _log_attempt(self, record: AttemptRecord) -> None:
+    async def _log_attempt(self, producer: AIOKafkaProducer, record: AttemptRecord) -> None:
         # The attempt log is an audit trail, not part of the delivery guarantee: the delivery
         # does not wait for its acknowledgement, but a failure is counted.
         topic = self._topics.attempts
-        future = await self._producer.send(
-            topic, key=record.endpoint_id.encode(), value=encode(record)
-        )
+        future = await producer.send(topic, key=record.endpoint_id.encode(), value=encode(record))
         future.add_done_callback(lambda done: _count_produce_error(done, topic))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 import structlog
@@ -17,6 +19,8 @@ from shared.topic_window import read_window
 from shared.topics import HEADER_DUE_AT_MS, Topics
 
 log = structlog.get_logger(__name__)
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,33 +37,37 @@ class ReplayReport:
         }
 
 
+async def _readable(
+    settings: Settings, topic: str, since_ms: int, decode: Callable[[bytes], M]
+) -> AsyncIterator[M]:
+    """The messages of a topic window that decode; unreadable ones are skipped here (they are
+    kept, raw, for an operator)."""
+    async for record in read_window(settings, topic, since_ms):
+        if record.value is None:
+            continue
+        try:
+            yield decode(record.value)
+        except msgspec.DecodeError:
+            continue
+
+
 async def dead_letters_since(
     settings: Settings, since_ms: int, until_ms: int | None = None
 ) -> list[DeadLetter]:
     """Readable dead letters that died in ``[since_ms, until_ms)``."""
-    letters: list[DeadLetter] = []
-    async for record in read_window(settings, Topics(settings.topic_prefix).dlq, since_ms):
-        if record.value is None:
-            continue
-        try:
-            letter = decode_dead_letter(record.value)
-        except msgspec.DecodeError:
-            continue  # kept raw for an operator; not replayable
-        if letter.dead_at_ms >= since_ms and (until_ms is None or letter.dead_at_ms < until_ms):
-            letters.append(letter)
-    return letters
+    dlq = Topics(settings.topic_prefix).dlq
+    return [
+        letter
+        async for letter in _readable(settings, dlq, since_ms, decode_dead_letter)
+        if letter.dead_at_ms >= since_ms and (until_ms is None or letter.dead_at_ms < until_ms)
+    ]
 
 
 async def delivered_after(settings: Settings, since_ms: int) -> dict[str, int]:
     """webhook-id → time of its latest successful attempt, from the attempt log."""
     delivered: dict[str, int] = {}
-    async for record in read_window(settings, Topics(settings.topic_prefix).attempts, since_ms):
-        if record.value is None:
-            continue
-        try:
-            attempt = decode_attempt(record.value)
-        except msgspec.DecodeError:
-            continue
+    attempts = Topics(settings.topic_prefix).attempts
+    async for attempt in _readable(settings, attempts, since_ms, decode_attempt):
         if attempt.outcome == "success":
             delivered[attempt.webhook_id] = max(attempt.at_ms, delivered.get(attempt.webhook_id, 0))
     return delivered

@@ -35,8 +35,27 @@ def create_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProduc
     )
 
 
+def create_audit_producer(settings: Settings) -> AIOKafkaProducer:
+    """For the attempt log: an audit trail nobody waits on, so it trades per-record latency
+    for large batches (sending one tiny batch per delivery cost the dispatcher a fifth of its
+    CPU in the benchmark)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks=1,
+        linger_ms=50,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+        request_timeout_ms=int(settings.publish_timeout_s * 1000),
+        client_id="clickhook-attempts",
+    )
+
+
 def create_consumer(
-    settings: Settings, *, group_id: str | None, max_poll_records: int = 500
+    settings: Settings,
+    *,
+    group_id: str | None,
+    max_poll_records: int = 500,
+    fetch_max_wait_ms: int = 500,
 ) -> AIOKafkaConsumer:
     """A consumer with manual commits: offsets are committed only from watermarks."""
     return AIOKafkaConsumer(
@@ -48,6 +67,7 @@ def create_consumer(
         fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         isolation_level="read_committed",
+        fetch_max_wait_ms=fetch_max_wait_ms,
         client_id="clickhook",
     )
 

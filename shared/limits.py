@@ -8,9 +8,15 @@ retry tier rather than hold a partition back behind one slow receiver.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.settings import Settings
+
+# Weight of the newest attempt in an endpoint's typical attempt duration.
+SMOOTHING = 0.2
 
 
 @dataclass(slots=True)
@@ -45,36 +51,63 @@ class TokenBucket:
 class _Lane:
     slots: asyncio.Semaphore
     queued: int = 0
-    active: int = 0
-    bucket: TokenBucket | None = field(default=None)
+    bucket: TokenBucket | None = None
+    # Start times of the attempts in flight, oldest first, and a moving average of how long
+    # attempts take: together they estimate how long a newcomer would wait.
+    started_s: deque[float] = field(default_factory=deque)
+    typical_s: float = 0.0
+
+    @property
+    def active(self) -> int:
+        return len(self.started_s)
+
+    def expected_wait_s(self, now_s: float, max_in_flight: int) -> float:
+        """Roughly how long the next queued delivery would wait for a slot."""
+        oldest_age_s = now_s - self.started_s[0] if self.started_s else 0.0
+        per_attempt_s = max(self.typical_s, oldest_age_s)
+        return (self.queued + 1) * per_attempt_s / max_in_flight
 
 
 class EndpointGate:
-    def __init__(self, max_in_flight: int, max_queued: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_queued: int,
+        max_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._max_in_flight = max_in_flight
         self._max_queued = max_queued
         self._max_wait_s = max_wait_s
+        self._clock = clock
         self._lanes: dict[str, _Lane] = {}
 
-    async def enter(self, endpoint_id: str, rate_per_s: float | None, now_s: float) -> bool:
+    async def enter(self, endpoint_id: str, rate_per_s: float | None) -> bool:
         """Wait (briefly) for the endpoint's rate and a slot; False: shunt the delivery.
 
+        A delivery is shunted at once, without queueing, when the endpoint's attempts are so
+        slow that it could not get a slot within the wait limit anyway: a hung receiver then
+        holds no clicks back, while a burst to a fast one still queues and drains.
         On True the caller must ``leave`` once the attempt is over.
         """
         lane = self._lanes.get(endpoint_id)
         if lane is None:
             lane = self._lanes[endpoint_id] = _Lane(asyncio.Semaphore(self._max_in_flight))
-        if lane.slots.locked() and lane.queued >= self._max_queued:
+        if lane.slots.locked() and (
+            lane.queued >= self._max_queued
+            or lane.expected_wait_s(self._clock(), self._max_in_flight) > self._max_wait_s
+        ):
             return False
         lane.queued += 1
         try:
-            return await self._wait_turn(lane, rate_per_s, now_s)
+            return await self._wait_turn(lane, rate_per_s)
         finally:
             lane.queued -= 1
             self._forget_if_idle(endpoint_id, lane)
 
-    async def _wait_turn(self, lane: _Lane, rate_per_s: float | None, now_s: float) -> bool:
+    async def _wait_turn(self, lane: _Lane, rate_per_s: float | None) -> bool:
         if rate_per_s is not None:
+            now_s = self._clock()
             if lane.bucket is None or lane.bucket.rate_per_s != rate_per_s:
                 lane.bucket = TokenBucket(rate_per_s, max(1.0, rate_per_s), now_s)
             wait_s = lane.bucket.reserve(now_s, self._max_wait_s)
@@ -87,12 +120,14 @@ class EndpointGate:
                 await lane.slots.acquire()
         except TimeoutError:
             return False
-        lane.active += 1
+        lane.started_s.append(self._clock())
         return True
 
     def leave(self, endpoint_id: str) -> None:
         lane = self._lanes[endpoint_id]
-        lane.active -= 1
+        # Attempts end in any order; taking the oldest start is close enough for an estimate.
+        duration_s = self._clock() - lane.started_s.popleft()
+        lane.typical_s += SMOOTHING * (duration_s - lane.typical_s)
         lane.slots.release()
         self._forget_if_idle(endpoint_id, lane)
 
@@ -101,7 +136,8 @@ class EndpointGate:
         return lane.active if lane else 0
 
     def _forget_if_idle(self, endpoint_id: str, lane: _Lane) -> None:
-        # Rate-limited lanes keep their bucket; others are dropped to bound memory.
+        # Rate-limited lanes keep their bucket; others are dropped to bound memory (their
+        # duration estimate with them: an idle endpoint starts afresh).
         if lane.active == 0 and lane.queued == 0 and lane.bucket is None:
             self._lanes.pop(endpoint_id, None)
 

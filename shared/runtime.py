@@ -16,7 +16,7 @@ from shared.courier import Courier
 from shared.delivery import Sender, create_session
 from shared.endpoints import EndpointStore
 from shared.health import Readiness, start_ops_server
-from shared.kafka import create_producer, ensure_topics
+from shared.kafka import create_audit_producer, create_producer, ensure_topics
 from shared.lifecycle import close_quietly
 from shared.settings import Settings
 from shared.worker import PartitionWorker
@@ -120,12 +120,22 @@ async def courier_for(rt: Runtime, service: str) -> AsyncIterator[Courier]:
     """The pooled HTTP client and the courier that carries deliveries for ``service``."""
     settings = rt.settings
     session = create_session(settings.allowed_cidrs, settings.delivery_timeout_s)
+    attempt_log = create_audit_producer(settings) if settings.attempt_log_enabled else None
     try:
+        if attempt_log is not None:
+            await attempt_log.start()
         sender = Sender(session, settings.allowed_cidrs)
         yield Courier(
-            settings, service=service, producer=rt.producer, sender=sender, endpoints=rt.endpoints
+            settings,
+            service=service,
+            producer=rt.producer,
+            attempt_log=attempt_log,
+            sender=sender,
+            endpoints=rt.endpoints,
         )
     finally:
+        if attempt_log is not None:
+            await close_quietly("attempt log producer", attempt_log.stop())
         await session.close()
 
 

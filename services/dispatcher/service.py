@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 
 import structlog
@@ -12,12 +11,12 @@ from aiokafka import AIOKafkaProducer
 from shared import metrics
 from shared.courier import Courier
 from shared.endpoints import EndpointStore
+from shared.envelopes import first_envelope
 from shared.errors import InvalidInput
 from shared.filters import endpoint_wants
 from shared.limits import gate_for
 from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.settings import Settings
-from shared.signing import webhook_id
 from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
 from shared.worker import Record
 
@@ -56,21 +55,15 @@ class Dispatcher:
             if endpoint_wants(ep, event)
         ]
         if targets:
-            await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
+            if len(targets) == 1:
+                await self._deliver(targets[0], event)  # no task to spawn for the common case
+            else:
+                await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
 
     async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
-        envelope = DeliveryEnvelope(
-            webhook_id=webhook_id(event.id, endpoint.id),
-            event_id=event.id,
-            endpoint_id=endpoint.id,
-            account_id=endpoint.account_id,
-            event=event.payload,
-            attempts_made=0,
-            tier=-1,
-            due_at_ms=0,
-        )
-        # Every line logged about this delivery, here or in the courier, carries its ids. Each
-        # delivery runs in a task of its own (gather), so the binding is this delivery's alone.
+        envelope = first_envelope(endpoint, event)
+        # Every line logged about this delivery, here or in the courier, carries its ids. The
+        # binding is undone on the way out, so sibling deliveries never see each other's ids.
         with structlog.contextvars.bound_contextvars(
             event_id=envelope.event_id,
             endpoint_id=envelope.endpoint_id,
@@ -80,7 +73,7 @@ class Dispatcher:
             await self._attempt_or_shunt(endpoint, envelope)
 
     async def _attempt_or_shunt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
-        if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s, time.monotonic()):
+        if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
             await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
             metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
             return

@@ -12,6 +12,8 @@ from shared.settings import load_settings
 from shared.topics import RETRY_GROUP, Topics
 from shared.worker import PartitionWorker
 
+RESUME_FETCH_WAIT_MS = 50
+
 
 async def main() -> None:
     settings = load_settings()
@@ -24,7 +26,12 @@ async def main() -> None:
         lag_reporting(settings, retry_lag_scope(settings)),
     ):
         stop_on_signals(rt.stop)
-        consumer = create_consumer(settings, group_id=topics.group(RETRY_GROUP))
+        # aiokafka does not fetch a resumed partition while another fetch to the same broker
+        # is in flight; a short long-poll keeps a partition that just fell due from waiting
+        # up to the default 500 ms behind it.
+        consumer = create_consumer(
+            settings, group_id=topics.group(RETRY_GROUP), fetch_max_wait_ms=RESUME_FETCH_WAIT_MS
+        )
         service = RetryService(settings, consumer=consumer, endpoints=rt.endpoints, courier=courier)
         worker = PartitionWorker(
             consumer,

@@ -100,7 +100,7 @@ class RetryService:
         if not endpoint.enabled:
             await self._courier.dead_letter(envelope, "endpoint_disabled")
             return
-        if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s, time.monotonic()):
+        if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
             await self._courier.schedule_retry(envelope, tier=envelope.tier, topic_tier=0)
             metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
             return
