@@ -31,6 +31,7 @@ Gate = Callable[[TopicPartition, Record], bool]
 COMMIT_INTERVAL_S = 0.5
 HANDLER_RETRY_MAX_S = 30.0
 IDLE_POLL_MS = 500
+HAND_OFF_TIMEOUT_S = 5.0
 
 
 class PartitionWorker:
@@ -44,6 +45,7 @@ class PartitionWorker:
         gate: Gate | None = None,
         next_wakeup_s: Callable[[], float | None] | None = None,
         on_poll: Callable[[], None] | None = None,
+        hand_off: Callable[[], None] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -52,6 +54,7 @@ class PartitionWorker:
         self._gate = gate
         self._next_wakeup_s = next_wakeup_s
         self._on_poll = on_poll
+        self._hand_off = hand_off
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,11 +82,20 @@ class PartitionWorker:
         await self.drain()
 
     async def drain(self) -> None:
-        """Let in-flight work finish within the grace period, then commit what is done."""
+        """Let in-flight work finish within the grace period, then commit what is done.
+
+        Work still running when the grace period ends is first asked to hand itself on (the
+        dispatcher moves its deliveries to the first retry tier), so that it, too, can be
+        committed; whatever does not finish even then is left uncommitted and read again.
+        """
         self._stopping = True
         if self._tasks:
             log.info("draining", in_flight=len(self._tasks), grace_s=self._drain_grace_s)
             await asyncio.wait(set(self._tasks), timeout=self._drain_grace_s)
+        if self._tasks and self._hand_off is not None:
+            log.info("handing_off", in_flight=len(self._tasks))
+            self._hand_off()
+            await asyncio.wait(set(self._tasks), timeout=HAND_OFF_TIMEOUT_S)
         for task in set(self._tasks):
             task.cancel()
         await self.commit()

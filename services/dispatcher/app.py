@@ -33,6 +33,7 @@ async def main() -> None:
             dispatcher.handle,
             max_in_flight=settings.max_in_flight,
             drain_grace_s=settings.drain_grace_s,
+            hand_off=dispatcher.hand_off,
         )
         consumer.subscribe([topics.clicks], listener=worker.listener)
         await run_worker(rt, consumer, worker)

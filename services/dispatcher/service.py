@@ -16,6 +16,7 @@ from shared.errors import InvalidInput
 from shared.filters import endpoint_wants
 from shared.limits import gate_for
 from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
+from shared.outcomes import Route
 from shared.settings import Settings
 from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
 from shared.worker import Record
@@ -41,6 +42,8 @@ class Dispatcher:
         self._gate = gate_for(settings)
         self._deliveries = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
+        self._attempts: set[asyncio.Future[Route]] = set()
+        self._handing_off = False
 
     async def handle(self, record: Record) -> None:
         """Finish one ``clicks`` record: every delivery done or durably handed on."""
@@ -81,11 +84,33 @@ class Dispatcher:
             async with self._deliveries:
                 self._in_flight.inc()
                 try:
-                    await self._courier.attempt(endpoint, envelope)
+                    await self._attempt(endpoint, envelope)
                 finally:
                     self._in_flight.dec()
         finally:
             self._gate.leave(endpoint.id)
+
+    async def _attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+        """One attempt, in a task of its own so that a drain can interrupt just the attempt
+        and still finish the record (see ``hand_off``)."""
+        attempt = asyncio.ensure_future(self._courier.attempt(endpoint, envelope))
+        self._attempts.add(attempt)
+        attempt.add_done_callback(self._attempts.discard)
+        try:
+            await attempt
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._handing_off or (task is not None and task.cancelling()):
+                raise
+            await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
+            log.info("delivery_handed_off")
+
+    def hand_off(self) -> None:
+        """At the end of the drain grace: interrupt the attempts still running; each delivery
+        then goes to the first retry tier, as if shunted, and its record can be committed."""
+        self._handing_off = True
+        for attempt in set(self._attempts):
+            attempt.cancel()
 
     async def _set_aside(self, record: Record, exc: InvalidInput) -> None:
         """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""

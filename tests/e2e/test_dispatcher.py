@@ -10,7 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from shared.messages import decode_dead_letter
+from shared.messages import decode_dead_letter, decode_envelope
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver
@@ -184,3 +184,37 @@ def success_count(exposition: str) -> float:
         if line.startswith("clickhook_delivery_attempts_total{") and 'outcome="success"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_sigterm_hands_unfinished_deliveries_to_the_retry_tier(
+    start_pipeline: StartPipeline,
+) -> None:
+    stuck = Receiver(delay_s=30.0)
+    await stuck.start()
+    try:
+        pipeline = await start_pipeline(
+            CLICKHOOK_DELIVERY_TIMEOUT="60s",
+            CLICKHOOK_DRAIN_GRACE="2s",
+            CLICKHOOK_RETRY_SCHEDULE="1m",
+        )
+        await pipeline.create_endpoint(stuck.url("/stuck"))
+        events = [make_click(f"evt_term_{n}", account_id=ACCOUNT_ID) for n in range(3)]
+        await pipeline.post_clicks(events)
+        await stuck.wait_for(3, timeout_s=10)
+
+        stopping_started = time.monotonic()
+        exit_code = await asyncio.to_thread(pipeline.services["dispatcher"].terminate)
+        stopped_after_s = time.monotonic() - stopping_started
+        handed = await read_records(pipeline.bootstrap, pipeline.topic("webhook.retry.1m"), 3, 10)
+        restarted = pipeline.spawn("dispatcher", "after-term")
+        await restarted.wait_ready()
+        await asyncio.sleep(3.0)  # an uncommitted record would be attempted again by now
+    finally:
+        await stuck.stop()
+
+    envelopes = [decode_envelope(r.value) for r in handed]
+    assert exit_code == 0
+    assert stopped_after_s < 15, f"stopped after {stopped_after_s:.1f}s"
+    assert sorted(e.event_id for e in envelopes) == sorted(e["id"] for e in events)
+    assert all(e.attempts_made == 0 and e.tier == -1 for e in envelopes)
+    assert len(stuck.received) == 3, "a handed-off record was delivered again after restart"
