@@ -37,6 +37,8 @@ from shared.topics import HEADER_DUE_AT_MS, HEADER_REASON, Topics
 
 log = structlog.get_logger(__name__)
 
+BREAKER_GAUGE_INTERVAL_S = 1.0
+
 
 class Courier:
     def __init__(
@@ -60,6 +62,7 @@ class Courier:
         self._endpoints = endpoints
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
+        self._breaker_gauge_at_s = 0.0
         self._clock = clock
 
     async def attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> Route:
@@ -129,9 +132,12 @@ class Courier:
             else None
         )
         self._breaker.record(endpoint.id, success, now_s, history_start_s)
-        counts = self._breaker.open_counts(now_s)
-        for state in ("open", "half_open"):
-            metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
+        if now_s - self._breaker_gauge_at_s >= BREAKER_GAUGE_INTERVAL_S:
+            # Counting walks every unhealthy endpoint: not on every attempt.
+            self._breaker_gauge_at_s = now_s
+            counts = self._breaker.open_counts(now_s)
+            for state in ("open", "half_open"):
+                metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
         failing_for_s = self._breaker.failing_for_s(endpoint.id, now_s)
         if not success and failing_for_s >= self._settings.disable_after_s:
             days = failing_for_s / 86400

@@ -14,6 +14,7 @@ from shared.endpoints import EndpointStore
 from shared.envelopes import first_envelope
 from shared.errors import InvalidInput
 from shared.filters import endpoint_wants
+from shared.kafka import produce_durably
 from shared.limits import gate_for
 from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.outcomes import Route
@@ -116,7 +117,8 @@ class Dispatcher:
         """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""
         reason = "; ".join(f"{p.field}: {p.problem}" for p in exc.problems)[:1000]
         source = f"{record.topic}/{record.partition}/{record.offset}"
-        await self._producer.send_and_wait(
+        await produce_durably(
+            self._producer,
             self._topics.clicks_invalid,
             key=record.key,
             value=record.value,

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.auth import Authenticator
-from services.ingest.responses import ApiError, invalid
+from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid
 from shared import metrics
 from shared.errors import InvalidInput, Problem
 from shared.messages import ClickEvent, decode_json, encode, validate_click
@@ -26,7 +26,6 @@ log = structlog.get_logger(__name__)
 
 JSON_TYPES = ("application/json", "")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson")
-RETRY_AFTER_S = "5"
 
 
 def new_event_id() -> str:

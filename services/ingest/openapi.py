@@ -208,7 +208,7 @@ def _paths() -> dict[str, Any]:
             },
             "delete": {
                 "summary": "Delete an endpoint",
-                "responses": {"204": {"description": "deleted"}, **_errors(401, 404)},
+                "responses": {"204": {"description": "deleted"}, **_errors(401, 404, 503)},
             },
         },
         "/v1/endpoints/{endpoint_id}/rotate-secret": {

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from shared import metrics
 from shared.errors import InvalidInput, Problem
@@ -42,6 +43,18 @@ class ApiError(Exception):
         return web.json_response(body, status=self.status, headers=self.headers)
 
 
+RETRY_AFTER_S = "5"
+
+
+def broker_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "broker_unavailable",
+        "the broker did not acknowledge in time; retry the same request",
+        headers={"retry-after": RETRY_AFTER_S},
+    )
+
+
 def invalid(exc: InvalidInput, status: int = 422) -> ApiError:
     return ApiError(status, "invalid_request", exc.message, exc.problems)
 
@@ -70,6 +83,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = ApiError(exc.status, code, exc.reason).response()
+    except (KafkaError, TimeoutError) as exc:
+        # An endpoint write, a replay or a backfill could not reach the broker: nothing was
+        # half done that a retry would not redo.
+        log.warning("broker_unavailable", route=route, error=repr(exc))
+        response = broker_unavailable().response()
     except Exception:
         log.exception("request_failed", route=route)
         response = ApiError(500, "internal", "internal error").response()
