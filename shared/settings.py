@@ -27,11 +27,6 @@ class ApiKey:
     token: str = field(repr=False)
     scope: Scope
 
-    @property
-    def account_id(self) -> str | None:
-        prefix = "account:"
-        return self.scope[len(prefix) :] if self.scope.startswith(prefix) else None
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -63,10 +58,6 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     publish_timeout_s: float = 10.0
-
-    @property
-    def retry_delays_label(self) -> str:
-        return ",".join(f"{d:g}s" for d in self.retry_schedule_s)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -63,10 +63,6 @@ class PartitionWorker:
         self._stopping = False
         self.listener = _Listener(self)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def run(self, stop: asyncio.Event) -> None:
         last_commit = time.monotonic()
         while not stop.is_set():

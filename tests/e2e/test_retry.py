@@ -14,8 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from standardwebhooks.webhooks import Webhook
 
-from shared.messages import decode_dead_letter
+from shared.messages import DeliveryEnvelope, decode_dead_letter, encode
+from shared.topics import HEADER_DUE_AT_MS
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver
@@ -271,3 +275,48 @@ async def test_endpoint_failing_longer_than_disable_after_is_disabled(
 
     assert shown["enabled"] is False
     assert "CLICKHOOK_DISABLE_AFTER" in shown["disabled_reason"]
+
+
+async def test_envelope_in_a_tier_of_an_older_schedule_is_not_stranded(
+    start_pipeline: StartPipeline, receiver: Receiver, kafka_bootstrap: str, prefix: str
+) -> None:
+    old_tier = f"{prefix}webhook.retry.7m"  # a tier the new schedule no longer has
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(old_tier, 1, 1)])
+    finally:
+        await admin.close()
+    pipeline = await start_pipeline(CLICKHOOK_RETRY_SCHEDULE="1s,2s")
+    endpoint = await pipeline.create_endpoint(receiver.url())
+    event = make_click("evt_old_tier", account_id=ACCOUNT_ID)
+    envelope = DeliveryEnvelope(
+        webhook_id="msg_old_tier",
+        event_id=event["id"],
+        endpoint_id=endpoint["id"],
+        account_id=ACCOUNT_ID,
+        event=event,
+        attempts_made=5,
+        tier=5,  # its place in the old, longer schedule
+        due_at_ms=int(time.time() * 1000),
+    )
+
+    await produce_envelope(pipeline.bootstrap, old_tier, envelope)
+    [arrival] = await receiver.wait_for(1, timeout_s=30)
+
+    assert arrival.headers["webhook-id"] == "msg_old_tier"
+    Webhook(endpoint["secret"]).verify(arrival.body, arrival.headers)
+
+
+async def produce_envelope(bootstrap: str, topic: str, envelope: DeliveryEnvelope) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic,
+            key=envelope.endpoint_id.encode(),
+            value=encode(envelope),
+            headers=[(HEADER_DUE_AT_MS, str(envelope.due_at_ms).encode())],
+        )
+    finally:
+        await producer.stop()

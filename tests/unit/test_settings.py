@@ -152,11 +152,6 @@ def test_parse_api_keys_reads_tokens_and_scopes() -> None:
     ]
 
 
-def test_api_key_account_id_comes_from_an_account_scope() -> None:
-    assert ApiKey(token="t", scope="account:acc_42").account_id == "acc_42"
-    assert ApiKey(token="t", scope="admin").account_id is None
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -199,8 +194,3 @@ def test_parse_cidrs_normalises_host_bits() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("2001:db8::/32"),
     )
-
-
-def test_retry_delays_label_lists_seconds() -> None:
-    settings = load_settings({"CLICKHOOK_RETRY_SCHEDULE": "250ms,5s,5m"})
-    assert settings.retry_delays_label == "0.25s,5s,300s"
