@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from shared import metrics
-from shared.lifecycle import close_quietly, until_done
+from shared.lifecycle import until_done
 from shared.settings import Settings
 from shared.topics import Topics
 
@@ -21,28 +18,24 @@ log = structlog.get_logger(__name__)
 
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-# How long sends may keep timing out, with no success between, before the producer is replaced.
-RENEW_AFTER_S = 30.0
+HANDOFF_BATCH_BYTES = 256 * 1024
 
 Header = tuple[str, bytes]
 
 
-def create_producer(
-    settings: Settings, *, idempotent: bool = True, linger_ms: int = 5
-) -> AIOKafkaProducer:
-    """A producer whose send resolves only once the record is durable (acks=all).
+def create_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """Idempotent producer (acks=all): a send resolves only once the record is durable.
 
-    The workers' hand-offs use ``idempotent=False``: aiokafka's idempotent producer retries a
-    batch forever, and after a broker restart the ledger test saw one partition stay unwritable
-    for minutes. Without idempotence a batch expires after the request timeout and the hand-off
-    is simply sent again; a record written twice to a retry tier is a duplicate delivery with the
-    same webhook-id, which at-least-once allows. Ingest keeps idempotence (design contract).
+    Batches of up to 256 KiB: after an outage the workers hand thousands of envelopes (a
+    kilobyte or two each) to the retry tiers at once, and aiokafka sends one batch per
+    partition at a time; with the default 16 KiB those hand-offs queued for minutes.
     """
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
-        enable_idempotence=idempotent,
+        enable_idempotence=True,
         acks="all",
         linger_ms=linger_ms,
+        max_batch_size=HANDOFF_BATCH_BYTES,
         max_request_size=MAX_MESSAGE_BYTES,
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook",
@@ -154,70 +147,3 @@ async def produce_durably(
             raise
 
     await until_done(send, f"produce to {topic}")
-
-
-class RenewingProducer:
-    """An ``AIOKafkaProducer`` that is replaced when it stops getting records out.
-
-    After a broker restart aiokafka can leave one partition unwritable for good: every send to
-    it times out while the others work (seen in the ledger test, idempotent or not). Sends with
-    the same topic and key go to the same partition, so once those have timed out for
-    ``RENEW_AFTER_S`` with no success between, the producer is replaced; its pending records
-    fail and their hand-offs are sent again through the new one.
-    """
-
-    def __init__(
-        self,
-        factory: Callable[[], AIOKafkaProducer],
-        *,
-        renew_after_s: float = RENEW_AFTER_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._factory = factory
-        self._renew_after_s = renew_after_s
-        self._clock = clock
-        self._producer = factory()
-        self._failing_since_s: dict[tuple[str, bytes | None], float] = {}
-        self._renewing = asyncio.Lock()
-
-    @property
-    def client(self) -> Any:
-        return self._producer.client
-
-    async def start(self) -> None:
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        await self._producer.stop()
-
-    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self._producer.send(topic, **kwargs)
-        return future
-
-    async def send_and_wait(self, topic: str, *, key: bytes | None = None, **kwargs: Any) -> Any:
-        producer = self._producer
-        route = (topic, key)
-        try:
-            metadata = await producer.send_and_wait(topic, key=key, **kwargs)
-        except KafkaTimeoutError:
-            await self._after_timeout(producer, route)
-            raise
-        self._failing_since_s.pop(route, None)
-        return metadata
-
-    async def _after_timeout(
-        self, producer: AIOKafkaProducer, route: tuple[str, bytes | None]
-    ) -> None:
-        now_s = self._clock()
-        since_s = self._failing_since_s.setdefault(route, now_s)
-        if now_s - since_s < self._renew_after_s:
-            return
-        async with self._renewing:
-            if producer is not self._producer:
-                return  # another task renewed it meanwhile
-            log.warning("producer_renewed", topic=route[0], failing_for_s=round(now_s - since_s))
-            fresh = self._factory()
-            await fresh.start()
-            self._producer = fresh
-            self._failing_since_s.clear()
-            await close_quietly("wedged producer", producer.stop())

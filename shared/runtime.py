@@ -9,19 +9,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shared.courier import Courier
 from shared.delivery import Sender, create_session
 from shared.endpoints import EndpointStore
 from shared.health import Readiness, start_ops_server
-from shared.kafka import (
-    RenewingProducer,
-    create_audit_producer,
-    create_producer,
-    ensure_topics,
-)
+from shared.kafka import create_audit_producer, create_producer, ensure_topics
 from shared.lifecycle import close_quietly
 from shared.settings import Settings
 from shared.worker import PartitionWorker
@@ -36,7 +31,7 @@ STARTUP_ATTEMPTS = 30
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
-    producer: RenewingProducer
+    producer: AIOKafkaProducer
     endpoints: EndpointStore
     readiness: Readiness
     stop: asyncio.Event
@@ -45,7 +40,7 @@ class Runtime:
 class BrokerProbe:
     """Readiness fact: did the last metadata request to the broker succeed?"""
 
-    def __init__(self, producer: RenewingProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self.reachable = True
 
@@ -76,10 +71,10 @@ async def _ensure_topics_when_reachable(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def kafka_runtime(settings: Settings, *, idempotent: bool = True) -> AsyncIterator[Runtime]:
+async def kafka_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     stop = asyncio.Event()
     await _ensure_topics_when_reachable(settings)
-    producer = RenewingProducer(lambda: create_producer(settings, idempotent=idempotent))
+    producer = create_producer(settings)
     await producer.start()
     endpoints = EndpointStore(settings, producer)
     probe = BrokerProbe(producer)

@@ -18,7 +18,7 @@ async def main() -> None:
     configure_logging(settings.log_format, settings.log_level)
     topics = Topics(settings.topic_prefix)
     async with (
-        kafka_runtime(settings, idempotent=False) as rt,
+        kafka_runtime(settings) as rt,
         courier_for(rt, SERVICE) as courier,
         ops_server(rt, settings.dispatcher_port),
         lag_reporting(settings, dispatcher_lag_scope(settings)),

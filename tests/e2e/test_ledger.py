@@ -40,7 +40,7 @@ SCHEDULE_S = (1.0, 2.0, 4.0, 8.0)
 FLAP_DOWN_S = 20.0
 SLOW_DELAY_S = 1.5
 RATE_LIMIT_PER_S = 100
-SETTLE_TIMEOUT_S = 300.0
+SETTLE_TIMEOUT_S = 600.0  # measured: 290-330 s on the 2-core machine; room for a loaded one
 
 Event = dict[str, Any]
 
@@ -218,7 +218,7 @@ def delivered_pairs(arrivals: list[Received], path_to_id: dict[str, str]) -> set
     }
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
     start_pipeline: StartPipeline, private_broker: PrivateBroker, receiver: Receiver
 ) -> None:
