@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, free_port, launch, service_env
 
 PUBLISH_TOKEN = "tok-publish"
 ACCOUNT_TOKEN = "tok-acc42"
@@ -99,7 +99,6 @@ async def fixture_start_pipeline(
     started: list[Pipeline] = []
 
     async def start(bootstrap: str | None = None, **extra_env: str) -> Pipeline:
-        ports = {"ingest": free_port(), "dispatcher": free_port(), "retry": free_port()}
         bootstrap = bootstrap or kafka_bootstrap
         env = service_env(
             bootstrap,
@@ -107,21 +106,9 @@ async def fixture_start_pipeline(
             CLICKHOOK_API_KEYS=(
                 f"{PUBLISH_TOKEN}:publish,{ACCOUNT_TOKEN}:account:{ACCOUNT_ID},{ADMIN_TOKEN}:admin"
             ),
-            CLICKHOOK_INGEST_PORT=str(ports["ingest"]),
-            CLICKHOOK_DISPATCHER_PORT=str(ports["dispatcher"]),
-            CLICKHOOK_RETRY_PORT=str(ports["retry"]),
             **extra_env,
         )
-        services = {
-            name: ServiceProcess(name, env, port, tmp_path / f"{name}.log")
-            for name, port in ports.items()
-        }
-        # Ingest first: it creates the topics the others then find.
-        services["ingest"].start()
-        await services["ingest"].wait_ready()
-        for name in ("dispatcher", "retry"):
-            services[name].start()
-        await asyncio.gather(*(services[n].wait_ready() for n in ("dispatcher", "retry")))
+        services = await launch(("ingest", "dispatcher", "retry"), env, tmp_path)
         pipeline = Pipeline(bootstrap, prefix, services, aiohttp.ClientSession())
         started.append(pipeline)
         return pipeline

@@ -31,7 +31,7 @@ from shared.topics import DISPATCHER_GROUP, HEADER_REASON, HEADER_SOURCE, Topics
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, PUBLISH_TOKEN, Pipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, launch, service_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -92,23 +92,12 @@ class Run:
 
 async def start_services(bootstrap: str, prefix: str, log_dir: Path) -> dict[str, ServiceProcess]:
     """Ingest (it creates the topics), then the dispatcher; the retry service is not needed."""
-    ports = {"ingest": free_port(), "dispatcher": free_port()}
     env = service_env(
         bootstrap,
         prefix,
         CLICKHOOK_API_KEYS=f"{PUBLISH_TOKEN}:publish,{ACCOUNT_TOKEN}:account:{ACCOUNT_ID}",
-        CLICKHOOK_INGEST_PORT=str(ports["ingest"]),
-        CLICKHOOK_DISPATCHER_PORT=str(ports["dispatcher"]),
     )
-    services = {
-        name: ServiceProcess(name, env, port, log_dir / f"{name}.log")
-        for name, port in ports.items()
-    }
-    services["ingest"].start()
-    await services["ingest"].wait_ready()
-    services["dispatcher"].start()
-    await services["dispatcher"].wait_ready()
-    return services
+    return await launch(("ingest", "dispatcher"), env, log_dir)
 
 
 async def produce_in_order(

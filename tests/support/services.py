@@ -100,3 +100,24 @@ def service_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+async def launch(
+    names: tuple[str, ...], env: dict[str, str], log_dir: Path
+) -> dict[str, ServiceProcess]:
+    """Start services as processes, ingest first (it creates the topics the others find), and
+    wait until each is ready. ``env`` comes from ``service_env``; ports are picked here."""
+    ports = {name: free_port() for name in names}
+    env = {**env, **{f"CLICKHOOK_{name.upper()}_PORT": str(port) for name, port in ports.items()}}
+    services = {
+        name: ServiceProcess(name, env, port, log_dir / f"{name}.log")
+        for name, port in ports.items()
+    }
+    if "ingest" in services:
+        services["ingest"].start()
+        await services["ingest"].wait_ready()
+    others = [name for name in names if name != "ingest"]
+    for name in others:
+        services[name].start()
+    await asyncio.gather(*(services[name].wait_ready() for name in others))
+    return services
