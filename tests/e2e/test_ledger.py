@@ -171,20 +171,19 @@ async def publish_all(pipeline: Pipeline, events: list[Event]) -> int:
     return retries
 
 
-async def inject_faults(pipeline: Pipeline, broker: PrivateBroker, faults: Disruptions) -> None:
-    await asyncio.sleep(4)
+async def kill_and_restart(pipeline: Pipeline, name: str, faults: Disruptions) -> None:
     started = time.time()
-    pipeline.services["dispatcher"].kill()
-    restarted = pipeline.spawn("dispatcher", "after-kill")
+    pipeline.services[name].kill()
+    restarted = pipeline.spawn(name, "after-kill")
     await restarted.wait_ready()
     faults.windows.append((started, time.time() + 5))
 
+
+async def inject_faults(pipeline: Pipeline, broker: PrivateBroker, faults: Disruptions) -> None:
     await asyncio.sleep(4)
-    started = time.time()
-    pipeline.services["retry"].kill()
-    restarted = pipeline.spawn("retry", "after-kill")
-    await restarted.wait_ready()
-    faults.windows.append((started, time.time() + 5))
+    await kill_and_restart(pipeline, "dispatcher", faults)
+    await asyncio.sleep(4)
+    await kill_and_restart(pipeline, "retry", faults)
 
     await asyncio.sleep(3)
     started = time.time()

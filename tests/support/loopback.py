@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 from aiohttp import web
 
 
@@ -16,3 +21,37 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     assert server is not None
     port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     return runner, port
+
+
+@dataclass
+class LoopbackReceiver:
+    """What the tests' fake receivers share: serving POSTs on 127.0.0.1 and waking waiters as
+    requests arrive. Subclasses record requests in ``_handle`` and call ``_arrived_one``."""
+
+    default_path: ClassVar[str] = "/hook"
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def url(self, path: str | None = None) -> str:
+        return f"http://127.0.0.1:{self.port}{path or self.default_path}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner, self.port = await serve(app)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _arrived_one(self) -> None:
+        async with self._arrived:
+            self._arrived.notify_all()
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(done)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.support.loopback import serve
+from tests.support.loopback import LoopbackReceiver
 
 # (the request, how many requests that path had before it) -> status
 Responder = Callable[["Received", int], int]
@@ -25,29 +25,14 @@ class Received:
 
 
 @dataclass
-class Receiver:
+class Receiver(LoopbackReceiver):
     """Answers each request with ``respond(request, n)`` after ``delay_s``; n counts earlier
     requests to the same path, so one receiver can play many endpoints (one path each)."""
 
     respond: Responder = lambda _request, _n: 200
     delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
-    port: int = 0
-    _runner: web.AppRunner | None = None
-    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     _per_path: dict[str, int] = field(default_factory=dict)
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner, self.port = await serve(app)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -56,8 +41,7 @@ class Receiver:
         self._per_path[request.path] = earlier + 1
         received.status = self.respond(received, earlier)
         self.received.append(received)
-        async with self._arrived:
-            self._arrived.notify_all()
+        await self._arrived_one()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return web.Response(status=received.status, text="ok")
@@ -69,6 +53,5 @@ class Receiver:
         return await self.wait_until(lambda: len(self.received) >= count, timeout_s)
 
     async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> list[Received]:
-        async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(done)
+        await self._until(done, timeout_s)
         return list(self.received)

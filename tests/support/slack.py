@@ -7,16 +7,15 @@ are links and dates, and whose ``&`` only starts the three entities Slack knows.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
-from tests.support.loopback import serve
+from tests.support.loopback import LoopbackReceiver
 
 TEXT_MAX = 40_000
 MAX_BLOCKS = 50
@@ -133,23 +132,9 @@ class SlackPost:
 
 
 @dataclass
-class FakeSlack:
+class FakeSlack(LoopbackReceiver):
+    default_path: ClassVar[str] = "/services/T0/B0/campaign"
     posts: list[SlackPost] = field(default_factory=list)
-    port: int = 0
-    _runner: web.AppRunner | None = None
-    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    def url(self, path: str = "/services/T0/B0/campaign") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner, self.port = await serve(app)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -159,8 +144,7 @@ class FakeSlack:
                 request.path, dict(request.headers), body, status, answer, problems, time.time()
             )
         )
-        async with self._arrived:
-            self._arrived.notify_all()
+        await self._arrived_one()
         return web.Response(status=status, text=answer, content_type="text/html")
 
     @staticmethod
@@ -187,5 +171,4 @@ class FakeSlack:
         def done() -> bool:
             return len(self.on_path(path) if path else self.posts) >= count
 
-        async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(done)
+        await self._until(done, timeout_s)
