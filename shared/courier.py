@@ -64,6 +64,9 @@ class Courier:
         self._breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         self._breaker_gauge_at_s = 0.0
         self._clock = clock
+        # Children looked up once: .labels() on every attempt showed up in profiles.
+        self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
+        self._latency_seconds = metrics.DELIVERY_LATENCY_SECONDS.labels(service=service)
 
     async def attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> Route:
         """Make one attempt and hand the delivery on durably according to its outcome.
@@ -224,9 +227,7 @@ class Courier:
     def _observe(self, result: AttemptResult, envelope: DeliveryEnvelope) -> None:
         record = result.record
         metrics.DELIVERY_ATTEMPTS.labels(service=self._service, outcome=record.outcome).inc()
-        metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=self._service).observe(
-            record.duration_ms / 1000
-        )
+        self._attempt_seconds.observe(record.duration_ms / 1000)
         if record.outcome == "success":
             occurred = envelope.event.get("occurred_at")
             if isinstance(occurred, str):
@@ -235,7 +236,7 @@ class Courier:
                 except ValueError:
                     occurred_s = None
                 if occurred_s is not None:
-                    metrics.DELIVERY_LATENCY_SECONDS.labels(service=self._service).observe(
+                    self._latency_seconds.observe(
                         max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
                     )
 

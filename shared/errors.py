@@ -55,3 +55,24 @@ class RefusedDestination(OSError):
         self.host = host
         self.address = address
         self.reason = reason
+
+
+class UnsendableRequest(ClickhookError):
+    """A request that cannot be put on the wire: not an http(s) URL, a line break in a header."""
+
+
+class BadResponse(ClickhookError):
+    """A receiver's answer that is not HTTP/1.1 as we read it, or exceeds a limit."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The receiver closed the connection before its response head ended.
+
+    ``answered`` tells whether any byte of a response had arrived: a kept-alive connection
+    the receiver closed while idle fails with nothing, and is worth one more try.
+    """
+
+    def __init__(self, *, answered: bool) -> None:
+        what = "in the middle of the response head" if answered else "before answering"
+        super().__init__(f"the receiver closed the connection {what}")
+        self.answered = answered

@@ -9,8 +9,6 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-import aiohttp
-
 from shared.backoff import tier_for_min_delay
 from shared.errors import RefusedDestination
 from shared.messages import DeadLetterReason, Outcome
@@ -35,28 +33,21 @@ def classify_status(status: int) -> Outcome:
     return "http_5xx"
 
 
-def refusal_in(exc: BaseException) -> RefusedDestination | None:
-    """The SSRF refusal behind a failure, also when aiohttp wrapped it in its own error."""
-    for candidate in (exc, getattr(exc, "os_error", None), exc.__cause__):
-        if isinstance(candidate, RefusedDestination):
-            return candidate
-    return None
-
-
 def describe_exception(exc: BaseException) -> str:
-    refusal = refusal_in(exc)
-    return str(refusal) if refusal is not None else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RefusedDestination):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def classify_exception(exc: BaseException) -> Outcome:
     """Map a client-side failure to an outcome; never branch on exception types elsewhere."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
-    if refusal_in(exc) is not None:
+    if isinstance(exc, RefusedDestination):
         return "refused_destination"
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+    if isinstance(exc, ssl.SSLError):
         return "tls_error"
-    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+    if isinstance(exc, OSError):
         return "connect_error"
     return "error"
 

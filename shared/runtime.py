@@ -13,9 +13,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shared.courier import Courier
-from shared.delivery import Sender, create_session
+from shared.delivery import Sender
 from shared.endpoints import EndpointStore
 from shared.health import Readiness, start_ops_server
+from shared.http_client import WebhookClient
 from shared.kafka import create_audit_producer, create_producer, ensure_topics
 from shared.lifecycle import close_quietly
 from shared.settings import Settings
@@ -119,12 +120,12 @@ async def wait_for_stop_or(stop: asyncio.Event, ready: asyncio.Event) -> bool:
 async def courier_for(rt: Runtime, service: str) -> AsyncIterator[Courier]:
     """The pooled HTTP client and the courier that carries deliveries for ``service``."""
     settings = rt.settings
-    session = create_session(settings.allowed_cidrs, settings.delivery_timeout_s)
+    client = WebhookClient(settings.allowed_cidrs, timeout_s=settings.delivery_timeout_s)
     attempt_log = create_audit_producer(settings) if settings.attempt_log_enabled else None
     try:
         if attempt_log is not None:
             await attempt_log.start()
-        sender = Sender(session, settings.allowed_cidrs)
+        sender = Sender(client)
         yield Courier(
             settings,
             service=service,
@@ -136,7 +137,7 @@ async def courier_for(rt: Runtime, service: str) -> AsyncIterator[Courier]:
     finally:
         if attempt_log is not None:
             await close_quietly("attempt log producer", attempt_log.stop())
-        await session.close()
+        await client.close()
 
 
 @contextlib.asynccontextmanager

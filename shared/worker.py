@@ -9,6 +9,8 @@ rebalance goes on; on stop, fetching ends and in-flight work drains within a gra
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
@@ -32,6 +34,9 @@ COMMIT_INTERVAL_S = 0.5
 HANDLER_RETRY_MAX_S = 30.0
 IDLE_POLL_MS = 500
 HAND_OFF_TIMEOUT_S = 5.0
+# Fetching resumes once in-flight work is down to this share of the bound: resuming at the
+# first free slot would pause and resume (and re-fetch) after every finished record.
+RESUME_AT_SHARE = 0.75
 
 
 class PartitionWorker:
@@ -60,6 +65,8 @@ class PartitionWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._backpressure = False
+        self._room = asyncio.Event()
+        self._resume_at = int(max_in_flight * RESUME_AT_SHARE)
         self._stopping = False
         self.listener = _Listener(self)
 
@@ -68,8 +75,13 @@ class PartitionWorker:
         while not stop.is_set():
             if self._on_poll is not None:
                 self._on_poll()
+            if self._saturated():
+                await self._wait_for_room(self._poll_timeout_ms() / 1000)
             self._apply_backpressure()
-            batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
+            # Saturated, poll without waiting: polling keeps the consumer in its group, and
+            # the waiting was done in ``_wait_for_room``, which wakes as soon as work finishes.
+            timeout_ms = 0 if self._backpressure else self._poll_timeout_ms()
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms)
             for tp, records in batches.items():
                 self._take(tp, records)
             if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
@@ -128,8 +140,21 @@ class PartitionWorker:
             partition_tasks = self._tasks_by_tp.setdefault(tp, set())
             self._tasks.add(task)
             partition_tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(partition_tasks.discard)
+            task.add_done_callback(functools.partial(self._finished, partition_tasks))
+
+    def _finished(self, partition_tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        partition_tasks.discard(task)
+        if len(self._tasks) <= self._resume_at:
+            self._room.set()
+
+    async def _wait_for_room(self, timeout_s: float) -> None:
+        self._room.clear()
+        if len(self._tasks) <= self._resume_at:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
 
     async def _handle(
         self, tp: TopicPartition, watermark: PartitionWatermark, record: Record
@@ -156,8 +181,14 @@ class PartitionWorker:
                 delay_s = min(delay_s * 2, HANDLER_RETRY_MAX_S)
         watermark.finish(record.offset)
 
+    def _saturated(self) -> bool:
+        """Full at the bound; once full, until work is down to the resume share."""
+        if self._backpressure:
+            return len(self._tasks) > self._resume_at
+        return len(self._tasks) >= self._max_in_flight
+
     def _apply_backpressure(self) -> None:
-        saturated = len(self._tasks) >= self._max_in_flight
+        saturated = self._saturated()
         if saturated == self._backpressure:
             return
         self._backpressure = saturated

@@ -16,6 +16,7 @@ from shared.errors import InvalidInput
 from shared.filters import endpoint_wants
 from shared.kafka import produce_durably
 from shared.limits import gate_for
+from shared.logging import bind_delivery
 from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.outcomes import Route
 from shared.settings import Settings
@@ -58,23 +59,17 @@ class Dispatcher:
             for ep in self._endpoints.table.for_account(event.account_id)
             if endpoint_wants(ep, event)
         ]
-        if targets:
-            if len(targets) == 1:
-                await self._deliver(targets[0], event)  # no task to spawn for the common case
-            else:
-                await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
+        if len(targets) == 1:
+            # No task to spawn for the common case: the record's own task carries it.
+            await self._deliver(targets[0], event)
+        elif targets:
+            # gather wraps each in a task of its own, as bind_delivery requires.
+            await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
 
     async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
         envelope = first_envelope(endpoint, event)
-        # Every line logged about this delivery, here or in the courier, carries its ids. The
-        # binding is undone on the way out, so sibling deliveries never see each other's ids.
-        with structlog.contextvars.bound_contextvars(
-            event_id=envelope.event_id,
-            endpoint_id=envelope.endpoint_id,
-            webhook_id=envelope.webhook_id,
-            attempt=envelope.attempts_made + 1,
-        ):
-            await self._attempt_or_shunt(endpoint, envelope)
+        bind_delivery(envelope)
+        await self._attempt_or_shunt(endpoint, envelope)
 
     async def _attempt_or_shunt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):

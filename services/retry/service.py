@@ -14,6 +14,7 @@ from shared.courier import Courier
 from shared.due import DueTimes, due_at_ms_from_headers
 from shared.endpoints import EndpointStore
 from shared.limits import gate_for
+from shared.logging import bind_delivery
 from shared.messages import DeliveryEnvelope, decode_envelope
 from shared.settings import Settings
 from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
@@ -81,15 +82,9 @@ class RetryService:
         except msgspec.DecodeError as exc:
             await self._set_aside(record, str(exc))
             return
-        # Every line logged about this delivery carries its ids; the partition worker handles
-        # each record in a task of its own, so the binding is this delivery's alone.
-        with structlog.contextvars.bound_contextvars(
-            event_id=envelope.event_id,
-            endpoint_id=envelope.endpoint_id,
-            webhook_id=envelope.webhook_id,
-            attempt=envelope.attempts_made + 1,
-        ):
-            await self._redeliver(envelope)
+        # The partition worker handles each record in a task of its own.
+        bind_delivery(envelope)
+        await self._redeliver(envelope)
 
     async def _redeliver(self, envelope: DeliveryEnvelope) -> None:
         metrics.RETRY_LATENESS_SECONDS.observe(max(0, _now_ms() - envelope.due_at_ms) / 1000)

@@ -1,6 +1,6 @@
 """Hostile receivers cost one attempt, bounded time and bounded memory.
 
-The delivery client (``create_session`` + ``Sender``, as the services build it) against raw
+The delivery client (``WebhookClient`` + ``Sender``, as the services build it) against raw
 asyncio servers on 127.0.0.1 that misbehave at the byte level: an endless body, no answer, a
 huge header, a redirect, a connection closed mid-response. No broker is involved.
 """
@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.delivery import RESPONSE_BODY_CAP_BYTES, AttemptResult, Sender, create_session
+from shared.delivery import AttemptResult, Sender
+from shared.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
 from shared.messages import Endpoint, EndpointSecret
 from shared.signing import generate_secret
 
@@ -114,8 +115,8 @@ Attempt = Callable[[str], Awaitable[AttemptResult]]
 @pytest.fixture(name="attempt")
 async def fixture_attempt() -> AsyncIterator[Attempt]:
     """One delivery attempt to a URL, by the services' own client with a 1 s timeout."""
-    session = create_session(LOOPBACK, timeout_s=TIMEOUT_S)
-    sender = Sender(session, LOOPBACK)
+    client = WebhookClient(LOOPBACK, timeout_s=TIMEOUT_S)
+    sender = Sender(client)
     now = datetime.now(UTC)
 
     async def attempt(url: str) -> AttemptResult:
@@ -133,7 +134,7 @@ async def fixture_attempt() -> AsyncIterator[Attempt]:
         )
 
     yield attempt
-    await session.close()
+    await client.close()
 
 
 async def timed(attempt: Attempt, url: str) -> tuple[AttemptResult, float]:

@@ -23,7 +23,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
-from shared.delivery import AttemptResult, Sender, create_session
+from shared.delivery import AttemptResult, Sender
+from shared.http_client import WebhookClient
 from shared.messages import Endpoint, EndpointSecret
 from shared.runtime import kafka_runtime
 from shared.signing import generate_secret
@@ -231,13 +232,13 @@ async def deliver(
         created_at=now,
         updated_at=now,
     )
-    session = create_session(allowed, timeout_s=2.0, resolver=resolver)
+    client = WebhookClient(allowed, timeout_s=2.0, resolver=resolver)
     try:
-        return await Sender(session, allowed).attempt(
+        return await Sender(client).attempt(
             endpoint, {"id": "evt_1"}, webhook_id="msg_1", event_id="evt_1", attempt=1
         )
     finally:
-        await session.close()
+        await client.close()
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth
-from tests.support.topics import read_records
+from tests.support.topics import produce, read_records
 
 pytestmark = pytest.mark.kafka
 
@@ -51,6 +51,28 @@ async def test_batch_is_published_keyed_by_link_with_unknown_fields_kept(
     assert published["evt_given"]["extra"] == {"kept": True}
     assert published["evt_given"]["link"]["domain"] == "短.be"
     assert published["evt_given"]["link"]["url"] == "https://例え.jp/パス?q=1"
+
+
+async def test_large_batch_keeps_each_links_order_on_the_partition_any_producer_picks(
+    ingest: Client, settings: Settings
+) -> None:
+    # 500 events of ~1.6 KB for one link fill several producer batches of one partition.
+    batch = [click("lnk_busy", id=f"evt_{n:03}", pad="x" * 1500) for n in range(500)]
+    batch += [click(f"lnk_{n}") for n in range(6)]
+    topic = settings.topic_prefix + "clicks"
+
+    response = await ingest.post("/v1/clicks", json=batch, headers=auth(PUBLISH))
+    await produce(settings.kafka_bootstrap, topic, [b"{}"], key=b"lnk_busy")
+    records = await read_records(settings.kafka_bootstrap, topic, len(batch) + 1)
+
+    assert response.status == 202
+    busy = [r for r in records if r.key == b"lnk_busy"]
+    probe = next(r for r in busy if r.value == b"{}")
+    assert len(busy) == 501
+    assert {r.partition for r in busy} == {probe.partition}
+    ids = [orjson.loads(r.value).get("id") for r in sorted(busy, key=lambda r: r.offset)]
+    assert ids == [f"evt_{n:03}" for n in range(500)] + [None]
+    assert len(records) == len(batch) + 1
 
 
 async def test_batch_with_one_bad_event_publishes_nothing(

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from shared.delivery import GuardedResolver, Sender, create_session
+from shared.delivery import Sender
 from shared.errors import RefusedDestination
+from shared.http_client import GuardedResolver, WebhookClient
 from shared.messages import Endpoint, EndpointSecret
 from shared.signing import generate_secret
 
@@ -88,9 +89,9 @@ PRIVATE_ANSWERS = [
 async def test_name_resolving_to_a_private_address_is_refused_without_connecting(
     address: str, connects: list[object]
 ) -> None:
-    session = create_session((), timeout_s=2.0, resolver=FakeResolver([address]))
+    client = WebhookClient((), timeout_s=2.0, resolver=FakeResolver([address]))
     try:
-        result = await Sender(session, ()).attempt(
+        result = await Sender(client).attempt(
             endpoint("https://hooks.example.com/x"),
             {"id": "evt_1"},
             webhook_id="msg_1",
@@ -98,7 +99,7 @@ async def test_name_resolving_to_a_private_address_is_refused_without_connecting
             attempt=1,
         )
     finally:
-        await session.close()
+        await client.close()
 
     assert result.outcome == "refused_destination"
     assert result.record.error is not None
@@ -120,13 +121,13 @@ async def test_ip_literal_private_url_is_refused_without_connecting(
     url: str, connects: list[object]
 ) -> None:
     resolver = FakeResolver(["93.184.216.34"])
-    session = create_session((), timeout_s=2.0, resolver=resolver)
+    client = WebhookClient((), timeout_s=2.0, resolver=resolver)
     try:
-        result = await Sender(session, ()).attempt(
+        result = await Sender(client).attempt(
             endpoint(url), {"id": "evt_1"}, webhook_id="msg_1", event_id="evt_1", attempt=1
         )
     finally:
-        await session.close()
+        await client.close()
 
     assert result.outcome == "refused_destination"
     assert connects == []

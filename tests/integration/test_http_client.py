@@ -1,0 +1,187 @@
+"""The webhook client against real servers on 127.0.0.1: keep-alive, stale connections, TLS.
+
+No broker is involved. The hostile-receiver cases are in test_delivery_limits.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.errors import UnsendableRequest
+from shared.http_client import WebhookClient
+from shared.outcomes import classify_exception
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+@dataclass
+class KeepAliveServer:
+    """Answers every request on a connection with 200, or closes after each answer."""
+
+    close_after_answer: bool = False
+    connections: int = 0
+    requests: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def url(self, scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}/hook"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(OK)
+                await writer.drain()
+                if self.close_after_answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture(name="server")
+async def fixture_server() -> AsyncIterator[KeepAliveServer]:
+    server = KeepAliveServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(name="client")
+async def fixture_client() -> AsyncIterator[WebhookClient]:
+    client = WebhookClient(LOOPBACK, timeout_s=2.0)
+    yield client
+    await client.close()
+
+
+async def test_sequential_requests_share_one_kept_alive_connection(
+    server: KeepAliveServer, client: WebhookClient
+) -> None:
+    for _ in range(20):
+        response = await client.post(server.url(), {"content-type": "text/plain"}, b"hi")
+        assert (response.status, response.body) == (200, b"ok")
+
+    assert (server.connections, server.requests) == (1, 20)
+
+
+async def test_concurrent_requests_open_one_connection_each_and_reuse_them(
+    server: KeepAliveServer, client: WebhookClient
+) -> None:
+    async def burst() -> None:
+        await asyncio.gather(*(client.post(server.url(), {}, b"x") for _ in range(5)))
+
+    await burst()
+    await burst()
+
+    assert (server.connections, server.requests) == (5, 10)
+
+
+async def test_connection_the_receiver_closed_while_idle_is_replaced_transparently(
+    client: WebhookClient,
+) -> None:
+    server = KeepAliveServer(close_after_answer=True)
+    await server.start()
+    try:
+        first = await client.post(server.url(), {}, b"1")
+        await asyncio.sleep(0.05)  # the receiver's close reaches the pooled connection
+        second = await client.post(server.url(), {}, b"2")
+    finally:
+        await server.stop()
+
+    assert (first.status, second.status) == (200, 200)
+    assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_header_value_with_a_line_break_is_refused_before_sending(
+    server: KeepAliveServer, client: WebhookClient
+) -> None:
+    with pytest.raises(UnsendableRequest) as refused:
+        await client.post(server.url(), {"x-injected": "a\r\nx-evil: 1"}, b"x")
+
+    assert classify_exception(refused.value) == "error"
+    assert server.connections == 0
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificate:
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(name="certificate", scope="module")
+def fixture_certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for localhost and 127.0.0.1, made by the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    made = Certificate(folder / "cert.pem", folder / "key.pem")
+    command = (
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+        " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"
+        f" -keyout {made.key} -out {made.cert}"
+    )
+    subprocess.run(command.split(), check=True, capture_output=True)
+    return made
+
+
+@pytest.fixture(name="tls_server")
+async def fixture_tls_server(certificate: Certificate) -> AsyncIterator[KeepAliveServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate.cert, certificate.key)
+    server = KeepAliveServer()
+    await server.start(tls=context)
+    yield server
+    await server.stop()
+
+
+async def test_https_delivery_verifies_the_receiver_certificate_and_keeps_alive(
+    tls_server: KeepAliveServer, certificate: Certificate
+) -> None:
+    trusting = ssl.create_default_context(cafile=certificate.cert)
+    client = WebhookClient(LOOPBACK, timeout_s=2.0, ssl_context=trusting)
+    try:
+        responses = [await client.post(tls_server.url("https"), {}, b"x") for _ in range(3)]
+    finally:
+        await client.close()
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert (tls_server.connections, tls_server.requests) == (1, 3)
+
+
+async def test_untrusted_certificate_is_a_tls_error_and_nothing_is_sent(
+    tls_server: KeepAliveServer, client: WebhookClient
+) -> None:
+    with pytest.raises(ssl.SSLError) as failed:
+        await client.post(tls_server.url("https"), {}, b"x")
+
+    assert classify_exception(failed.value) == "tls_error"
+    assert tls_server.requests == 0
