@@ -127,7 +127,7 @@ MAX_JSON_DEPTH = 64
 MAX_CLICK_BYTES = 1024 * 1024
 
 
-def _nested_deeper_than(obj: Any, limit: int) -> bool:
+def nested_deeper_than(obj: Any, limit: int) -> bool:
     """Whether arrays and objects nest more than ``limit`` levels; breadth-first, no recursion."""
     level = [obj] if isinstance(obj, (dict, list)) else []
     for _ in range(limit):
@@ -153,7 +153,7 @@ def decode_json(raw: bytes) -> Any:
         raise InvalidInput("malformed JSON", [too_deep]) from None
     # Nesting never goes deeper than the number of brackets: most values need no walk.
     brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets > MAX_JSON_DEPTH and _nested_deeper_than(obj, MAX_JSON_DEPTH):
+    if brackets > MAX_JSON_DEPTH and nested_deeper_than(obj, MAX_JSON_DEPTH):
         raise InvalidInput("malformed JSON", [too_deep])
     return obj
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.errors import InvalidInput
 from shared.messages import (
@@ -21,6 +23,7 @@ from shared.messages import (
     decode_click,
     decode_json,
     encode,
+    nested_deeper_than,
     webhook_body,
 )
 
@@ -63,6 +66,27 @@ def test_decode_json_refuses_nesting_beyond_the_limit(levels: int) -> None:
 def test_decode_json_counts_arrays_as_levels() -> None:
     with pytest.raises(InvalidInput):
         decode_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_TEXT = st.text(alphabet='[]{}"\\\\ab', max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | _TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_TEXT, children, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(value=_JSON_VALUES, limit=st.integers(1, 8))
+def test_depth_check_agrees_with_a_recursive_count(value: Any, limit: int) -> None:
+    assert nested_deeper_than(value, limit) == (_depth(value) > limit)
 
 
 def test_decode_json_accepts_many_shallow_siblings() -> None:
