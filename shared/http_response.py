@@ -251,6 +251,8 @@ def _header_fields(head: bytes) -> dict[str, str]:
 
 
 def _keeps_alive(version: bytes, connection: str) -> bool:
+    if not connection:
+        return version != b"HTTP/1.0"
     tokens = {token.strip().lower() for token in connection.split(",")}
     if version == b"HTTP/1.0":
         return "keep-alive" in tokens

@@ -72,6 +72,7 @@ class ClickIntake:
         self._producer = producer
         self._auth = auth
         self._topic = Topics(settings.topic_prefix).clicks
+        self._accepted = metrics.INGEST_EVENTS.labels(result="accepted", reason="")
 
     async def post_clicks(self, request: web.Request) -> web.Response:
         if not self._auth.authenticate(request).may_publish:
@@ -102,7 +103,7 @@ class ClickIntake:
             metrics.INGEST_EVENTS.labels(result="rejected", reason="invalid").inc(len(items))
             raise invalid(exc) from None
         await self._publish(events)
-        metrics.INGEST_EVENTS.labels(result="accepted", reason="").inc(len(events))
+        self._accepted.inc(len(events))
         return web.json_response(
             {"accepted": len(events), "ids": [event.id for event in events]},
             status=202,

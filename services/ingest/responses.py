@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from shared import metrics
 from shared.errors import InvalidInput, Problem
@@ -67,6 +69,11 @@ _HTTP_CODES = {
 }
 
 
+@functools.lru_cache(maxsize=256)  # routes times statuses: a small, fixed set
+def _requests_counter(route: str, status: int) -> Counter:
+    return metrics.INGEST_REQUESTS.labels(route=route, status=str(status))
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = (
@@ -91,5 +98,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("request_failed", route=route)
         response = ApiError(500, "internal", "internal error").response()
-    metrics.INGEST_REQUESTS.labels(route=route, status=str(response.status)).inc()
+    _requests_counter(route, response.status).inc()
     return response
