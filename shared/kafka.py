@@ -13,6 +13,7 @@ from shared import metrics
 from shared.lifecycle import until_done
 from shared.settings import Settings
 from shared.topics import Topics
+from shared.watermark import decode_finished
 
 log = structlog.get_logger(__name__)
 
@@ -147,3 +148,17 @@ async def produce_durably(
             raise
 
     await until_done(send, f"produce to {topic}")
+
+
+async def finished_above_commits(
+    consumer: AIOKafkaConsumer, partitions: set[TopicPartition]
+) -> dict[TopicPartition, set[int]]:
+    """Per partition, the offsets its last committer finished above the committed offset, as
+    recorded in the commit's metadata (``shared.watermark``)."""
+    # aiokafka's public committed() drops the metadata; the coordinator's fetch keeps it.
+    committed = await consumer._coordinator.fetch_committed_offsets(list(partitions))
+    found: dict[TopicPartition, set[int]] = {}
+    for tp, meta in committed.items():
+        if meta.offset >= 0 and (finished := decode_finished(meta.offset, meta.metadata)):
+            found[tp] = finished
+    return found

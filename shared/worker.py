@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from shared.watermark import PartitionWatermark
+from shared.kafka import finished_above_commits
+from shared.watermark import PartitionWatermark, encode_finished
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +62,9 @@ class PartitionWorker:
         self._on_poll = on_poll
         self._hand_off = hand_off
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
+        # Offsets the partition's previous owner finished above its commit: not done again.
+        self._finished_before: dict[TopicPartition, set[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._backpressure = False
@@ -114,8 +117,11 @@ class PartitionWorker:
             if partitions is not None and tp not in partitions:
                 continue
             offset = watermark.committable()
-            if offset is not None and offset != self._committed.get(tp):
-                offsets[tp] = OffsetAndMetadata(offset, "")
+            if offset is None:
+                continue
+            meta = OffsetAndMetadata(offset, encode_finished(offset, watermark.finished_above()))
+            if meta != self._committed.get(tp):
+                offsets[tp] = meta
         if not offsets:
             return
         try:
@@ -127,12 +133,17 @@ class PartitionWorker:
         except KafkaError as exc:
             log.warning("commit_failed", error=str(exc))
             return
-        for tp, meta in offsets.items():
-            self._committed[tp] = meta.offset
+        self._committed.update(offsets)
 
     def _take(self, tp: TopicPartition, records: list[Record]) -> None:
         watermark = self._watermarks.setdefault(tp, PartitionWatermark())
+        finished_before = self._finished_before.get(tp)
         for record in records:
+            if finished_before and record.offset in finished_before:
+                finished_before.discard(record.offset)
+                watermark.start(record.offset)
+                watermark.finish(record.offset)
+                continue
             if self._gate is not None and not self._gate(tp, record):
                 return
             watermark.start(record.offset)
@@ -218,12 +229,23 @@ class PartitionWorker:
             self._watermarks.pop(tp, None)
             self._committed.pop(tp, None)
             self._tasks_by_tp.pop(tp, None)
+            self._finished_before.pop(tp, None)
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
         self._backpressure = False
         for tp in assigned:
             self._committed.pop(tp, None)
+        try:
+            self._finished_before = await finished_above_commits(self._consumer, assigned)
+        except KafkaError as exc:
+            # Without them, those records are simply done again (at-least-once).
+            log.warning("finished_offsets_unknown", error=str(exc))
+            self._finished_before = {}
+            return
+        if self._finished_before:
+            count = sum(len(offsets) for offsets in self._finished_before.values())
+            log.info("skipping_finished_records", partitions=len(assigned), records=count)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -238,4 +260,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             log.exception("revoke_handling_failed")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker._on_assigned(set(assigned))
+        await self._worker._on_assigned(set(assigned))

@@ -21,6 +21,7 @@ from shared.delivery import AttemptResult, Sender
 from shared.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
 from shared.messages import Endpoint, EndpointSecret
 from shared.signing import generate_secret
+from tests.support.loopback import read_http_request
 
 TIMEOUT_S = 1.0
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -75,13 +76,7 @@ class RawReceiver:
         self.connections += 1
         try:
             if self.read_request:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                await read_http_request(reader)
                 self.requests += 1
             await self.behaviour(reader, writer, self)
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -18,6 +18,7 @@ import pytest
 from shared.errors import UnsendableRequest
 from shared.http_client import WebhookClient
 from shared.outcomes import classify_exception
+from tests.support.loopback import read_http_request
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -49,13 +50,7 @@ class KeepAliveServer:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                await read_http_request(reader)
                 self.requests += 1
                 writer.write(OK)
                 await writer.drain()

@@ -31,7 +31,6 @@ async def test_saturated_worker_keeps_the_loop_free_and_commits_everything_it_fi
     consumer = create_consumer(
         settings, group_id=settings.topic_prefix + "workers", max_poll_records=POLL_RECORDS
     )
-    consumer.subscribe([topic])
     waiting: asyncio.Queue[asyncio.Event] = asyncio.Queue()
     in_flight = 0
     peak = 0
@@ -64,6 +63,7 @@ async def test_saturated_worker_keeps_the_loop_free_and_commits_everything_it_fi
             await asyncio.sleep(0.001)
 
     worker = PartitionWorker(consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=5)
+    consumer.subscribe([topic], listener=worker.listener)
     stop = asyncio.Event()
     await consumer.start()
     releaser = asyncio.create_task(release_one_by_one())
@@ -88,3 +88,61 @@ async def test_saturated_worker_keeps_the_loop_free_and_commits_everything_it_fi
     # A poll takes a whole batch even when it fills the last free slot.
     assert peak <= MAX_IN_FLIGHT + POLL_RECORDS - 1
     assert committed == ends
+
+
+async def test_the_next_owner_skips_what_finished_above_the_committed_offset(
+    settings: Settings,
+) -> None:
+    topic = settings.topic_prefix + "resume"
+    group = settings.topic_prefix + "resumers"
+    await ensure_topics(settings, [NewTopic(topic, 1, 1)])
+    await produce(settings.kafka_bootstrap, topic, [b"%d" % n for n in range(50)])
+    finished: list[int] = []
+
+    async def first_owner(record: Record) -> None:
+        if record.offset == 0:
+            await asyncio.Event().wait()  # stuck: it holds the committed offset at 0
+        finished.append(record.offset)
+
+    first = create_consumer(settings, group_id=group)
+    worker = PartitionWorker(first, first_owner, max_in_flight=100, drain_grace_s=0.1)
+    first.subscribe([topic], listener=worker.listener)
+    await first.start()
+    running = asyncio.create_task(worker.run(asyncio.Event()))
+    try:
+        async with asyncio.timeout(30):
+            while len(finished) < 49:  # noqa: ASYNC110 - the handlers append as they finish
+                await asyncio.sleep(0.05)
+        await worker.commit()
+    finally:
+        running.cancel()  # a crash: no drain, the stuck record never finishes
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await first.stop()
+
+    redone: list[int] = []
+
+    async def next_owner(record: Record) -> None:
+        redone.append(record.offset)
+
+    second = create_consumer(settings, group_id=group)
+    stop = asyncio.Event()
+    next_worker = PartitionWorker(second, next_owner, max_in_flight=100, drain_grace_s=1)
+    second.subscribe([topic], listener=next_worker.listener)
+    await second.start()
+    resumed = asyncio.create_task(next_worker.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while not redone:  # noqa: ASYNC110 - the handler appends
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # anything else would be read by now
+        stop.set()
+        await resumed
+        committed = await second.committed(TopicPartition(topic, 0))
+    finally:
+        stop.set()
+        await second.stop()
+
+    assert sorted(finished) == list(range(1, 50))
+    assert redone == [0]
+    assert committed == 50

@@ -10,6 +10,18 @@ from typing import ClassVar
 from aiohttp import web
 
 
+async def read_http_request(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 request with a content-length body, read off a raw connection; its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head
+
+
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """The runner (to clean up) and the port. Handlers are cancelled at shutdown, which takes
     at most a second, so a receiver that sleeps never holds a test's teardown."""

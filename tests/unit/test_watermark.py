@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.watermark import PartitionWatermark
+from shared.watermark import (
+    MAX_METADATA_CHARS,
+    PartitionWatermark,
+    decode_finished,
+    encode_finished,
+)
 
 
 @pytest.fixture(name="watermark")
@@ -71,6 +76,21 @@ def test_finishing_an_unknown_offset_changes_nothing(watermark: PartitionWaterma
     watermark.finish(99)
     assert watermark.committable() == 3
     assert watermark.in_flight == 1
+    assert watermark.finished_above() == []
+
+
+def test_finished_records_above_an_unfinished_one_are_listed_until_it_finishes(
+    watermark: PartitionWatermark,
+) -> None:
+    for offset in (5, 6, 7, 8):
+        watermark.start(offset)
+    watermark.finish(8)
+    watermark.finish(6)
+    assert watermark.finished_above() == [6, 8]
+    watermark.finish(5)
+    assert (watermark.committable(), watermark.finished_above()) == (7, [8])
+    watermark.finish(7)
+    assert (watermark.committable(), watermark.finished_above()) == (9, [])
 
 
 @settings(max_examples=200, deadline=None)
@@ -103,10 +123,41 @@ def test_committable_never_passes_an_unfinished_offset(
         committable = watermark.committable()
         assert committable is not None
         assert watermark.in_flight == len(in_flight)
+        started = [o for o in offsets if o not in pending]
+        finished = [o for o in started if o not in in_flight and o > committable]
+        assert watermark.finished_above() == finished
         if in_flight:
             assert committable <= min(in_flight)
             assert committable == min(in_flight)
         else:
-            started = [o for o in offsets if o not in pending]
             assert committable == max(started) + 1
     assert watermark.committable() == offsets[-1] + 1
+
+
+@given(
+    committed=st.integers(min_value=0, max_value=10**12),
+    above=st.sets(st.integers(min_value=1, max_value=5000), max_size=300),
+)
+def test_finished_offsets_survive_the_commit_metadata(committed: int, above: set[int]) -> None:
+    finished = {committed + n for n in above}
+
+    metadata = encode_finished(committed, sorted(finished))
+
+    assert len(metadata) <= MAX_METADATA_CHARS
+    assert decode_finished(committed, metadata) == finished
+
+
+def test_too_many_finished_offsets_are_cut_never_invented() -> None:
+    finished = set(range(101, 100_000, 2))
+
+    metadata = encode_finished(100, sorted(finished))
+    decoded = decode_finished(100, metadata)
+
+    assert len(metadata) <= MAX_METADATA_CHARS
+    assert decoded < finished
+    assert decoded == {o for o in finished if o < max(decoded) + 1}
+
+
+@pytest.mark.parametrize("metadata", ["", "someone else's", "finished1:not*base64", "finished1"])
+def test_metadata_that_is_not_ours_names_nothing(metadata: str) -> None:
+    assert decode_finished(100, metadata) == set()
