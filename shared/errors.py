@@ -46,8 +46,8 @@ class InvalidInput(ClickhookError):
 class RefusedDestination(OSError):
     """The SSRF guard refused a destination address.
 
-    An ``OSError`` so that aiohttp's connector wraps it like any other connect failure; the
-    outcome classifier unwraps it to tell it apart.
+    An ``OSError``, as any other connect failure is; the outcome classifier checks for it
+    first to tell it apart.
     """
 
     def __init__(self, host: str, address: str, reason: str) -> None:

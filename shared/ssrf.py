@@ -1,7 +1,7 @@
 """Which destination addresses deliveries may connect to. Pure; no I/O.
 
 Decided on the resolved address, after DNS, so a hostname cannot smuggle a private address
-past the check; the resolver that applies it lives in ``shared.delivery``.
+past the check; the webhook client applies it where it connects (``shared.http_client``).
 """
 
 from __future__ import annotations
