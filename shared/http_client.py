@@ -39,6 +39,9 @@ IDLE_TIMEOUT_S = 15.0  # a pooled connection unused this long is closed, as aioh
 SWEEP_INTERVAL_S = 5.0
 
 
+Origin = tuple[bool, str, int]  # TLS or not, host, port
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves names, then keeps only addresses the SSRF policy allows.
 
@@ -75,11 +78,15 @@ class GuardedResolver(AbstractResolver):
 class Target:
     """What a request needs from an endpoint URL, parsed once per URL."""
 
-    origin: tuple[str, str, int]  # scheme, host, port: connections are pooled by origin
     host: str  # as connected to and verified by TLS: punycode, no brackets
     port: int
     tls: bool
     request_line: bytes  # "POST <path> HTTP/1.1" and the Host header
+
+    @property
+    def origin(self) -> Origin:
+        """Connections are pooled by origin."""
+        return (self.tls, self.host, self.port)
 
     @property
     def literal(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -98,7 +105,6 @@ def parse_target(url: str) -> Target:
     path = parsed.raw_path_qs or "/"
     head = f"POST {path} HTTP/1.1\r\nhost: {parsed.host_port_subcomponent}\r\n"
     return Target(
-        origin=(parsed.scheme, host, parsed.port),
         host=host,
         port=parsed.port,
         tls=parsed.scheme == "https",
@@ -205,7 +211,7 @@ class WebhookClient:
         self._timeout_s = timeout_s
         self._resolver = GuardedResolver(allowed, resolver)
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._swept_at = time.monotonic()
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Response:
@@ -241,7 +247,7 @@ class WebhookClient:
             self._put_idle(target.origin, connection)
         return response
 
-    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+    def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
@@ -251,7 +257,7 @@ class WebhookClient:
             connection.abort()
         return None
 
-    def _put_idle(self, origin: tuple[str, str, int], connection: _Connection) -> None:
+    def _put_idle(self, origin: Origin, connection: _Connection) -> None:
         now = time.monotonic()
         connection.idle_since = now
         self._idle.setdefault(origin, []).append(connection)

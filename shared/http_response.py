@@ -71,10 +71,6 @@ class ResponseParser:
         self._remaining = 0  # of the body (content-length) or of the current chunk
         self._finished_message = False
 
-    @property
-    def done(self) -> bool:
-        return self._state is _State.DONE
-
     def feed(self, data: bytes) -> bool:
         """Take bytes as they arrive; True once the response is ready (see ``response``)."""
         self._received_any = self._received_any or bool(data)

@@ -19,8 +19,7 @@ import pytest
 
 from shared.delivery import AttemptResult, Sender
 from shared.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
-from shared.messages import Endpoint, EndpointSecret
-from shared.signing import generate_secret
+from tests.support.endpoints import endpoint_to
 from tests.support.loopback import read_http_request
 
 TIMEOUT_S = 1.0
@@ -115,14 +114,7 @@ async def fixture_attempt() -> AsyncIterator[Attempt]:
     now = datetime.now(UTC)
 
     async def attempt(url: str) -> AttemptResult:
-        endpoint = Endpoint(
-            id="ep_limits",
-            account_id="acc_1",
-            url=url,
-            secrets=[EndpointSecret(generate_secret())],
-            created_at=now,
-            updated_at=now,
-        )
+        endpoint = endpoint_to(url, endpoint_id="ep_limits")
         event = {"id": "evt_1", "type": "link.clicked", "occurred_at": now.isoformat()}
         return await sender.attempt(
             endpoint, event, webhook_id="msg_limits", event_id="evt_1", attempt=1

@@ -14,7 +14,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,11 +24,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ingest.app import create_app
 from shared.delivery import AttemptResult, Sender
 from shared.http_client import WebhookClient
-from shared.messages import Endpoint, EndpointSecret
 from shared.runtime import kafka_runtime
-from shared.signing import generate_secret
 from shared.urls import MAX_URL_CHARS
 from tests.integration.conftest import ACCOUNT_A, auth, make_settings
+from tests.support.endpoints import endpoint_to
 
 # One API (and its broker runtime) serves every test here: a few dozen URLs cost seconds.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -223,15 +221,7 @@ async def deliver(
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK,
 ) -> AttemptResult:
     """One attempt to ``url`` by the services' delivery client."""
-    now = datetime.now(UTC)
-    endpoint = Endpoint(
-        id="ep_url",
-        account_id="acc_a",
-        url=url,
-        secrets=[EndpointSecret(generate_secret())],
-        created_at=now,
-        updated_at=now,
-    )
+    endpoint = endpoint_to(url, endpoint_id="ep_url", account_id="acc_a")
     client = WebhookClient(allowed, timeout_s=2.0, resolver=resolver)
     try:
         return await Sender(client).attempt(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from datetime import UTC, datetime
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -12,8 +11,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from shared.delivery import Sender
 from shared.errors import RefusedDestination
 from shared.http_client import GuardedResolver, WebhookClient
-from shared.messages import Endpoint, EndpointSecret
-from shared.signing import generate_secret
+from tests.support.endpoints import endpoint_to
 
 
 class FakeResolver(AbstractResolver):
@@ -58,18 +56,6 @@ def fixture_connects(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return attempts
 
 
-def endpoint(url: str) -> Endpoint:
-    now = datetime.now(UTC)
-    return Endpoint(
-        id="ep_1",
-        account_id="acc_1",
-        url=url,
-        secrets=[EndpointSecret(generate_secret())],
-        created_at=now,
-        updated_at=now,
-    )
-
-
 PRIVATE_ANSWERS = [
     "127.0.0.1",
     "10.1.2.3",
@@ -92,7 +78,7 @@ async def test_name_resolving_to_a_private_address_is_refused_without_connecting
     client = WebhookClient((), timeout_s=2.0, resolver=FakeResolver([address]))
     try:
         result = await Sender(client).attempt(
-            endpoint("https://hooks.example.com/x"),
+            endpoint_to("https://hooks.example.com/x"),
             {"id": "evt_1"},
             webhook_id="msg_1",
             event_id="evt_1",
@@ -124,7 +110,7 @@ async def test_ip_literal_private_url_is_refused_without_connecting(
     client = WebhookClient((), timeout_s=2.0, resolver=resolver)
     try:
         result = await Sender(client).attempt(
-            endpoint(url), {"id": "evt_1"}, webhook_id="msg_1", event_id="evt_1", attempt=1
+            endpoint_to(url), {"id": "evt_1"}, webhook_id="msg_1", event_id="evt_1", attempt=1
         )
     finally:
         await client.close()
