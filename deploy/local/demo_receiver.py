@@ -12,7 +12,7 @@ import time
 import orjson
 from aiohttp import web
 
-from shared.signing import verify
+from shared.model.signing import verify
 
 
 def make_app(secret: str) -> web.Application:

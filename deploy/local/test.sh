@@ -13,6 +13,7 @@ echo "== lint and types"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports"
 
 echo "== broker"
 started=$(date +%s)

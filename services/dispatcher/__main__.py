@@ -1,6 +1,53 @@
-"""python -m services.dispatcher"""
+"""python -m services.dispatcher: consume ``clicks`` and deliver each to its endpoints."""
 
-from services.dispatcher.app import main
-from shared.lifecycle import run
+from __future__ import annotations
 
-run(main)
+from aiokafka import AIOKafkaConsumer
+
+from services.dispatcher.service import SERVICE, Dispatcher
+from shared.delivery.deliverer import Deliverer
+from shared.delivery.worker import run_delivery_worker
+from shared.kafka.clients import create_consumer
+from shared.kafka.lag import dispatcher_lag_scope
+from shared.kafka.partition_worker import PartitionWorker
+from shared.kafka.service_base import ServiceBase
+from shared.model.topics import DISPATCHER_GROUP, Topics
+from shared.ops.logging import configure_logging
+from shared.ops.process import run
+from shared.ops.settings import load_settings
+
+
+def build_worker(
+    base: ServiceBase, deliverer: Deliverer
+) -> tuple[AIOKafkaConsumer, PartitionWorker]:
+    settings = base.settings
+    topics = Topics(settings.topic_prefix)
+    dispatcher = Dispatcher(
+        settings, producer=base.producer, endpoints=base.endpoints, deliverer=deliverer
+    )
+    consumer = create_consumer(settings, group_id=topics.group(DISPATCHER_GROUP))
+    worker = PartitionWorker(
+        consumer,
+        dispatcher.handle,
+        max_in_flight=settings.max_in_flight,
+        drain_grace_s=settings.drain_grace_s,
+        on_drain_timeout=dispatcher.defer_running,
+    )
+    consumer.subscribe([topics.clicks], listener=worker.listener)
+    return consumer, worker
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    await run_delivery_worker(
+        settings,
+        service=SERVICE,
+        port=settings.dispatcher_port,
+        lag_scope=dispatcher_lag_scope(settings),
+        build=build_worker,
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -8,20 +8,19 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared import metrics
-from shared.courier import Courier
-from shared.endpoints import EndpointStore
-from shared.envelopes import first_envelope
-from shared.errors import InvalidInput
-from shared.filters import endpoint_wants
-from shared.kafka import produce_durably
-from shared.limits import gate_for
-from shared.logging import bind_delivery
-from shared.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
-from shared.outcomes import Route
-from shared.settings import Settings
-from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
-from shared.worker import Record
+from shared.delivery.deliverer import Deliverer
+from shared.delivery.endpoint_gate import gate_for
+from shared.kafka.clients import Record, set_aside
+from shared.kafka.endpoint_store import EndpointStore
+from shared.model.envelopes import first_envelope
+from shared.model.errors import InvalidInput
+from shared.model.filters import endpoint_wants
+from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
+from shared.model.routing import Route
+from shared.model.topics import Topics
+from shared.ops import metrics
+from shared.ops.logging import bind_delivery
+from shared.ops.settings import Settings
 
 SERVICE = "dispatcher"
 log = structlog.get_logger(__name__)
@@ -34,21 +33,21 @@ class Dispatcher:
         *,
         producer: AIOKafkaProducer,
         endpoints: EndpointStore,
-        courier: Courier,
+        deliverer: Deliverer,
     ) -> None:
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
         self._producer = producer
         self._endpoints = endpoints
-        self._courier = courier
+        self._deliverer = deliverer
         self._gate = gate_for(settings)
         self._deliveries = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
         self._attempts: set[asyncio.Future[Route]] = set()
-        self._handing_off = False
+        self._deferring_running = False
 
     async def handle(self, record: Record) -> None:
-        """Finish one ``clicks`` record: every delivery done or durably handed on."""
+        """Finish one ``clicks`` record: every delivery done or durably handed off."""
         try:
             event = decode_click(record.value, now=datetime.now(UTC))
         except InvalidInput as exc:
@@ -69,11 +68,11 @@ class Dispatcher:
     async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
         envelope = first_envelope(endpoint, event)
         bind_delivery(envelope)
-        await self._attempt_or_shunt(endpoint, envelope)
+        await self._attempt_or_defer(endpoint, envelope)
 
-    async def _attempt_or_shunt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+    async def _attempt_or_defer(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
+            await self._deliverer.defer(envelope)
             metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
             return
         try:
@@ -88,39 +87,31 @@ class Dispatcher:
 
     async def _attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         """One attempt, in a task of its own so that a drain can interrupt just the attempt
-        and still finish the record (see ``hand_off``)."""
-        attempt = asyncio.ensure_future(self._courier.attempt(endpoint, envelope))
+        and still finish the record (see ``defer_running``)."""
+        attempt = asyncio.ensure_future(self._deliverer.deliver(endpoint, envelope))
         self._attempts.add(attempt)
         attempt.add_done_callback(self._attempts.discard)
         try:
             await attempt
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if not self._handing_off or (task is not None and task.cancelling()):
+            if not self._deferring_running or (task is not None and task.cancelling()):
                 raise
-            await self._courier.schedule_retry(envelope, tier=-1, topic_tier=0)
-            log.info("delivery_handed_off")
+            await self._deliverer.defer(envelope)
+            log.info("delivery_deferred_at_drain")
 
-    def hand_off(self) -> None:
+    def defer_running(self) -> None:
         """At the end of the drain grace: interrupt the attempts still running; each delivery
-        then goes to the first retry tier, as if shunted, and its record can be committed."""
-        self._handing_off = True
+        is then deferred to the first retry tier, and its record can be committed."""
+        self._deferring_running = True
         for attempt in set(self._attempts):
             attempt.cancel()
 
     async def _set_aside(self, record: Record, exc: InvalidInput) -> None:
         """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""
         reason = "; ".join(f"{p.field}: {p.problem}" for p in exc.problems)[:1000]
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        await produce_durably(
-            self._producer,
-            self._topics.clicks_invalid,
-            key=record.key,
-            value=record.value,
-            headers=[
-                (HEADER_REASON, f"{exc.message}: {reason}".encode()),
-                (HEADER_SOURCE, source.encode()),
-            ],
+        source = await set_aside(
+            self._producer, self._topics.clicks_invalid, record, f"{exc.message}: {reason}"
         )
         metrics.INVALID_RECORDS.labels(reason=exc.message).inc()
         log.warning("click_set_aside", source=source, reason=reason)

@@ -1,4 +1,4 @@
-"""The ingest service: click intake and the endpoint registry over HTTP."""
+"""The ingest HTTP API: click intake and the endpoint registry (``create_app``)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,16 @@ from services.ingest.clicks import ClickIntake
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.openapi import openapi_document
 from services.ingest.responses import error_middleware
-from shared.health import add_ops_routes
-from shared.lifecycle import stop_on_signals
-from shared.logging import configure_logging
-from shared.runtime import Runtime, kafka_runtime
-from shared.settings import load_settings
+from shared.kafka.service_base import ServiceBase
+from shared.ops.health import add_ops_routes
 
 
-def create_app(rt: Runtime) -> web.Application:
-    settings = rt.settings
+def create_app(base: ServiceBase) -> web.Application:
+    settings = base.settings
     auth = Authenticator(settings.api_keys)
-    clicks = ClickIntake(settings, rt.producer, auth)
-    endpoints = EndpointApi(settings, rt.endpoints, auth, rt.producer)
-    backfills = BackfillApi(settings, endpoints, rt.endpoints, rt.producer)
+    clicks = ClickIntake(settings, base.producer, auth)
+    endpoints = EndpointApi(settings, base.endpoints, auth, base.producer)
+    backfills = BackfillApi(settings, endpoints, base.endpoints, base.producer)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/clicks", clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
@@ -42,20 +39,5 @@ def create_app(rt: Runtime) -> web.Application:
         return web.json_response(document)
 
     app.router.add_get("/openapi.json", serve_openapi)
-    add_ops_routes(app, rt.readiness)
+    add_ops_routes(app, base.readiness)
     return app
-
-
-async def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
-    async with kafka_runtime(settings) as rt:
-        stop_on_signals(rt.stop)
-        runner = web.AppRunner(create_app(rt), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, settings.bind_host, settings.ingest_port).start()
-        try:
-            await rt.stop.wait()
-        finally:
-            rt.readiness.draining = True
-            await runner.cleanup()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from services.ingest.responses import ApiError
-from shared.settings import ApiKey
+from shared.ops.settings import ApiKey
 
 
 @dataclass(frozen=True, slots=True)

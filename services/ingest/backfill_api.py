@@ -12,37 +12,28 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
 
 import msgspec
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.ingest.endpoints_api import EndpointApi
-from services.ingest.responses import ApiError, invalid
-from shared.backfill import (
-    MAX_CLICKS,
+from services.ingest.api_types import BackfillRequest, BackfillStatus
+from services.ingest.backfill import (
     Backfill,
     BackfillProgress,
     BackfillWindow,
     window_problems,
 )
-from shared.endpoints import EndpointStore
-from shared.errors import InvalidInput, Problem
-from shared.messages import decode_json
-from shared.settings import Settings
+from services.ingest.endpoints_api import EndpointApi
+from services.ingest.responses import ApiError, invalid, struct_response
+from shared.kafka.endpoint_store import EndpointStore
+from shared.model.errors import InvalidInput, Problem
+from shared.model.messages import decode_json
+from shared.ops.settings import Settings
 
 # Each running backfill reads ``clicks`` with a consumer of its own on the API's event loop.
 MAX_RUNNING = 2
 BUSY_RETRY_AFTER_S = "30"
-
-ClickCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CLICKS)]
-
-
-class BackfillRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None  # now when absent
-    max_clicks: ClickCount = MAX_CLICKS
 
 
 @dataclass(slots=True)
@@ -107,11 +98,11 @@ class BackfillApi:
         run = Backfill(self._settings, self._producer, self._store.table.get, progress).run()
         task = asyncio.create_task(run, name=f"backfill-{endpoint.id}")
         self._jobs[endpoint.id] = _Job(progress, task)
-        return web.json_response(progress.as_dict(), status=202)
+        return struct_response(_status(progress), status=202)
 
     async def status(self, request: web.Request) -> web.Response:
         job = self._job(request)
-        return web.json_response(job.progress.as_dict())
+        return struct_response(_status(job.progress))
 
     async def cancel(self, request: web.Request) -> web.Response:
         """Stop writing deliveries; those already written are still delivered."""
@@ -120,7 +111,7 @@ class BackfillApi:
             raise ApiError(409, "not_running", f"the backfill has ended: {job.progress.state}")
         job.task.cancel()
         await asyncio.wait({job.task})
-        return web.json_response(job.progress.as_dict())
+        return struct_response(_status(job.progress))
 
     async def close(self, _: web.Application) -> None:
         """On shutdown: cancel what still runs (progress is lost with the process anyway)."""
@@ -136,3 +127,20 @@ class BackfillApi:
         if job is None:
             raise ApiError(404, "not_found", "no backfill of this endpoint on this instance")
         return job
+
+
+def _status(progress: BackfillProgress) -> BackfillStatus:
+    window = progress.window
+    return BackfillStatus(
+        endpoint_id=progress.endpoint_id,
+        state=progress.state,
+        since=window.since,
+        until=window.until,
+        max_clicks=window.max_clicks,
+        scanned=progress.scanned,
+        matched=progress.matched,
+        scheduled=progress.scheduled,
+        started_at=progress.started_at,
+        finished_at=progress.finished_at,
+        error=progress.error,
+    )

@@ -8,19 +8,19 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.ingest.api_types import Accepted
 from services.ingest.auth import Authenticator
-from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid
-from shared import metrics
-from shared.errors import InvalidInput, Problem
-from shared.messages import ClickEvent, decode_json, encode, validate_click
-from shared.settings import Settings
-from shared.topics import Topics
+from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid, struct_response
+from shared.model.errors import InvalidInput, Problem
+from shared.model.messages import ClickEvent, decode_json, encode, validate_click
+from shared.model.topics import Topics
+from shared.ops import metrics
+from shared.ops.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -104,10 +104,8 @@ class ClickIntake:
             raise invalid(exc) from None
         await self._publish(events)
         self._accepted.inc(len(events))
-        return web.json_response(
-            {"accepted": len(events), "ids": [event.id for event in events]},
-            status=202,
-            dumps=_json_text,
+        return struct_response(
+            Accepted(accepted=len(events), ids=[event.id for event in events]), status=202
         )
 
     async def _publish(self, events: list[ClickEvent]) -> None:
@@ -131,7 +129,3 @@ class ClickIntake:
                 headers={"retry-after": RETRY_AFTER_S},
             ) from None
         metrics.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
-
-
-def _json_text(obj: object) -> str:
-    return orjson.dumps(obj).decode()

@@ -4,61 +4,32 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from services.ingest.api_types import (
+    EndpointCreate,
+    EndpointPatch,
+    ReplayReport,
+    ReplayRequest,
+    RotatedSecret,
+)
 from services.ingest.auth import Authenticator, Principal
-from services.ingest.responses import ApiError, invalid
-from shared.dead_letters import replay
-from shared.endpoints import EndpointStore
-from shared.errors import InvalidInput, Problem
-from shared.messages import (
-    MAX_SIGNATURE_STYLES,
-    MAX_STRING_CHARS,
+from services.ingest.responses import ApiError, invalid, struct_response
+from services.ingest.urls import url_problems
+from shared.kafka.dead_letters import replay
+from shared.kafka.endpoint_store import EndpointStore
+from shared.model.errors import InvalidInput, Problem
+from shared.model.messages import (
     Endpoint,
-    EndpointFilters,
     EndpointSecret,
-    PayloadFormat,
-    SignatureStyle,
     decode_json,
 )
-from shared.settings import Settings
-from shared.signing import generate_secret, is_valid_secret
-from shared.urls import url_problems
-
-PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
-Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
-SignatureStyles = Annotated[list[SignatureStyle], msgspec.Meta(max_length=MAX_SIGNATURE_STYLES)]
-
-
-class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str
-    description: Description = ""
-    filters: EndpointFilters = EndpointFilters()
-    rate_limit_per_s: PositiveRate | None = None
-    enabled: bool = True
-    format: PayloadFormat = "standard"
-    signature_styles: SignatureStyles = []  # Standard Webhooks headers are always sent
-    secret: str | None = None  # whsec_ + base64 of 24-64 bytes; generated when absent
-    account_id: str | None = None  # admin tokens only
-
-
-class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str | msgspec.UnsetType = msgspec.UNSET
-    description: Description | msgspec.UnsetType = msgspec.UNSET
-    filters: EndpointFilters | msgspec.UnsetType = msgspec.UNSET
-    rate_limit_per_s: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
-    enabled: bool | msgspec.UnsetType = msgspec.UNSET
-    format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
-    signature_styles: SignatureStyles | msgspec.UnsetType = msgspec.UNSET
-
-
-class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None
+from shared.model.signing import generate_secret, is_valid_secret
+from shared.ops.settings import Settings
 
 
 def new_endpoint_id() -> str:
@@ -212,12 +183,8 @@ class EndpointApi:
             endpoint, secrets=[EndpointSecret(secret), *kept], updated_at=now
         )
         await self._store.put(updated)
-        return web.json_response(
-            {
-                "id": endpoint.id,
-                "secret": secret,
-                "previous_secret_expires_at": grace_end.isoformat(),
-            }
+        return struct_response(
+            RotatedSecret(id=endpoint.id, secret=secret, previous_secret_expires_at=grace_end)
         )
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -236,4 +203,11 @@ class EndpointApi:
             int(body.since.timestamp() * 1000),
             until_ms,
         )
-        return web.json_response({"endpoint_id": endpoint.id, **report.as_dict()})
+        return struct_response(
+            ReplayReport(
+                endpoint_id=endpoint.id,
+                matched=report.matched,
+                replayed=report.replayed,
+                already_delivered=report.already_delivered,
+            )
+        )

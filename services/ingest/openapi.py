@@ -1,131 +1,35 @@
 """The OpenAPI 3.1 document of the ingest API, served at /openapi.json.
 
-Request bodies of the endpoint routes come from the same msgspec structs that validate them,
-so the document cannot drift from the code that enforces it.
+Every schema comes from the msgspec structs in ``api_types`` (and the wire model's click and
+endpoint) that decode the requests and build the answers, so the document cannot drift from
+the code that enforces it.
 """
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 import msgspec
 
-from services.ingest.backfill_api import BackfillRequest
-from services.ingest.endpoints_api import EndpointCreate, EndpointPatch, ReplayRequest
-from shared.backfill import BackfillState
-from shared.messages import EndpointFilters, PayloadFormat, SignatureStyle
+from services.ingest.api_types import (
+    Accepted,
+    BackfillRequest,
+    BackfillStatus,
+    EndpointCreate,
+    EndpointPatch,
+    Error,
+    ReplayReport,
+    ReplayRequest,
+    RotatedSecret,
+)
+from shared.model.messages import ClickFields, Endpoint
 
 REF = "#/components/schemas/{name}"
-
-CLICK_EVENT: dict[str, Any] = {
-    "type": "object",
-    "description": "A click. Unknown fields are kept and passed through to receivers.",
-    "required": ["type", "account_id", "occurred_at", "link"],
-    "properties": {
-        "id": {"type": "string", "maxLength": 200, "description": "assigned when absent"},
-        "type": {"type": "string", "minLength": 1, "maxLength": 100},
-        "account_id": {"type": "string", "minLength": 1, "maxLength": 200},
-        "occurred_at": {"type": "string", "format": "date-time"},
-        "link": {
-            "type": "object",
-            "required": ["id"],
-            "properties": {
-                "id": {"type": "string", "minLength": 1, "maxLength": 200},
-                "domain": {"type": ["string", "null"]},
-                "key": {"type": ["string", "null"]},
-                "url": {"type": ["string", "null"]},
-                "tags": {"type": "array", "items": {"type": "string", "maxLength": 200}},
-            },
-        },
-        "click": {"type": "object"},
-    },
-}
-
-ENDPOINT: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "account_id", "url", "enabled", "created_at", "updated_at"],
-    "properties": {
-        "id": {"type": "string"},
-        "account_id": {"type": "string"},
-        "url": {"type": "string"},
-        "description": {"type": "string"},
-        "filters": {"$ref": REF.format(name="EndpointFilters")},
-        "rate_limit_per_s": {"type": ["number", "null"]},
-        "enabled": {"type": "boolean"},
-        "disabled_reason": {"type": ["string", "null"]},
-        "format": {"type": "string", "enum": list(get_args(PayloadFormat))},
-        "signature_styles": {
-            "type": "array",
-            "items": {"type": "string", "enum": list(get_args(SignatureStyle))},
-        },
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-    },
-}
-
-ERROR: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "details"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "details": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["field", "problem"],
-                        "properties": {
-                            "index": {"type": "integer"},
-                            "field": {"type": "string"},
-                            "problem": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
-
 
 BACKFILL_NOTE = (
     "Progress lives in the memory of the ingest instance that started the backfill: status and "
     "cancel answer 404 on other instances and after a restart."
 )
-
-_COUNT = {"type": "integer", "minimum": 0}
-BACKFILL_STATUS: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "endpoint_id",
-        "state",
-        "since",
-        "until",
-        "max_clicks",
-        "scanned",
-        "matched",
-        "scheduled",
-        "started_at",
-        "finished_at",
-        "error",
-    ],
-    "properties": {
-        "endpoint_id": {"type": "string"},
-        "state": {"type": "string", "enum": list(get_args(BackfillState))},
-        "since": {"type": "string", "format": "date-time"},
-        "until": {"type": "string", "format": "date-time"},
-        "max_clicks": {"type": "integer"},
-        "scanned": {**_COUNT, "description": "records of `clicks` read"},
-        "matched": {**_COUNT, "description": "clicks of the window this endpoint wants, queued"},
-        "scheduled": {**_COUNT, "description": "of those, acknowledged by the broker"},
-        "started_at": {"type": "string", "format": "date-time"},
-        "finished_at": {"type": ["string", "null"], "format": "date-time"},
-        "error": {"type": ["string", "null"]},
-    },
-}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -278,60 +182,51 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# Every schema of the document, generated from the structs that decode and build the bodies.
+STRUCTS: tuple[type[msgspec.Struct], ...] = (
+    ClickFields,
+    Endpoint,
+    EndpointCreate,
+    EndpointPatch,
+    ReplayRequest,
+    BackfillRequest,
+    Accepted,
+    RotatedSecret,
+    ReplayReport,
+    BackfillStatus,
+    Error,
+)
+# Stored on the endpoint record, never shown by the API (see ``Endpoint.public_view``).
+HIDDEN_ENDPOINT_FIELDS = ("secrets", "v")
+
+
 def _schemas() -> dict[str, Any]:
-    _, generated = msgspec.json.schema_components(
-        [EndpointCreate, EndpointPatch, ReplayRequest, BackfillRequest, EndpointFilters],
-        ref_template=REF,
-    )
-    return {
-        **generated,
-        "ClickEvent": CLICK_EVENT,
-        "Endpoint": ENDPOINT,
-        "CreatedEndpoint": {
-            "allOf": [
-                _ref("Endpoint"),
-                {
-                    "type": "object",
-                    "required": ["secret"],
-                    "properties": {"secret": {"type": "string"}},
-                },
-            ]
-        },
-        "EndpointList": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"type": "array", "items": _ref("Endpoint")}},
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["accepted", "ids"],
-            "properties": {
-                "accepted": {"type": "integer"},
-                "ids": {"type": "array", "items": {"type": "string"}},
+    _, generated = msgspec.json.schema_components(STRUCTS, ref_template=REF)
+    click = generated.pop("ClickFields")
+    click["description"] = "A click. Unknown fields are kept and passed through to receivers."
+    generated["ClickEvent"] = click
+    endpoint = generated["Endpoint"]
+    for name in HIDDEN_ENDPOINT_FIELDS:
+        endpoint["properties"].pop(name)
+        if name in endpoint.get("required", []):
+            endpoint["required"].remove(name)
+    generated.pop("EndpointSecret", None)
+    generated["CreatedEndpoint"] = {
+        "allOf": [
+            _ref("Endpoint"),
+            {
+                "type": "object",
+                "required": ["secret"],
+                "properties": {"secret": {"type": "string"}},
             },
-        },
-        "RotatedSecret": {
-            "type": "object",
-            "required": ["id", "secret", "previous_secret_expires_at"],
-            "properties": {
-                "id": {"type": "string"},
-                "secret": {"type": "string"},
-                "previous_secret_expires_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "ReplayReport": {
-            "type": "object",
-            "required": ["endpoint_id", "matched", "replayed", "already_delivered"],
-            "properties": {
-                "endpoint_id": {"type": "string"},
-                "matched": {"type": "integer"},
-                "replayed": {"type": "integer"},
-                "already_delivered": {"type": "integer"},
-            },
-        },
-        "BackfillStatus": BACKFILL_STATUS,
-        "Error": ERROR,
+        ]
     }
+    generated["EndpointList"] = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "array", "items": _ref("Endpoint")}},
+    }
+    return generated
 
 
 def openapi_document() -> dict[str, Any]:

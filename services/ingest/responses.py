@@ -5,17 +5,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 import structlog
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
-from shared import metrics
-from shared.errors import InvalidInput, Problem
+from services.ingest.api_types import Error, ErrorDetail, ErrorInfo
+from shared.model.errors import InvalidInput, Problem
+from shared.ops import metrics
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_encoder = msgspec.json.Encoder()
 
 
 class ApiError(Exception):
@@ -35,14 +38,20 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> web.Response:
-        body = {
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "details": [d.as_dict() for d in self.details],
-            }
-        }
-        return web.json_response(body, status=self.status, headers=self.headers)
+        details = [
+            ErrorDetail(field=d.field, problem=d.problem, index=d.index) for d in self.details
+        ]
+        body = Error(error=ErrorInfo(code=self.code, message=self.message, details=details))
+        return struct_response(body, status=self.status, headers=self.headers)
+
+
+def struct_response(
+    body: msgspec.Struct, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer encoded from one of ``api_types``' structs."""
+    return web.Response(
+        body=_encoder.encode(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
 RETRY_AFTER_S = "5"

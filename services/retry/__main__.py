@@ -1,11 +1,74 @@
-"""python -m services.retry [dlq | replay …]: the service, or an operator command."""
+"""python -m services.retry: drain the delayed-retry tiers, never before a record is due.
+
+``python -m services.retry dlq|replay …`` runs an operator command instead."""
+
+from __future__ import annotations
 
 import sys
 
-from services.retry.app import main
-from services.retry.cli import run_cli
-from shared.lifecycle import run
+from aiokafka import AIOKafkaConsumer
 
-if len(sys.argv) > 1:
-    sys.exit(run_cli(sys.argv[1:]))
-run(main)
+from services.retry.cli import run_cli
+from services.retry.service import SERVICE, RetryService
+from shared.delivery.deliverer import Deliverer
+from shared.delivery.worker import run_delivery_worker
+from shared.kafka.clients import create_consumer
+from shared.kafka.lag import retry_lag_scope
+from shared.kafka.partition_worker import PartitionWorker
+from shared.kafka.service_base import ServiceBase
+from shared.model.topics import RETRY_GROUP, Topics
+from shared.ops.logging import configure_logging
+from shared.ops.process import run
+from shared.ops.settings import load_settings
+
+# aiokafka does not fetch a resumed partition while another fetch to the same broker is in
+# flight; a short long-poll keeps a partition that just fell due from waiting up to the
+# default 500 ms behind it.
+RESUME_FETCH_WAIT_MS = 50
+
+
+def build_worker(
+    base: ServiceBase, deliverer: Deliverer
+) -> tuple[AIOKafkaConsumer, PartitionWorker]:
+    settings = base.settings
+    topics = Topics(settings.topic_prefix)
+    consumer = create_consumer(
+        settings, group_id=topics.group(RETRY_GROUP), fetch_max_wait_ms=RESUME_FETCH_WAIT_MS
+    )
+    service = RetryService(
+        settings,
+        consumer=consumer,
+        producer=base.producer,
+        endpoints=base.endpoints,
+        deliverer=deliverer,
+    )
+    worker = PartitionWorker(
+        consumer,
+        service.handle,
+        max_in_flight=settings.max_in_flight,
+        drain_grace_s=settings.drain_grace_s,
+        gate=service.admit,
+        next_wakeup_s=service.next_wakeup_s,
+        on_poll=service.resume_due,
+    )
+    # A pattern, not the current schedule's list: tiers of an older schedule still drain.
+    consumer.subscribe(pattern=topics.retry_pattern, listener=worker.listener)
+    return consumer, worker
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    await run_delivery_worker(
+        settings,
+        service=SERVICE,
+        port=settings.retry_port,
+        lag_scope=retry_lag_scope(settings),
+        build=build_worker,
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        sys.exit(run_cli(sys.argv[1:]))
+    run(main)

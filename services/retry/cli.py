@@ -7,9 +7,9 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
-from shared.dead_letters import count_dead_letters, replay
-from shared.kafka import create_producer
-from shared.settings import Settings, load_settings
+from shared.kafka.clients import create_producer
+from shared.kafka.dead_letters import count_dead_letters, replay
+from shared.ops.settings import Settings, load_settings
 
 
 def _utc(text: str) -> datetime:

@@ -7,18 +7,18 @@ from collections import Counter
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from shared import metrics
-from shared.courier import Courier
-from shared.due import DueTimes, due_at_ms_from_headers
-from shared.endpoints import EndpointStore
-from shared.limits import gate_for
-from shared.logging import bind_delivery
-from shared.messages import DeliveryEnvelope, decode_envelope
-from shared.settings import Settings
-from shared.topics import HEADER_REASON, HEADER_SOURCE, Topics
-from shared.worker import Record
+from services.retry.due import DueTimes, due_at_ms_from_headers
+from shared.delivery.deliverer import Deliverer
+from shared.delivery.endpoint_gate import gate_for
+from shared.kafka.clients import Record, set_aside
+from shared.kafka.endpoint_store import EndpointStore
+from shared.model.messages import DeliveryEnvelope, decode_envelope
+from shared.model.topics import Topics
+from shared.ops import metrics
+from shared.ops.logging import bind_delivery
+from shared.ops.settings import Settings
 
 SERVICE = "retry"
 log = structlog.get_logger(__name__)
@@ -34,14 +34,16 @@ class RetryService:
         settings: Settings,
         *,
         consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
         endpoints: EndpointStore,
-        courier: Courier,
+        deliverer: Deliverer,
     ) -> None:
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
         self._consumer = consumer
+        self._producer = producer
         self._endpoints = endpoints
-        self._courier = courier
+        self._deliverer = deliverer
         self._held: DueTimes[TopicPartition] = DueTimes()
         self._gate = gate_for(settings)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
@@ -90,31 +92,26 @@ class RetryService:
         metrics.RETRY_LATENESS_SECONDS.observe(max(0, _now_ms() - envelope.due_at_ms) / 1000)
         endpoint = self._endpoints.table.get(envelope.endpoint_id)
         if endpoint is None:
-            await self._courier.dead_letter(envelope, "endpoint_deleted")
+            await self._deliverer.dead_letter(envelope, "endpoint_deleted")
             return
         if not endpoint.enabled:
-            await self._courier.dead_letter(envelope, "endpoint_disabled")
+            await self._deliverer.dead_letter(envelope, "endpoint_disabled")
             return
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._courier.schedule_retry(envelope, tier=envelope.tier, topic_tier=0)
+            await self._deliverer.defer(envelope)
             metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
             return
         try:
             self._in_flight.inc()
-            await self._courier.attempt(endpoint, envelope)
+            await self._deliverer.deliver(endpoint, envelope)
         finally:
             self._in_flight.dec()
             self._gate.leave(endpoint.id)
 
     async def _set_aside(self, record: Record, reason: str) -> None:
         """An unreadable envelope is kept, as it was, in the dead-letter topic."""
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        await self._courier.dead_letter_raw(
-            record.key,
-            record.value,
-            [
-                (HEADER_REASON, f"malformed_envelope: {reason}".encode()),
-                (HEADER_SOURCE, source.encode()),
-            ],
+        source = await set_aside(
+            self._producer, self._topics.dlq, record, f"malformed_envelope: {reason}"
         )
+        metrics.DEAD_LETTERS.labels(service=SERVICE, reason="malformed_envelope").inc()
         log.error("retry_record_unreadable", source=source, error=reason)

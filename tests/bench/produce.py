@@ -12,9 +12,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from shared.messages import DeliveryEnvelope, encode
-from shared.signing import webhook_id
-from shared.topics import HEADER_DUE_AT_MS
+from shared.model.messages import DeliveryEnvelope, encode
+from shared.model.signing import webhook_id
+from shared.model.topics import HEADER_DUE_AT_MS
 from tests.bench.wire import ClickLoad, EnvelopeLoad, ProduceResult
 
 # A backlog is written as fast as the broker takes it: big, lingering batches.

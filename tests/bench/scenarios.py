@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from shared.topics import Topics
+from shared.model.topics import Topics
 from tests.bench.figures import FANOUTS, PERCENTILES, RATES, RETRY_SCHEDULE, percentile
 from tests.bench.produce import click_event
 from tests.bench.stack import PUBLISH_TOKEN, SERVICES, ReceiverProcess, Stack, run_job

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-import shared.metrics
-from shared.kafka import topic_specs
-from shared.settings import load_settings
-from shared.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
+import shared.ops.metrics
+from shared.kafka.clients import topic_specs
+from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
+from shared.ops.settings import load_settings
 from tests.deploy.manifests import (
     KUSTOMIZE_INSTALL_TIMEOUT_S,
     ROOT,
@@ -36,7 +36,7 @@ GROUPS = {"dispatcher": DISPATCHER_GROUP, "retry": RETRY_GROUP}
 
 
 def known_settings() -> set[str]:
-    source = (ROOT / "shared" / "settings.py").read_text()
+    source = (ROOT / "shared" / "ops" / "settings.py").read_text()
     return set(re.findall(r'"(CLICKHOOK_[A-Z_]+)"', source))
 
 
@@ -157,7 +157,7 @@ def test_strimzi_topics_are_the_ones_the_services_create(rendered: Rendered) -> 
 
 def exported_metric_names() -> set[str]:
     names: set[str] = set()
-    for value in vars(shared.metrics).values():
+    for value in vars(shared.ops.metrics).values():
         if not isinstance(value, MetricWrapperBase):
             continue
         for family in value.describe():

@@ -277,8 +277,8 @@ def test_the_build_stage_install_steps_produce_a_working_venv(
     elsewhere.mkdir()
     check = (
         "import importlib.util, sys\n"
-        "import services.ingest.app, services.dispatcher.app, services.retry.app\n"
-        "import shared.kafka, shared.settings, shared.logging\n"
+        "import services.ingest.__main__, services.dispatcher.__main__, services.retry.__main__\n"
+        "import shared.kafka.clients, shared.ops.settings, shared.ops.logging\n"
         "assert '/site-packages/' in services.ingest.app.__file__, services.ingest.app.__file__\n"
         "dev = [m for m in ('pytest', 'mypy', 'ruff', 'hypothesis', 'kubernetes_validate')"
         " if importlib.util.find_spec(m)]\n"

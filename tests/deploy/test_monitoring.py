@@ -59,7 +59,7 @@ def test_queries_read_only_metrics_clickhook_defines() -> None:
     used = clickhook_metric_names(ALERTS + DASHBOARD_QUERIES)
     defined = exported_metric_names()
     unknown = {name: sorted(where) for name, where in used.items() if name not in defined}
-    assert not unknown, f"metrics not in shared/metrics.py: {unknown}"
+    assert not unknown, f"metrics not in shared/ops/metrics.py: {unknown}"
     missing = DASHBOARD_MUST_SHOW - set(clickhook_metric_names(DASHBOARD_QUERIES))
     assert not missing, f"the dashboard does not show {sorted(missing)}"
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from shared.backoff import parse_duration_s
+from shared.model.schedule import parse_duration_s
 from tests.deploy.manifests import (
     KUSTOMIZE_INSTALL_TIMEOUT_S,
     SERVICES,

@@ -13,19 +13,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.kafka import topic_specs
-from shared.settings import load_settings
+from shared.kafka.clients import topic_specs
+from shared.ops.settings import load_settings
 from tests.deploy.manifests import (
     KUSTOMIZE_INSTALL_TIMEOUT_S,
     ROOT,
@@ -37,6 +34,7 @@ from tests.deploy.manifests import (
     pod_spec,
     resolve_env,
 )
+from tests.support.services import free_port, wait_ready
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(KUSTOMIZE_INSTALL_TIMEOUT_S + 120)]
 
@@ -44,13 +42,6 @@ TEST_SECRETS = {("clickhook-api-keys", "api-keys"): "test-publish:publish"}
 # Inherited from the test's own environment: what a process needs to run at all.
 PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
 READY_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def argv(container: Obj) -> list[str]:
@@ -88,22 +79,6 @@ def start(name: str, container: Obj, env: dict[str, str], log: Path) -> subproce
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-
-
-async def wait_ready(started: Started) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if started.process.poll() is not None:
-                raise AssertionError(f"{started.name} exited early:\n{started.tail()}")
-            try:
-                async with session.get(started.url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{started.name}: {started.url} not ready:\n{started.tail()}")
 
 
 def stop(started: Started) -> int:
@@ -193,7 +168,9 @@ async def test_manifest_commands_start_the_services(
                     log,
                 )
             )
-        await asyncio.gather(*(wait_ready(s) for s in started))
+        await asyncio.gather(
+            *(wait_ready(s.name, s.process, s.url, s.tail, READY_TIMEOUT_S) for s in started)
+        )
     finally:
         codes = {s.name: stop(s) for s in started}
     assert codes == dict.fromkeys(SERVICES, 0), "every service exits 0 on SIGTERM"

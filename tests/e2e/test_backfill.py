@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shared.signing import webhook_id
+from shared.model.signing import webhook_id
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.receiver import Receiver
 from tests.support.timed_clicks import click_at, produce_at_click_time

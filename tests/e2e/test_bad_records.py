@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka import MAX_MESSAGE_BYTES, topic_partitions
-from shared.settings import Settings
-from shared.topics import DISPATCHER_GROUP, HEADER_REASON, HEADER_SOURCE, Topics
+from shared.kafka.clients import MAX_MESSAGE_BYTES, topic_partitions
+from shared.model.topics import DISPATCHER_GROUP, HEADER_REASON, HEADER_SOURCE, Topics
+from shared.ops.settings import Settings
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, PUBLISH_TOKEN, Pipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver

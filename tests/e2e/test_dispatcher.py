@@ -10,7 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from shared.messages import decode_dead_letter, decode_envelope
+from shared.model.messages import decode_dead_letter, decode_envelope
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver

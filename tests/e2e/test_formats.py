@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from shared.messages import decode_dead_letter
-from shared.signing import generate_secret
+from shared.model.messages import decode_dead_letter
+from shared.model.signing import generate_secret
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver

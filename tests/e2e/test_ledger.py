@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from shared.kafka import topic_partitions
-from shared.messages import decode_dead_letter
-from shared.settings import load_settings
+from shared.kafka.clients import topic_partitions
+from shared.model.messages import decode_dead_letter
+from shared.ops.settings import load_settings
 from tests.e2e.conftest import ACCOUNT_ID, ADMIN_TOKEN, PUBLISH_TOKEN, Pipeline, StartPipeline
 from tests.support.broker import PrivateBroker
 from tests.support.clicks import make_click

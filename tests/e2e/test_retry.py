@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from standardwebhooks.webhooks import Webhook
 
-from shared.messages import DeliveryEnvelope, decode_dead_letter, encode
-from shared.topics import HEADER_DUE_AT_MS
+from shared.model.messages import DeliveryEnvelope, decode_dead_letter, encode
+from shared.model.topics import HEADER_DUE_AT_MS
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver

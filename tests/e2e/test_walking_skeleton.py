@@ -9,8 +9,8 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shared.messages import decode_dead_letter
-from shared.topics import HEADER_REASON
+from shared.model.messages import decode_dead_letter
+from shared.model.topics import HEADER_REASON
 from tests.e2e.conftest import ACCOUNT_ID, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver

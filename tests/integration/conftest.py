@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.ingest.app import create_app
-from shared.runtime import Runtime, kafka_runtime
-from shared.settings import Settings, load_settings
+from shared.kafka.service_base import ServiceBase, service_base
+from shared.ops.settings import Settings, load_settings
 
 PUBLISH = "tok-publish"
 ACCOUNT_A = "tok-account-a"
@@ -47,13 +47,13 @@ def fixture_settings(kafka_bootstrap: str, prefix: str) -> Settings:
     return make_settings(kafka_bootstrap, prefix)
 
 
-@pytest.fixture(name="runtime")
-async def fixture_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    async with kafka_runtime(settings) as rt:
-        await rt.endpoints.loaded.wait()
-        yield rt
+@pytest.fixture(name="base")
+async def fixture_base(settings: Settings) -> AsyncIterator[ServiceBase]:
+    async with service_base(settings) as base:
+        await base.endpoints.loaded.wait()
+        yield base
 
 
 @pytest.fixture(name="ingest")
-async def fixture_ingest(runtime: Runtime, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(runtime))
+async def fixture_ingest(base: ServiceBase, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(base))

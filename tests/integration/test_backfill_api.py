@@ -15,14 +15,14 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-import shared.backfill
+import services.ingest.backfill
 from services.ingest.openapi import openapi_document
-from shared.messages import decode_envelope
-from shared.settings import Settings
-from shared.signing import webhook_id
-from shared.topic_window import read_window
-from shared.topics import HEADER_DUE_AT_MS, Topics
-from shared.worker import Record
+from shared.kafka.clients import Record
+from shared.kafka.window import read_window
+from shared.model.messages import decode_envelope
+from shared.model.signing import webhook_id
+from shared.model.topics import HEADER_DUE_AT_MS, Topics
+from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, auth
 from tests.support.timed_clicks import click_at, produce_at_click_time
 from tests.support.topics import read_records
@@ -181,7 +181,7 @@ async def test_running_backfill_refuses_a_second_and_can_be_cancelled(
         read_all.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(shared.backfill, "read_window", held_open)
+    monkeypatch.setattr(services.ingest.backfill, "read_window", held_open)
     now = datetime.now(UTC)
     endpoint_id = await create_endpoint(ingest)
     clicks = [

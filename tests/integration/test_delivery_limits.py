@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.delivery import AttemptResult, Sender
-from shared.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
+from shared.delivery.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
+from shared.delivery.sender import AttemptResult, Sender
 from tests.support.endpoints import endpoint_to
 from tests.support.loopback import read_http_request
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from shared.runtime import Runtime
+from shared.kafka.service_base import ServiceBase
 from tests.integration.conftest import ACCOUNT_A, auth
 
 pytestmark = pytest.mark.kafka
@@ -30,10 +30,10 @@ async def test_format_and_signature_styles_default_to_standard_and_none(ingest: 
 
 
 async def test_format_and_signature_styles_are_stored_and_shown(
-    ingest: Client, runtime: Runtime
+    ingest: Client, base: ServiceBase
 ) -> None:
     status, shown = await create(ingest, format="slack", signature_styles=["github", "github"])
-    stored = runtime.endpoints.table.get(shown["id"])
+    stored = base.endpoints.table.get(shown["id"])
 
     assert status == 201
     assert (shown["format"], shown["signature_styles"]) == ("slack", ["github"])

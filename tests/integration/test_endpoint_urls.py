@@ -22,14 +22,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
-from shared.delivery import AttemptResult, Sender
-from shared.http_client import WebhookClient
-from shared.runtime import kafka_runtime
-from shared.urls import MAX_URL_CHARS
+from services.ingest.urls import MAX_URL_CHARS
+from shared.delivery.http_client import WebhookClient
+from shared.delivery.sender import AttemptResult, Sender
+from shared.kafka.service_base import service_base
 from tests.integration.conftest import ACCOUNT_A, auth, make_settings
 from tests.support.endpoints import endpoint_to
 
-# One API (and its broker runtime) serves every test here: a few dozen URLs cost seconds.
+# One API (and its broker base) serves every test here: a few dozen URLs cost seconds.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 Client = TestClient[Any, Any]
@@ -41,9 +41,9 @@ async def fixture_api(kafka_bootstrap: str) -> AsyncIterator[Client]:
     """The ingest API with the defaults of production: https only, no private destinations."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = make_settings(kafka_bootstrap, prefix, allow_http=False, allowed_cidrs=())
-    async with kafka_runtime(settings) as runtime:
-        await runtime.endpoints.loaded.wait()
-        async with TestClient(TestServer(create_app(runtime))) as client:
+    async with service_base(settings) as base:
+        await base.endpoints.loaded.wait()
+        async with TestClient(TestServer(create_app(base))) as client:
             yield client
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import UnsendableRequest
-from shared.http_client import WebhookClient
-from shared.outcomes import classify_exception
+from shared.delivery.http_client import WebhookClient
+from shared.model.errors import UnsendableRequest
+from shared.model.routing import classify_exception
 from tests.support.loopback import read_http_request
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.kafka.service_base import ServiceBase
+from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth
 from tests.support.topics import produce, read_records
 
@@ -228,14 +228,14 @@ async def test_another_accounts_endpoint_is_a_404(ingest: Client) -> None:
     assert as_admin.status == 200
 
 
-async def test_endpoint_patch_and_delete(ingest: Client, runtime: Runtime) -> None:
+async def test_endpoint_patch_and_delete(ingest: Client, base: ServiceBase) -> None:
     created = await create_endpoint(ingest, ACCOUNT_A)
     path = f"/v1/endpoints/{created['id']}"
 
     patched = await ingest.patch(
         path, json={"enabled": False, "rate_limit_per_s": 5}, headers=auth(ACCOUNT_A)
     )
-    stored = runtime.endpoints.table.get(created["id"])
+    stored = base.endpoints.table.get(created["id"])
     deleted = await ingest.delete(path, headers=auth(ACCOUNT_A))
     after = await ingest.get(path, headers=auth(ACCOUNT_A))
 
@@ -245,7 +245,7 @@ async def test_endpoint_patch_and_delete(ingest: Client, runtime: Runtime) -> No
     assert stored.rate_limit_per_s == 5
     assert deleted.status == 204
     assert after.status == 404
-    assert runtime.endpoints.table.get(created["id"]) is None
+    assert base.endpoints.table.get(created["id"]) is None
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from shared.runtime import Runtime
+from shared.kafka.service_base import ServiceBase
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, PUBLISH, auth
 
 pytestmark = pytest.mark.kafka
@@ -73,7 +73,7 @@ async def test_replay_of_another_accounts_endpoint_is_a_404_like_a_missing_one(
 
 
 async def test_account_token_may_not_create_an_endpoint_for_another_account(
-    ingest: Client, runtime: Runtime
+    ingest: Client, base: ServiceBase
 ) -> None:
     response = await ingest.post(
         "/v1/endpoints",
@@ -82,13 +82,13 @@ async def test_account_token_may_not_create_an_endpoint_for_another_account(
     )
 
     assert response.status == 404
-    assert runtime.endpoints.table.for_account("acc_a") == []
+    assert base.endpoints.table.for_account("acc_a") == []
 
 
 async def test_another_accounts_endpoint_is_unchanged_after_its_routes_were_refused(
-    ingest: Client, runtime: Runtime, endpoint_id: str
+    ingest: Client, base: ServiceBase, endpoint_id: str
 ) -> None:
-    before = runtime.endpoints.table.get(endpoint_id)
+    before = base.endpoints.table.get(endpoint_id)
     path = f"/v1/endpoints/{endpoint_id}"
 
     for method, route, body in ENDPOINT_ROUTES[1:]:
@@ -98,7 +98,7 @@ async def test_another_accounts_endpoint_is_unchanged_after_its_routes_were_refu
     after = await ingest.get(path, headers=auth(ACCOUNT_A))
 
     assert after.status == 200
-    assert runtime.endpoints.table.get(endpoint_id) == before
+    assert base.endpoints.table.get(endpoint_id) == before
 
 
 async def test_token_that_is_not_utf8_is_a_401_not_a_500(ingest: Client) -> None:

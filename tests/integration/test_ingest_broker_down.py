@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.ingest.app import create_app
-from shared.runtime import kafka_runtime
+from shared.kafka.service_base import service_base
 from tests.integration.conftest import PUBLISH, AiohttpClient, auth, make_settings
 from tests.support.broker import PrivateBroker
 
@@ -25,9 +25,9 @@ async def test_broker_down_is_a_503_with_retry_after(
         "account_id": "acc_a",
         "link": {"id": "lnk_1"},
     }
-    async with kafka_runtime(settings) as rt:
-        await rt.endpoints.loaded.wait()
-        client = await aiohttp_client(create_app(rt))
+    async with service_base(settings) as base:
+        await base.endpoints.loaded.wait()
+        client = await aiohttp_client(create_app(base))
         before = await client.post("/v1/clicks", json=event, headers=auth(PUBLISH))
         await private_broker.stop()
         after = await client.post("/v1/clicks", json=event, headers=auth(PUBLISH))

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.ingest.openapi import openapi_document
-from shared.messages import validate_click
-from shared.settings import Settings
+from shared.model.messages import validate_click
+from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, PUBLISH, auth
 from tests.support.topics import read_records
 

@@ -10,9 +10,9 @@ from aiokafka.admin import NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
-from shared.kafka import ensure_topics
-from shared.lag import LagMonitor, TopicLag, dispatcher_lag_scope, retry_lag_scope
-from shared.settings import Settings
+from shared.kafka.clients import ensure_topics
+from shared.kafka.lag import LagMonitor, TopicLag, dispatcher_lag_scope, retry_lag_scope
+from shared.ops.settings import Settings
 from tests.integration.conftest import make_settings
 
 pytestmark = pytest.mark.kafka

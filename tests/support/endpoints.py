@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.messages import Endpoint, EndpointSecret
-from shared.signing import generate_secret
+from shared.model.messages import Endpoint, EndpointSecret
+from shared.model.signing import generate_secret
 
 
 def endpoint_to(url: str, *, endpoint_id: str = "ep_1", account_id: str = "acc_1") -> Endpoint:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def wait_ready(
+    name: str,
+    process: subprocess.Popen[bytes],
+    url: str,
+    log_tail: Callable[[], str],
+    timeout_s: float = 60.0,
+) -> None:
+    """Poll ``url`` until it answers 200; fail at once if the process exits meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited early:\n{log_tail()}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{name}: {url} not ready in {timeout_s}s:\n{log_tail()}")
 
 
 @dataclass
@@ -43,21 +67,9 @@ class ServiceProcess:
             )
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
+        assert self.process is not None
         url = f"http://127.0.0.1:{self.port}/readyz"
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
-                try:
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError(f"{self.name} not ready in {timeout_s}s:\n{self.log_tail()}")
+        await wait_ready(self.name, self.process, url, self.log_tail, timeout_s)
 
     def kill(self) -> None:
         """kill -9: no drain, no commit."""

@@ -1,6 +1,6 @@
 """A loopback Slack incoming webhook: checks messages the way Slack does and answers like it.
 
-The checks are written from Slack's documentation, not from shared/formats.py, so they are an
+The checks are written from Slack's documentation, not from shared/model/formats.py, so they are an
 independent oracle: sizes within Slack's limits, and mrkdwn text whose only ``<…>`` sequences
 are links and dates, and whose ``&`` only starts the three entities Slack knows.
 """

@@ -10,7 +10,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from services.ingest.auth import Authenticator
 from services.ingest.responses import ApiError
-from shared.settings import ApiKey
+from shared.ops.settings import ApiKey
 
 KEYS = (
     ApiKey(token="tok-first", scope="publish"),

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.backfill import (
+from services.ingest.backfill import (
     MAX_WINDOW,
     Backfill,
     BackfillProgress,
@@ -23,9 +23,9 @@ from shared.backfill import (
     Lookup,
     window_problems,
 )
-from shared.messages import Endpoint, EndpointFilters, EndpointSecret, decode_envelope
-from shared.settings import load_settings
-from shared.signing import generate_secret, webhook_id
+from shared.model.messages import Endpoint, EndpointFilters, EndpointSecret, decode_envelope
+from shared.model.signing import generate_secret, webhook_id
+from shared.ops.settings import load_settings
 from tests.support.timed_clicks import click_at
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.due import DueTimes, due_at_ms_from_headers
-from shared.topics import HEADER_DUE_AT_MS
+from services.retry.due import DueTimes, due_at_ms_from_headers
+from shared.model.topics import HEADER_DUE_AT_MS
 
 
 @pytest.fixture(name="due")

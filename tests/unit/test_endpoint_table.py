@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.endpoint_table import EndpointTable
-from shared.messages import Endpoint, EndpointSecret
+from shared.model.endpoint_table import EndpointTable
+from shared.model.messages import Endpoint, EndpointSecret
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
 

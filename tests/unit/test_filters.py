@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.filters import endpoint_wants, filters_match
-from shared.messages import ClickEvent, Endpoint, EndpointFilters, EndpointSecret
+from shared.model.filters import endpoint_wants, filters_match
+from shared.model.messages import ClickEvent, Endpoint, EndpointFilters, EndpointSecret
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
 

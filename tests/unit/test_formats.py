@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-from shared.formats import (
+from shared.model.formats import (
     DISCORD_CONTENT_MAX,
     DISCORD_DESCRIPTION_MAX,
     DISCORD_FIELD_VALUE_MAX,
@@ -39,9 +39,9 @@ from shared.formats import (
     teams_message,
     text_units,
 )
-from shared.messages import Endpoint, EndpointSecret, PayloadFormat, webhook_body
-from shared.outcomes import DeadLettered, RetryLater, classify_status, route_after_attempt
-from shared.signing import generate_secret
+from shared.model.messages import Endpoint, EndpointSecret, PayloadFormat, webhook_body
+from shared.model.routing import DeadLettered, RetryLater, classify_status, route_after_attempt
+from shared.model.signing import generate_secret
 from tests.support.slack import message_problems
 
 GOLDEN = Path(__file__).parent / "golden"

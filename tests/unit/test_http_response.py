@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import BadResponse, ConnectionClosed
-from shared.http_response import MAX_HEAD_BYTES, MAX_HEADERS, Response, ResponseParser
+from shared.delivery.http_response import MAX_HEAD_BYTES, MAX_HEADERS, Response, ResponseParser
+from shared.model.errors import BadResponse, ConnectionClosed
 
 KEEP = 16
 DRAIN = 256

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import InvalidInput
-from shared.messages import (
+from shared.model.errors import InvalidInput
+from shared.model.messages import (
     MAX_CLICK_BYTES,
     MAX_JSON_DEPTH,
     DeadLetter,

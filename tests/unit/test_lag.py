@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
-from shared.lag import (
+from shared.kafka.lag import (
     LagMonitor,
     PartitionOffsets,
     TopicLag,
@@ -20,7 +20,7 @@ from shared.lag import (
     surely_due_before_ms,
     tier_delay_s,
 )
-from shared.settings import load_settings
+from shared.ops.settings import load_settings
 
 
 @pytest.mark.parametrize(

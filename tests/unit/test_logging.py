@@ -12,8 +12,8 @@ import orjson
 import pytest
 import structlog
 
-from shared.logging import bind_delivery, configure_logging
-from shared.messages import DeliveryEnvelope
+from shared.model.messages import DeliveryEnvelope
+from shared.ops.logging import bind_delivery, configure_logging
 
 Lines = Callable[[], list[dict[str, object]]]
 

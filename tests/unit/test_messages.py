@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import InvalidInput, Problem
-from shared.messages import (
+from shared.model.errors import InvalidInput, Problem
+from shared.model.messages import (
     AttemptRecord,
     DeadLetter,
     DeadLetterReason,

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import ApiKey, Settings, load_settings, parse_api_keys, parse_cidrs
+from shared.model.errors import SettingsError
+from shared.ops.settings import ApiKey, Settings, load_settings, parse_api_keys, parse_cidrs
 
 TOKENS_ENV = {"CLICKHOOK_API_KEYS": "tok-publish-s3cr3t:publish,tok-admin-s3cr3t:admin"}
 

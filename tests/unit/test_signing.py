@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.signing import (
+from shared.model.signing import (
     HEADER_DUB_SIGNATURE,
     HEADER_GITHUB_SIGNATURE,
     HEADER_ID,

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from svix.webhooks import Webhook as SvixWebhook
 from svix.webhooks import WebhookVerificationError as SvixVerificationError
 
-from shared.signing import (
+from shared.model.signing import (
     HEADER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,

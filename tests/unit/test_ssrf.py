@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from shared.ssrf import IPNetwork, refusal_reason
+from shared.model.ssrf import IPNetwork, refusal_reason
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

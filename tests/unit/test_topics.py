@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.backoff import parse_duration_s, parse_schedule
-from shared.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
+from shared.model.schedule import parse_duration_s, parse_schedule
+from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
 
 KAFKA_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 _prefixes = st.text(alphabet=KAFKA_NAME_CHARS, max_size=12)

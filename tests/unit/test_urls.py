@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from shared.urls import MAX_URL_CHARS, url_problems
+from services.ingest.urls import MAX_URL_CHARS, url_problems
 
 
 def _problems(raw: str, *, allow_http: bool = False, allowed: tuple[str, ...] = ()) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.watermark import (
+from shared.model.watermark import (
     MAX_METADATA_CHARS,
     PartitionWatermark,
     decode_finished,

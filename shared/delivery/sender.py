@@ -1,0 +1,83 @@
+"""One delivery attempt over HTTP: sign, send through the SSRF-guarded client, classify."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.delivery.http_client import WebhookClient
+from shared.model.formats import build_request
+from shared.model.messages import AttemptRecord, Endpoint, Outcome
+from shared.model.routing import (
+    RETRY_AFTER_STATUSES,
+    classify_exception,
+    classify_status,
+    describe_exception,
+    parse_retry_after_s,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    record: AttemptRecord
+    retry_after_s: float | None
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.record.outcome
+
+
+class Sender:
+    """Sends signed webhook requests through one pooled client."""
+
+    def __init__(self, client: WebhookClient, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._clock = clock
+
+    async def attempt(
+        self,
+        endpoint: Endpoint,
+        event: dict[str, Any],
+        *,
+        webhook_id: str,
+        event_id: str,
+        attempt: int,
+    ) -> AttemptResult:
+        started_s = self._clock()
+        now = datetime.fromtimestamp(started_s, UTC)
+        body, headers = build_request(
+            endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
+        )
+        status: int | None = None
+        error: str | None = None
+        response_body: str | None = None
+        retry_after_s: float | None = None
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(endpoint.url, headers, body)
+            status = response.status
+            response_body = response.body.decode("utf-8", errors="replace") or None
+            if status in RETRY_AFTER_STATUSES:
+                retry_after_s = parse_retry_after_s(response.headers.get("retry-after"), now)
+            outcome = classify_status(status)
+        except Exception as exc:  # noqa: BLE001 - every failure is an outcome to record
+            outcome = classify_exception(exc)
+            error = describe_exception(exc)[:500]
+        duration_ms = (time.perf_counter() - started) * 1000
+        record = AttemptRecord(
+            webhook_id=webhook_id,
+            event_id=event_id,
+            endpoint_id=endpoint.id,
+            account_id=endpoint.account_id,
+            attempt=attempt,
+            at_ms=int(started_s * 1000),
+            duration_ms=round(duration_ms, 3),
+            outcome=outcome,
+            status=status,
+            error=error,
+            response_body=response_body,
+        )
+        return AttemptResult(record=record, retry_after_s=retry_after_s)

@@ -1,0 +1,94 @@
+"""What the dispatcher and the retry service share around their consume loops: the webhook
+client and the deliverer, the ops server, lag reporting, signals, and the loop itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiokafka import AIOKafkaConsumer
+
+from shared.delivery.deliverer import Deliverer
+from shared.delivery.http_client import WebhookClient
+from shared.delivery.sender import Sender
+from shared.kafka.clients import create_audit_producer
+from shared.kafka.lag import LagScope, lag_reporting
+from shared.kafka.partition_worker import PartitionWorker
+from shared.kafka.service_base import ServiceBase, service_base
+from shared.ops.health import start_ops_server
+from shared.ops.process import close_quietly, stop_on_signals
+from shared.ops.settings import Settings
+
+# Builds the service's consumer and its worker once the base and the deliverer exist.
+WorkerFactory = Callable[[ServiceBase, Deliverer], tuple[AIOKafkaConsumer, PartitionWorker]]
+
+
+async def run_delivery_worker(
+    settings: Settings, *, service: str, port: int, lag_scope: LagScope, build: WorkerFactory
+) -> None:
+    """Run a delivering service until SIGTERM, then drain and stop in reverse order."""
+    async with (
+        service_base(settings) as base,
+        deliverer_for(base, service) as deliverer,
+        ops_server(base, port),
+        lag_reporting(settings, lag_scope),
+    ):
+        stop_on_signals(base.stop)
+        consumer, worker = build(base, deliverer)
+        await _consume(base, consumer, worker)
+
+
+@contextlib.asynccontextmanager
+async def deliverer_for(base: ServiceBase, service: str) -> AsyncIterator[Deliverer]:
+    """The pooled webhook client and the deliverer that carries deliveries for ``service``."""
+    settings = base.settings
+    client = WebhookClient(settings.allowed_cidrs, timeout_s=settings.delivery_timeout_s)
+    attempt_log = create_audit_producer(settings) if settings.attempt_log_enabled else None
+    try:
+        if attempt_log is not None:
+            await attempt_log.start()
+        yield Deliverer(
+            settings,
+            service=service,
+            producer=base.producer,
+            attempt_log=attempt_log,
+            sender=Sender(client),
+            endpoints=base.endpoints,
+        )
+    finally:
+        if attempt_log is not None:
+            await close_quietly("attempt log producer", attempt_log.stop())
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def ops_server(base: ServiceBase, port: int) -> AsyncIterator[None]:
+    runner = await start_ops_server(base.readiness, base.settings.bind_host, port)
+    try:
+        yield
+    finally:
+        base.readiness.draining = True
+        await runner.cleanup()
+
+
+async def _consume(base: ServiceBase, consumer: AIOKafkaConsumer, worker: PartitionWorker) -> None:
+    """Consume once the endpoint table is loaded (so no click meets an empty table)."""
+    if not await _ready_unless_stopped(base.stop, base.endpoints.loaded):
+        return
+    await consumer.start()
+    try:
+        await worker.run(base.stop)
+    finally:
+        base.readiness.draining = True
+        await close_quietly("consumer", consumer.stop())
+
+
+async def _ready_unless_stopped(stop: asyncio.Event, ready: asyncio.Event) -> bool:
+    """Wait until ``ready`` is set; False if ``stop`` came first."""
+    stop_wait = asyncio.ensure_future(stop.wait())
+    ready_wait = asyncio.ensure_future(ready.wait())
+    await asyncio.wait({stop_wait, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (stop_wait, ready_wait):
+        pending.cancel()
+    return ready.is_set() and not stop.is_set()

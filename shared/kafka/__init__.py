@@ -1,0 +1,14 @@
+"""Kafka plumbing shared by the services.
+
+May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
+
+- ``clients``: producer and consumer factories, topic creation, durable produce, setting a
+  record aside.
+- ``partition_worker``: the consume loop (many records in flight, watermark commits, drains).
+- ``window``: reading a topic up to the end offsets seen at the start.
+- ``endpoint_store``: the compacted endpoints topic, materialised, followed, written.
+- ``service_base``: what every service starts with (topics, producer, endpoint store,
+  broker probe, readiness).
+- ``lag``: consumer lag of a service's own group, exported as metrics.
+- ``dead_letters``: reading dead letters back, and replaying them.
+"""

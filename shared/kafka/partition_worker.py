@@ -1,0 +1,262 @@
+"""The consume loop both workers share: many records in flight, watermark commits.
+
+Records are handled concurrently; per partition only the watermark (lowest offset still in
+flight) is committed, so a crash at any instant re-reads, and never skips, unfinished work.
+On revoke the in-flight work of the lost partitions is awaited and committed before the
+rebalance goes on; on stop, fetching ends and in-flight work drains within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from shared.kafka.clients import Record, finished_above_commits
+from shared.model.watermark import PartitionWatermark, encode_finished
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Record], Awaitable[None]]
+# Called for each fetched record before it is started; False holds the rest of that
+# partition's batch back (the gate has already sought/paused the partition).
+Gate = Callable[[TopicPartition, Record], bool]
+
+COMMIT_INTERVAL_S = 0.5
+HANDLER_RETRY_MAX_S = 30.0
+IDLE_POLL_MS = 500
+DRAIN_TIMEOUT_FINISH_S = 5.0
+# Fetching resumes once in-flight work is down to this share of the bound: resuming at the
+# first free slot would pause and resume (and re-fetch) after every finished record.
+RESUME_AT_SHARE = 0.75
+
+
+class PartitionWorker:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: Handler,
+        *,
+        max_in_flight: int,
+        drain_grace_s: float,
+        gate: Gate | None = None,
+        next_wakeup_s: Callable[[], float | None] | None = None,
+        on_poll: Callable[[], None] | None = None,
+        on_drain_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._max_in_flight = max_in_flight
+        self._drain_grace_s = drain_grace_s
+        self._gate = gate
+        self._next_wakeup_s = next_wakeup_s
+        self._on_poll = on_poll
+        self._on_drain_timeout = on_drain_timeout
+        self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
+        self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
+        # Offsets the partition's previous owner finished above its commit: not done again.
+        self._finished_before: dict[TopicPartition, set[int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._backpressure = False
+        self._room = asyncio.Event()
+        self._resume_at = int(max_in_flight * RESUME_AT_SHARE)
+        self._stopping = False
+        self.listener = _Listener(self)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_commit = time.monotonic()
+        while not stop.is_set():
+            if self._on_poll is not None:
+                self._on_poll()
+            if self._saturated():
+                await self._wait_for_room(self._poll_timeout_ms() / 1000)
+            self._apply_backpressure()
+            # Saturated, poll without waiting: polling keeps the consumer in its group, and
+            # the waiting was done in ``_wait_for_room``, which wakes as soon as work finishes.
+            timeout_ms = 0 if self._backpressure else self._poll_timeout_ms()
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+            for tp, records in batches.items():
+                self._take(tp, records)
+            if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                await self.commit()
+                last_commit = time.monotonic()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Let in-flight work finish within the grace period, then commit what is done.
+
+        Work still running when the grace period ends is first asked to finish at once
+        (``on_drain_timeout``: the dispatcher defers its deliveries to the first retry tier), so
+        that it, too, can be committed; whatever does not finish even then is left uncommitted
+        and read again.
+        """
+        self._stopping = True
+        if self._tasks:
+            log.info("draining", in_flight=len(self._tasks), grace_s=self._drain_grace_s)
+            await asyncio.wait(set(self._tasks), timeout=self._drain_grace_s)
+        if self._tasks and self._on_drain_timeout is not None:
+            log.info("drain_timed_out", in_flight=len(self._tasks))
+            self._on_drain_timeout()
+            await asyncio.wait(set(self._tasks), timeout=DRAIN_TIMEOUT_FINISH_S)
+        for task in set(self._tasks):
+            task.cancel()
+        await self.commit()
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, watermark in self._watermarks.items():
+            if partitions is not None and tp not in partitions:
+                continue
+            offset = watermark.committable()
+            if offset is None:
+                continue
+            meta = OffsetAndMetadata(offset, encode_finished(offset, watermark.finished_above()))
+            if meta != self._committed.get(tp):
+                offsets[tp] = meta
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on; the new owner re-reads from the last commit (at-least-once).
+            log.warning("commit_rejected", error=str(exc))
+            return
+        except KafkaError as exc:
+            log.warning("commit_failed", error=str(exc))
+            return
+        self._committed.update(offsets)
+
+    def _take(self, tp: TopicPartition, records: list[Record]) -> None:
+        watermark = self._watermarks.setdefault(tp, PartitionWatermark())
+        finished_before = self._finished_before.get(tp)
+        for record in records:
+            if finished_before and record.offset in finished_before:
+                finished_before.discard(record.offset)
+                watermark.start(record.offset)
+                watermark.finish(record.offset)
+                continue
+            if self._gate is not None and not self._gate(tp, record):
+                return
+            watermark.start(record.offset)
+            task = asyncio.create_task(self._handle(tp, watermark, record))
+            partition_tasks = self._tasks_by_tp.setdefault(tp, set())
+            self._tasks.add(task)
+            partition_tasks.add(task)
+            task.add_done_callback(functools.partial(self._finished, partition_tasks))
+
+    def _finished(self, partition_tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        partition_tasks.discard(task)
+        if len(self._tasks) <= self._resume_at:
+            self._room.set()
+
+    async def _wait_for_room(self, timeout_s: float) -> None:
+        self._room.clear()
+        if len(self._tasks) <= self._resume_at:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
+
+    async def _handle(
+        self, tp: TopicPartition, watermark: PartitionWatermark, record: Record
+    ) -> None:
+        delay_s = 0.5
+        while True:
+            try:
+                await self._handler(record)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Usually the broker is unreachable for a hand-off: keep the record unfinished
+                # (so its offset is not committed) and try again until it succeeds or we stop.
+                log.exception(
+                    "record_handler_failed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=record.offset,
+                )
+                if self._stopping:
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, HANDLER_RETRY_MAX_S)
+        watermark.finish(record.offset)
+
+    def _saturated(self) -> bool:
+        """Full at the bound; once full, until work is down to the resume share."""
+        if self._backpressure:
+            return len(self._tasks) > self._resume_at
+        return len(self._tasks) >= self._max_in_flight
+
+    def _apply_backpressure(self) -> None:
+        saturated = self._saturated()
+        if saturated == self._backpressure:
+            return
+        self._backpressure = saturated
+        assignment = self._consumer.assignment()
+        if saturated:
+            self._consumer.pause(*assignment)
+        else:
+            self._consumer.resume(*assignment)
+        log.debug("backpressure", on=saturated, in_flight=len(self._tasks))
+
+    def _poll_timeout_ms(self) -> int:
+        if self._next_wakeup_s is None:
+            return IDLE_POLL_MS
+        wakeup = self._next_wakeup_s()
+        if wakeup is None:
+            return IDLE_POLL_MS
+        return max(1, min(IDLE_POLL_MS, int(wakeup * 1000)))
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        lost = {tp for tp in revoked if tp in self._watermarks}
+        pending = {task for tp in lost for task in self._tasks_by_tp.get(tp, ())}
+        if pending:
+            log.info("revoke_waiting", partitions=len(lost), in_flight=len(pending))
+            await asyncio.wait(pending, timeout=self._drain_grace_s)
+        await self.commit(lost)
+        for tp in lost:
+            self._watermarks.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._tasks_by_tp.pop(tp, None)
+            self._finished_before.pop(tp, None)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
+        self._backpressure = False
+        for tp in assigned:
+            self._committed.pop(tp, None)
+        try:
+            self._finished_before = await finished_above_commits(self._consumer, assigned)
+        except KafkaError as exc:
+            # Without them, those records are simply done again (at-least-once).
+            log.warning("finished_offsets_unknown", error=str(exc))
+            self._finished_before = {}
+            return
+        if self._finished_before:
+            count = sum(len(offsets) for offsets in self._finished_before.values())
+            log.info("skipping_finished_records", partitions=len(assigned), records=count)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: PartitionWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self._worker._on_revoked(set(revoked))
+        except Exception:
+            # The rebalance must go on regardless; uncommitted work is re-read (at-least-once).
+            log.exception("revoke_handling_failed")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker._on_assigned(set(assigned))

@@ -1,0 +1,314 @@
+"""Every message that crosses Kafka or HTTP, as typed structs, and their one codec.
+
+Click events keep unknown fields: the validated view (``ClickEvent``) travels with the
+original object (``payload``) so receivers get exactly what the shortener sent.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from shared.model.errors import InvalidInput, Problem
+
+SCHEMA_VERSION = 1
+
+MAX_ID_CHARS = 200
+MAX_TYPE_CHARS = 100
+MAX_STRING_CHARS = 8192
+MAX_TAGS = 100
+MAX_TAG_CHARS = 200
+MAX_FUTURE_SKEW = timedelta(hours=1)
+MIN_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+ShortString = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
+Tag = Annotated[str, msgspec.Meta(max_length=MAX_TAG_CHARS)]
+
+
+# --- click events -------------------------------------------------------------------------
+
+
+class LinkFields(msgspec.Struct, frozen=True):
+    id: Id
+    domain: ShortString | None = None
+    key: ShortString | None = None
+    url: ShortString | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)] = []
+
+
+class ClickFields(msgspec.Struct, frozen=True):
+    """The fields clickhook relies on; everything else passes through untouched."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE_CHARS)]
+    account_id: Id
+    occurred_at: datetime
+    link: LinkFields
+    id: Id | None = None
+
+
+class ClickEvent(msgspec.Struct, frozen=True):
+    """A validated click: the fields routing needs, and the whole original object."""
+
+    id: str
+    type: str
+    account_id: str
+    occurred_at: datetime
+    link_id: str
+    domain: str | None
+    tags: tuple[str, ...]
+    payload: dict[str, Any]
+
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+def _problem_from(exc: msgspec.ValidationError, index: int | None) -> Problem:
+    """A msgspec error as a field path and a problem: ``link.id`` / ``is required``."""
+    text = str(exc)
+    match = _PATH.search(text)
+    path = match.group("path").lstrip(".") if match else ""
+    message = _PATH.sub("", text)
+    missing = _MISSING.match(message)
+    if missing is not None:
+        path = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        message = "is required"
+    return Problem(field=path or "$", problem=message, index=index)
+
+
+def validate_click(
+    obj: object, *, now: datetime, index: int | None = None, default_id: str | None = None
+) -> ClickEvent:
+    """Validate one decoded click object; raise ``InvalidInput`` listing what is wrong.
+
+    ``default_id`` is assigned when the event has no ``id`` (ingest does this); without it a
+    missing id is an error, since the dispatcher needs one to derive a stable webhook id.
+    """
+    if not isinstance(obj, dict):
+        problem = Problem("$", f"expected a JSON object, got {type(obj).__name__}", index)
+        raise InvalidInput("invalid click event", [problem])
+    try:
+        fields = msgspec.convert(obj, ClickFields, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput("invalid click event", [_problem_from(exc, index)]) from None
+    problems: list[Problem] = []
+    occurred_at = fields.occurred_at
+    if occurred_at.tzinfo is None:
+        problems.append(Problem("occurred_at", "needs a UTC offset, e.g. Z", index))
+    elif occurred_at < MIN_OCCURRED_AT or occurred_at > now + MAX_FUTURE_SKEW:
+        problems.append(Problem("occurred_at", "is not a plausible click time", index))
+    event_id = fields.id or default_id
+    if event_id is None:
+        problems.append(Problem("id", "is required", index))
+    if problems:
+        raise InvalidInput("invalid click event", problems)
+    assert event_id is not None  # for mypy: problems is empty
+    payload = obj if fields.id else {**obj, "id": event_id}
+    return ClickEvent(
+        id=event_id,
+        type=fields.type,
+        account_id=fields.account_id,
+        occurred_at=occurred_at,
+        link_id=fields.link.id,
+        domain=fields.link.domain,
+        tags=tuple(fields.link.tags),
+        payload=payload,
+    )
+
+
+# Far below the codec's recursion limit (~1000 levels, less the caller's stack), so every body,
+# envelope and dead letter that wraps a decoded event still encodes.
+MAX_JSON_DEPTH = 64
+# Ingest's body limit: a click it would refuse with a 413 is set aside when produced directly.
+MAX_CLICK_BYTES = 1024 * 1024
+
+
+def nested_deeper_than(obj: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels; breadth-first, no recursion."""
+    level = [obj] if isinstance(obj, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+    return bool(level)
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or deep nesting."""
+    too_deep = Problem("$", f"nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        obj = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput("malformed JSON", [Problem("$", str(exc))]) from None
+    except RecursionError:
+        raise InvalidInput("malformed JSON", [too_deep]) from None
+    # Nesting never goes deeper than the number of brackets: most values need no walk.
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_JSON_DEPTH and nested_deeper_than(obj, MAX_JSON_DEPTH):
+        raise InvalidInput("malformed JSON", [too_deep])
+    return obj
+
+
+def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
+    if raw is None:
+        raise InvalidInput("null record value", [Problem("$", "the record has no value")])
+    if len(raw) > MAX_CLICK_BYTES:
+        problem = f"is {len(raw)} bytes, more than {MAX_CLICK_BYTES}"
+        raise InvalidInput("click too large", [Problem("$", problem)])
+    return validate_click(decode_json(raw), now=now)
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+# How a delivery's body is rendered (shared/model/formats.py); every format is signed the same way.
+PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt"]
+# Signature headers sent besides the Standard Webhooks ones, for receivers that already verify
+# GitHub's or Dub's (shared/model/signing.py).
+SignatureStyle = Literal["github", "dub"]
+MAX_SIGNATURE_STYLES = 2
+
+
+class EndpointFilters(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Empty or absent lists match everything."""
+
+    event_types: list[Tag] | None = None
+    link_ids: list[Tag] | None = None
+    domains: list[Tag] | None = None
+    tags: list[Tag] | None = None
+
+
+class EndpointSecret(msgspec.Struct, frozen=True, omit_defaults=True):
+    secret: str
+    expires_at: datetime | None = None
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A receiver registered by an account. Stored in the compacted ``webhook.endpoints``."""
+
+    v: int = SCHEMA_VERSION
+    id: str
+    account_id: str
+    url: str
+    description: str = ""
+    filters: EndpointFilters = EndpointFilters()
+    rate_limit_per_s: float | None = None
+    enabled: bool = True
+    disabled_reason: str | None = None
+    secrets: list[EndpointSecret]
+    format: PayloadFormat = "standard"
+    signature_styles: list[SignatureStyle] = []
+    created_at: datetime
+    updated_at: datetime
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The current secret first, then rotated-out ones still inside their grace period."""
+        return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now]
+
+    def public_view(self) -> dict[str, Any]:
+        """The endpoint as the API shows it: no rotated-out secrets, no internal fields."""
+        view: dict[str, Any] = msgspec.to_builtins(self)
+        view.pop("secrets")
+        view.pop("v")
+        return view
+
+
+# --- deliveries ---------------------------------------------------------------------------
+
+Outcome = Literal[
+    "success",
+    "http_3xx",
+    "http_4xx",
+    "http_5xx",
+    "http_429",
+    "gone",
+    "timeout",
+    "connect_error",
+    "tls_error",
+    "refused_destination",
+    "error",
+]
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery attempt, as published to ``webhook.attempts`` and kept on envelopes."""
+
+    v: int = SCHEMA_VERSION
+    webhook_id: str
+    event_id: str
+    endpoint_id: str
+    account_id: str
+    attempt: int
+    at_ms: int
+    duration_ms: float
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    response_body: str | None = None
+
+
+class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery waiting in a retry tier: the event, where it goes, and its history."""
+
+    v: int = SCHEMA_VERSION
+    webhook_id: str
+    event_id: str
+    endpoint_id: str
+    account_id: str
+    event: dict[str, Any]
+    attempts_made: int
+    tier: int
+    due_at_ms: int
+    attempts: list[AttemptRecord] = []
+
+
+DeadLetterReason = Literal["exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled"]
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    v: int = SCHEMA_VERSION
+    reason: DeadLetterReason
+    dead_at_ms: int
+    envelope: DeliveryEnvelope
+
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(DeliveryEnvelope)
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+_endpoint_decoder = msgspec.json.Decoder(Endpoint)
+_attempt_decoder = msgspec.json.Decoder(AttemptRecord)
+
+
+def encode(message: msgspec.Struct | dict[str, Any]) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_envelope(raw: bytes) -> DeliveryEnvelope:
+    return _envelope_decoder.decode(raw)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(raw)
+
+
+def decode_endpoint(raw: bytes) -> Endpoint:
+    return _endpoint_decoder.decode(raw)
+
+
+def decode_attempt(raw: bytes) -> AttemptRecord:
+    return _attempt_decoder.decode(raw)
+
+
+def webhook_body(event: dict[str, Any]) -> bytes:
+    """The Standard Webhooks body: ``{"type", "timestamp", "data"}``."""
+    return _encoder.encode(
+        {"type": event.get("type"), "timestamp": event.get("occurred_at"), "data": event}
+    )

@@ -1,0 +1,114 @@
+"""What an attempt's result means and where the delivery goes next. Pure; no I/O."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+from shared.model.errors import RefusedDestination
+from shared.model.messages import DeadLetterReason, Outcome
+from shared.model.schedule import tier_for_min_delay
+
+OVERLOADED_MIN_DELAY_S = 60.0
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def classify_status(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return "success"
+    if status < 200:
+        return "error"  # an informational answer is not an answer
+    if status == 410:
+        return "gone"
+    if status == 429:
+        return "http_429"
+    if 300 <= status < 400:
+        return "http_3xx"
+    if 400 <= status < 500:
+        return "http_4xx"
+    return "http_5xx"
+
+
+def describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, RefusedDestination):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """Map a client-side failure to an outcome; never branch on exception types elsewhere."""
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is this one since 3.11
+        return "timeout"
+    if isinstance(exc, RefusedDestination):
+        return "refused_destination"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error"
+    if isinstance(exc, OSError):
+        return "connect_error"
+    return "error"
+
+
+def parse_retry_after_s(value: str | None, now: datetime) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    stripped = value.strip()
+    if stripped.isascii() and stripped.isdigit():
+        return float(stripped)
+    try:
+        when = parsedate_to_datetime(stripped)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    kind: Literal["delivered"] = "delivered"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    tier: int
+    kind: Literal["retry"] = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    reason: DeadLetterReason
+    kind: Literal["dead_letter"] = "dead_letter"
+
+
+Route = Delivered | RetryLater | DeadLettered
+
+
+def route_after_attempt(
+    outcome: Outcome,
+    *,
+    current_tier: int,
+    schedule_s: tuple[float, ...],
+    retry_after_s: float | None = None,
+) -> Route:
+    """Where a delivery goes after an attempt made from ``current_tier`` (-1: first attempt).
+
+    410 dead-letters at once; 429/503 with Retry-After wait at least that long; a timeout or a
+    429 without it waits at least a minute so an overloaded receiver gets room; anything else
+    moves to the next tier. Past the last tier the delivery is exhausted.
+    """
+    if outcome == "success":
+        return Delivered()
+    if outcome == "gone":
+        return DeadLettered("endpoint_gone")
+    next_tier = current_tier + 1
+    if next_tier >= len(schedule_s):
+        return DeadLettered("exhausted")
+    if retry_after_s is not None:
+        return RetryLater(tier_for_min_delay(schedule_s, next_tier, retry_after_s))
+    if outcome in ("timeout", "http_429"):
+        return RetryLater(tier_for_min_delay(schedule_s, next_tier, OVERLOADED_MIN_DELAY_S))
+    return RetryLater(next_tier)

@@ -1,0 +1,64 @@
+"""Topic, header and group names: the one place they are spelled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.model.schedule import duration_label
+
+CLICKS = "clicks"
+CLICKS_INVALID = "clicks.invalid"
+ENDPOINTS = "webhook.endpoints"
+RETRY_PREFIX = "webhook.retry."
+DLQ = "webhook.dlq"
+ATTEMPTS = "webhook.attempts"
+
+DISPATCHER_GROUP = "clickhook-dispatcher"
+RETRY_GROUP = "clickhook-retry"
+
+HEADER_REASON = "clickhook-reason"
+HEADER_SOURCE = "clickhook-source"
+HEADER_DUE_AT_MS = "clickhook-due-at-ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names with the deployment's prefix applied."""
+
+    prefix: str = ""
+
+    @property
+    def clicks(self) -> str:
+        return self.prefix + CLICKS
+
+    @property
+    def clicks_invalid(self) -> str:
+        return self.prefix + CLICKS_INVALID
+
+    @property
+    def endpoints(self) -> str:
+        return self.prefix + ENDPOINTS
+
+    @property
+    def dlq(self) -> str:
+        return self.prefix + DLQ
+
+    @property
+    def attempts(self) -> str:
+        return self.prefix + ATTEMPTS
+
+    @property
+    def retry_pattern(self) -> str:
+        """Regex matching every retry tier topic, including tiers of an older schedule."""
+        return "^" + (self.prefix + RETRY_PREFIX).replace(".", r"\.") + r"[0-9]+(ms|s|m|h|d)$"
+
+    def group(self, name: str) -> str:
+        """Consumer groups share the prefix, so deployments on one cluster stay apart."""
+        return self.prefix + name
+
+    def retry(self, delay_s: float) -> str:
+        return f"{self.prefix}{RETRY_PREFIX}{duration_label(delay_s)}"
+
+    def retry_tiers(self, schedule_s: tuple[float, ...]) -> list[str]:
+        """Distinct tier topics of a schedule, in schedule order."""
+        return list(dict.fromkeys(self.retry(delay) for delay in schedule_s))

@@ -1,0 +1,115 @@
+"""Prometheus metrics, named once. Label sets are bounded: never a label per event."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    3600.0,
+)
+
+INGEST_REQUESTS = Counter(
+    "clickhook_ingest_requests_total", "HTTP requests handled by ingest", ["route", "status"]
+)
+INGEST_EVENTS = Counter(
+    "clickhook_ingest_events_total", "Click events by result", ["result", "reason"]
+)
+INGEST_PUBLISH_SECONDS = Histogram(
+    "clickhook_ingest_publish_seconds",
+    "Time from request to broker acknowledgement",
+    buckets=LATENCY_BUCKETS_S,
+)
+INGEST_REQUEST_BYTES = Histogram(
+    "clickhook_ingest_request_bytes",
+    "Size of request bodies",
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576),
+)
+
+DELIVERY_ATTEMPTS = Counter(
+    "clickhook_delivery_attempts_total", "Delivery attempts by outcome", ["service", "outcome"]
+)
+DELIVERY_ATTEMPT_SECONDS = Histogram(
+    "clickhook_delivery_attempt_duration_seconds",
+    "Duration of one delivery attempt",
+    ["service"],
+    buckets=LATENCY_BUCKETS_S,
+)
+DELIVERY_LATENCY_SECONDS = Histogram(
+    "clickhook_delivery_latency_seconds",
+    "Click occurred_at to successful delivery",
+    ["service"],
+    buckets=LATENCY_BUCKETS_S,
+)
+DELIVERIES_IN_FLIGHT = Gauge(
+    "clickhook_deliveries_in_flight", "Deliveries currently in flight", ["service"]
+)
+DELIVERIES_SHUNTED = Counter(
+    "clickhook_deliveries_shunted_total",
+    "Deliveries moved to the first retry tier because their endpoint was at capacity",
+    ["service"],
+)
+RETRY_SCHEDULED = Counter(
+    "clickhook_retry_scheduled_total", "Deliveries written to a retry tier", ["service", "tier"]
+)
+DEAD_LETTERS = Counter(
+    "clickhook_dead_letters_total",
+    "Deliveries written to the dead-letter topic",
+    ["service", "reason"],
+)
+INVALID_RECORDS = Counter(
+    "clickhook_invalid_records_total", "Records moved to clicks.invalid", ["reason"]
+)
+RETRY_LATENESS_SECONDS = Histogram(
+    "clickhook_retry_lateness_seconds",
+    "How long after its due time a retry was attempted",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+)
+RETRY_WAITING = Gauge(
+    "clickhook_retry_waiting",
+    "Retry partitions paused until their head record is due",
+    ["topic"],
+)
+ENDPOINTS = Gauge("clickhook_endpoints", "Endpoints known, by state", ["state"])
+PRODUCE_ERRORS = Counter(
+    "clickhook_kafka_produce_errors_total", "Failed produce requests", ["topic"]
+)
+REPLAYED = Counter("clickhook_replayed_total", "Dead letters put back into delivery")
+BREAKER_SKIPS = Counter(
+    "clickhook_breaker_skipped_total",
+    "Deliveries moved on without an attempt because their endpoint's breaker was open",
+    ["service"],
+)
+BREAKERS = Gauge(
+    "clickhook_circuit_breakers", "Endpoints whose breaker is not closed", ["service", "state"]
+)
+
+# Computed by shared/kafka/lag.py. Every replica reports its whole group: aggregate with max.
+CONSUMER_LAG = Gauge(
+    "clickhook_kafka_consumer_lag",
+    "Records of a topic not yet consumed by a consumer group (end minus committed offsets)",
+    ["group", "topic"],
+)
+RETRY_ENVELOPES = Gauge(
+    "clickhook_retry_envelopes",
+    "Envelopes in a retry tier not yet consumed: due (their time has passed) or waiting",
+    ["topic", "state"],
+)
+LAG_SAMPLE_ERRORS = Counter(
+    "clickhook_kafka_lag_sample_errors_total",
+    "Failed consumer lag measurements (the lag gauges keep their last value)",
+    ["group"],
+)

@@ -1,0 +1,60 @@
+"""A service process: its event loop, its signals, and shutdown that survives a failing client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; the service then drains and exits 0."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request_stop, stop, sig)
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("stop_requested", signal=sig.name)
+    stop.set()
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+CLOSE_TIMEOUT_S = 10.0
+
+
+async def close_quietly(
+    what: str, closing: Awaitable[None], timeout_s: float = CLOSE_TIMEOUT_S
+) -> None:
+    """Shut a client down without letting its failure hide the rest of the shutdown.
+
+    While the broker is unreachable aiokafka's ``stop()`` can wait forever to flush (the
+    producer) or leak a ``CancelledError`` (the fetcher): the wait is bounded, and that error
+    is swallowed unless this task itself is being cancelled.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await closing
+    except TimeoutError:
+        log.warning("close_timed_out", what=what, timeout_s=timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("close_interrupted", what=what)
+    except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever one client does
+        log.warning("close_failed", what=what, error=repr(exc))

@@ -1,0 +1,163 @@
+"""One typed settings object, read from the environment in one place.
+
+Every other module receives a ``Settings`` instance; none reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.model.errors import SettingsError
+from shared.model.schedule import parse_duration_s, parse_schedule
+
+LogFormat = Literal["json", "console"]
+Scope = str
+
+DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A bearer token and what it may do: ``publish``, ``admin`` or ``account:<id>``."""
+
+    token: str = field(repr=False)
+    scope: Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_bootstrap: str = "localhost:9092"
+    topic_prefix: str = ""
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    ingest_port: int = 8080
+    dispatcher_port: int = 8081
+    retry_port: int = 8082
+    bind_host: str = "0.0.0.0"  # noqa: S104 - services listen on the pod interface
+    retry_schedule_s: tuple[float, ...] = parse_schedule(DEFAULT_RETRY_SCHEDULE)
+    delivery_timeout_s: float = 15.0
+    allowed_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allow_http: bool = False
+    log_format: LogFormat = "json"
+    log_level: str = "info"
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    max_in_flight: int = 1000
+    endpoint_max_in_flight: int = 10
+    endpoint_max_queued: int = 500
+    endpoint_max_wait_s: float = 1.0
+    attempt_log_enabled: bool = True
+    drain_grace_s: float = 20.0
+    secret_rotation_grace_s: float = 24 * 3600.0
+    breaker_threshold: int = 10
+    breaker_cooldown_s: float = 60.0
+    disable_after_s: float = 5 * 86400.0
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    publish_timeout_s: float = 10.0
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, raw, "expected an integer") from None
+    if value < minimum:
+        raise SettingsError(name, raw, f"must be >= {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(name, raw, "expected true or false")
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_duration_s(raw)
+    except ValueError as exc:
+        raise SettingsError(name, raw, str(exc)) from None
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """Parse ``token:scope,token:scope``; scope is ``publish``, ``admin`` or ``account:<id>``."""
+    keys: list[ApiKey] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        token, sep, scope = item.partition(":")
+        if not sep or not token:
+            raise SettingsError("CLICKHOOK_API_KEYS", "<hidden>", "each entry is token:scope")
+        if scope not in {"publish", "admin"} and not (
+            scope.startswith("account:") and len(scope) > len("account:")
+        ):
+            raise SettingsError(
+                "CLICKHOOK_API_KEYS", "<hidden>", f"unknown scope {scope!r} for a token"
+            )
+        keys.append(ApiKey(token=token, scope=scope))
+    return tuple(keys)
+
+
+def parse_cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in raw.split(",")
+            if part.strip()
+        )
+    except ValueError as exc:
+        raise SettingsError("CLICKHOOK_ALLOWED_CIDRS", raw, str(exc)) from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (the process environment by default); fail fast."""
+    env = os.environ if env is None else env
+    log_format = env.get("CLICKHOOK_LOG_FORMAT", "json") or "json"
+    if log_format not in ("json", "console"):
+        raise SettingsError("CLICKHOOK_LOG_FORMAT", log_format, "expected json or console")
+    schedule_raw = env.get("CLICKHOOK_RETRY_SCHEDULE") or DEFAULT_RETRY_SCHEDULE
+    try:
+        schedule = parse_schedule(schedule_raw)
+    except ValueError as exc:
+        raise SettingsError("CLICKHOOK_RETRY_SCHEDULE", schedule_raw, str(exc)) from None
+    return Settings(
+        kafka_bootstrap=env.get("CLICKHOOK_KAFKA_BOOTSTRAP") or "localhost:9092",
+        topic_prefix=env.get("CLICKHOOK_TOPIC_PREFIX", ""),
+        api_keys=parse_api_keys(env.get("CLICKHOOK_API_KEYS", "")),
+        ingest_port=_int(env, "CLICKHOOK_INGEST_PORT", 8080),
+        dispatcher_port=_int(env, "CLICKHOOK_DISPATCHER_PORT", 8081),
+        retry_port=_int(env, "CLICKHOOK_RETRY_PORT", 8082),
+        bind_host=env.get("CLICKHOOK_BIND_HOST") or "0.0.0.0",  # noqa: S104
+        retry_schedule_s=schedule,
+        delivery_timeout_s=_duration(env, "CLICKHOOK_DELIVERY_TIMEOUT", 15.0),
+        allowed_cidrs=parse_cidrs(env.get("CLICKHOOK_ALLOWED_CIDRS", "")),
+        allow_http=_bool(env, "CLICKHOOK_ALLOW_HTTP", False),
+        log_format=log_format,  # type: ignore[arg-type]  # checked just above
+        log_level=env.get("CLICKHOOK_LOG_LEVEL", "info") or "info",
+        topic_partitions=_int(env, "CLICKHOOK_TOPIC_PARTITIONS", 6, minimum=1),
+        topic_replication=_int(env, "CLICKHOOK_TOPIC_REPLICATION", 1, minimum=1),
+        max_in_flight=_int(env, "CLICKHOOK_MAX_IN_FLIGHT", 1000, minimum=1),
+        endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 10, minimum=1),
+        endpoint_max_queued=_int(env, "CLICKHOOK_ENDPOINT_MAX_QUEUED", 500),
+        endpoint_max_wait_s=_duration(env, "CLICKHOOK_ENDPOINT_MAX_WAIT", 1.0),
+        attempt_log_enabled=_bool(env, "CLICKHOOK_ATTEMPT_LOG", True),
+        drain_grace_s=_duration(env, "CLICKHOOK_DRAIN_GRACE", 20.0),
+        secret_rotation_grace_s=_duration(env, "CLICKHOOK_SECRET_ROTATION_GRACE", 24 * 3600.0),
+        breaker_threshold=_int(env, "CLICKHOOK_BREAKER_THRESHOLD", 10, minimum=1),
+        breaker_cooldown_s=_duration(env, "CLICKHOOK_BREAKER_COOLDOWN", 60.0),
+        disable_after_s=_duration(env, "CLICKHOOK_DISABLE_AFTER", 5 * 86400.0),
+    )

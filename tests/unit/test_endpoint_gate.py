@@ -1,0 +1,188 @@
+"""Per-endpoint concurrency and rate caps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.delivery.endpoint_gate import EndpointGate, TokenBucket
+
+
+def full_bucket(rate_per_s: float, now_s: float = 100.0) -> TokenBucket:
+    return TokenBucket(rate_per_s=rate_per_s, tokens=max(1.0, rate_per_s), updated_s=now_s)
+
+
+# --- TokenBucket ----------------------------------------------------------------------------
+
+
+def test_bucket_allows_a_burst_of_its_rate_then_asks_to_wait() -> None:
+    bucket = full_bucket(3.0)
+
+    waits = [bucket.reserve(100.0, max_wait_s=1.0) for _ in range(4)]
+
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(1 / 3)
+
+
+def test_bucket_refuses_a_wait_longer_than_allowed() -> None:
+    bucket = full_bucket(1.0)
+
+    assert bucket.reserve(100.0, max_wait_s=0.5) == 0.0
+    assert bucket.reserve(100.0, max_wait_s=0.5) is None
+
+
+def test_bucket_reservations_queue_up_behind_each_other() -> None:
+    bucket = full_bucket(2.0)
+    for _ in range(2):
+        bucket.reserve(100.0, max_wait_s=10.0)
+
+    waits = [bucket.reserve(100.0, max_wait_s=10.0) for _ in range(3)]
+
+    assert waits == [pytest.approx(0.5), pytest.approx(1.0), pytest.approx(1.5)]
+
+
+def test_bucket_refills_with_time_up_to_its_burst() -> None:
+    bucket = full_bucket(2.0)
+    for _ in range(2):
+        bucket.reserve(100.0, max_wait_s=0.0)
+
+    assert bucket.reserve(100.5, max_wait_s=0.0) == 0.0
+    assert bucket.reserve(100.5, max_wait_s=0.0) is None
+    assert [bucket.reserve(1000.0, max_wait_s=0.0) for _ in range(3)] == [0.0, 0.0, None]
+
+
+def test_bucket_ignores_a_clock_that_goes_back() -> None:
+    bucket = full_bucket(1.0)
+
+    assert bucket.reserve(100.0, max_wait_s=0.0) == 0.0
+    assert bucket.reserve(50.0, max_wait_s=0.0) is None
+
+
+# --- EndpointGate ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def test_gate_admits_up_to_max_in_flight_at_once() -> None:
+    gate = EndpointGate(max_in_flight=2, max_queued=0, max_wait_s=0.1)
+
+    admitted = [await gate.enter("ep_1", None) for _ in range(3)]
+
+    assert admitted == [True, True, False]
+    assert gate.in_flight("ep_1") == 2
+
+
+async def test_gate_lets_a_waiter_in_when_a_slot_frees_within_the_wait() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=1, max_wait_s=1.0)
+    assert await gate.enter("ep_1", None)
+
+    waiter = asyncio.create_task(gate.enter("ep_1", None))
+    await asyncio.sleep(0.05)
+    gate.leave("ep_1")
+
+    assert await asyncio.wait_for(waiter, 1.0) is True
+    assert gate.in_flight("ep_1") == 1
+
+
+async def test_gate_shunts_a_waiter_after_the_longest_wait() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=5, max_wait_s=0.05)
+    assert await gate.enter("ep_1", None)
+
+    admitted = await asyncio.wait_for(gate.enter("ep_1", None), 1.0)
+
+    assert admitted is False
+    assert gate.in_flight("ep_1") == 1
+
+
+async def test_gate_shunts_when_the_queue_is_full() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=1, max_wait_s=5.0)
+    assert await gate.enter("ep_1", None)
+    waiter = asyncio.create_task(gate.enter("ep_1", None))
+    await asyncio.sleep(0.01)
+
+    overflow = await asyncio.wait_for(gate.enter("ep_1", None), 1.0)
+    gate.leave("ep_1")
+
+    assert overflow is False
+    assert await asyncio.wait_for(waiter, 1.0) is True
+
+
+async def test_gate_shunts_at_once_when_the_endpoint_hangs() -> None:
+    clock = FakeClock()
+    gate = EndpointGate(max_in_flight=2, max_queued=100, max_wait_s=1.0, clock=clock)
+    assert await gate.enter("ep_hung", None)
+    assert await gate.enter("ep_hung", None)
+    clock.now_s += 5.0  # both attempts have been running for five seconds
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    admitted = await gate.enter("ep_hung", None)
+
+    assert admitted is False
+    assert loop.time() - started < 0.1, "a hung endpoint's delivery should not queue"
+
+
+async def test_gate_queues_a_burst_for_an_endpoint_that_answers_fast() -> None:
+    clock = FakeClock()
+    gate = EndpointGate(max_in_flight=1, max_queued=100, max_wait_s=1.0, clock=clock)
+    for _ in range(5):  # teach the gate that attempts take 10 ms
+        assert await gate.enter("ep_fast", None)
+        clock.now_s += 0.01
+        gate.leave("ep_fast")
+    assert await gate.enter("ep_fast", None)
+
+    waiters = [asyncio.create_task(gate.enter("ep_fast", None)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    for _ in range(20):
+        gate.leave("ep_fast")
+        await asyncio.sleep(0)
+
+    assert await asyncio.gather(*waiters) == [True] * 20
+
+
+async def test_gate_keeps_endpoints_apart() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=0, max_wait_s=0.01)
+
+    assert await gate.enter("ep_slow", None)
+    assert await gate.enter("ep_fast", None)
+    assert await gate.enter("ep_slow", None) is False
+
+
+async def test_gate_applies_the_rate_limit() -> None:
+    gate = EndpointGate(max_in_flight=10, max_queued=10, max_wait_s=0.2, clock=FakeClock())
+
+    admitted = [await gate.enter("ep_1", 2.0) for _ in range(4)]
+
+    assert admitted == [True, True, False, False]
+
+
+async def test_gate_waits_for_a_token_that_comes_within_the_wait() -> None:
+    gate = EndpointGate(max_in_flight=20, max_queued=10, max_wait_s=1.0, clock=FakeClock())
+    for _ in range(10):
+        assert await gate.enter("ep_1", 10.0)
+        gate.leave("ep_1")
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    admitted = await gate.enter("ep_1", 10.0)
+    waited = loop.time() - started
+
+    assert admitted is True
+    assert 0.09 <= waited < 0.5
+
+
+async def test_gate_forgets_idle_endpoints_without_a_rate() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=0, max_wait_s=0.01)
+    assert await gate.enter("ep_1", None)
+
+    gate.leave("ep_1")
+
+    assert gate._lanes == {}
+    assert gate.in_flight("ep_1") == 0

@@ -1,0 +1,239 @@
+"""What an attempt's result means, and where the delivery goes next."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import get_args
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.model.errors import BadResponse, ConnectionClosed, RefusedDestination, UnsendableRequest
+from shared.model.messages import Outcome
+from shared.model.routing import (
+    OVERLOADED_MIN_DELAY_S,
+    DeadLettered,
+    Delivered,
+    RetryLater,
+    classify_exception,
+    classify_status,
+    parse_retry_after_s,
+    route_after_attempt,
+)
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+SCHEDULE = (5.0, 30.0, 60.0, 300.0, 1800.0)
+LAST_TIER = len(SCHEDULE) - 1
+ALL_OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+
+
+def _refused() -> RefusedDestination:
+    return RefusedDestination("hooks.example.com", "10.0.0.7", "private")
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, "success"),
+        (202, "success"),
+        (204, "success"),
+        (299, "success"),
+        (301, "http_3xx"),
+        (308, "http_3xx"),
+        (400, "http_4xx"),
+        (404, "http_4xx"),
+        (409, "http_4xx"),
+        (410, "gone"),
+        (429, "http_429"),
+        (500, "http_5xx"),
+        (503, "http_5xx"),
+        (599, "http_5xx"),
+    ],
+)
+def test_classify_status_maps_status_codes(status: int, outcome: Outcome) -> None:
+    assert classify_status(status) == outcome
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TimeoutError(),
+        TimeoutError("read timed out"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_classify_exception_sees_timeouts(exc: BaseException) -> None:
+    assert classify_exception(exc) == "timeout"
+
+
+def test_classify_exception_sees_a_refused_destination_before_the_os_error_it_is() -> None:
+    assert classify_exception(_refused()) == "refused_destination"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ssl.SSLError(1, "handshake failure"),
+        ssl.SSLCertVerificationError(1, "certificate verify failed"),
+        ssl.CertificateError("hostname mismatch"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_classify_exception_sees_tls_errors(exc: BaseException) -> None:
+    assert classify_exception(exc) == "tls_error"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        socket.gaierror(-2, "Name or service not known"),
+        ConnectionClosed(answered=False),
+        ConnectionClosed(answered=True),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_classify_exception_sees_connect_errors(exc: BaseException) -> None:
+    assert classify_exception(exc) == "connect_error"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("boom"),
+        BadResponse("bad status line"),
+        UnsendableRequest("a line break"),
+        RuntimeError(),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_classify_exception_calls_anything_else_an_error(exc: BaseException) -> None:
+    assert classify_exception(exc) == "error"
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "soon", "1.5", "-1", "12abc"])
+def test_parse_retry_after_is_none_when_absent_or_bad(value: str | None) -> None:
+    assert parse_retry_after_s(value, NOW) is None
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("120", 120.0), (" 7 ", 7.0), ("0", 0.0)])
+def test_parse_retry_after_reads_delta_seconds(value: str, seconds: float) -> None:
+    assert parse_retry_after_s(value, NOW) == seconds
+
+
+def test_parse_retry_after_reads_an_http_date() -> None:
+    value = format_datetime(NOW + timedelta(minutes=2), usegmt=True)
+    assert value == "Sat, 01 Mar 2025 12:02:00 GMT"
+    assert parse_retry_after_s(value, NOW) == 120.0
+
+
+def test_parse_retry_after_clamps_a_past_date_to_zero() -> None:
+    assert parse_retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", NOW) == 0.0
+
+
+def test_parse_retry_after_ignores_a_date_without_a_zone() -> None:
+    assert parse_retry_after_s("Sat, 01 Mar 2025 12:02:00 -0000", NOW) is None
+
+
+@pytest.mark.parametrize("value", ["²", "①"])
+def test_parse_retry_after_is_none_for_unicode_digit_symbols(value: str) -> None:
+    assert parse_retry_after_s(value, NOW) is None
+
+
+def test_route_success_is_delivered() -> None:
+    assert route_after_attempt("success", current_tier=LAST_TIER, schedule_s=SCHEDULE) == (
+        Delivered()
+    )
+
+
+@pytest.mark.parametrize("current_tier", [-1, 0, LAST_TIER])
+def test_route_410_dead_letters_as_endpoint_gone(current_tier: int) -> None:
+    route = route_after_attempt("gone", current_tier=current_tier, schedule_s=SCHEDULE)
+    assert route == DeadLettered("endpoint_gone")
+
+
+@pytest.mark.parametrize("outcome", ["http_5xx", "timeout", "http_429", "connect_error"])
+def test_route_after_the_last_tier_is_exhausted(outcome: Outcome) -> None:
+    route = route_after_attempt(outcome, current_tier=LAST_TIER, schedule_s=SCHEDULE)
+    assert route == DeadLettered("exhausted")
+
+
+def test_route_exhausted_wins_over_retry_after() -> None:
+    route = route_after_attempt(
+        "http_429", current_tier=LAST_TIER, schedule_s=SCHEDULE, retry_after_s=10.0
+    )
+    assert route == DeadLettered("exhausted")
+
+
+@pytest.mark.parametrize(
+    ("current_tier", "retry_after_s", "tier"),
+    [
+        (-1, 100.0, 3),
+        (-1, 30.0, 1),
+        (-1, 0.0, 0),
+        (1, 10.0, 2),
+        (0, 1800.0, 4),
+        (0, 10_000.0, 4),
+    ],
+)
+def test_route_retry_after_picks_the_first_covering_tier(
+    current_tier: int, retry_after_s: float, tier: int
+) -> None:
+    route = route_after_attempt(
+        "http_429", current_tier=current_tier, schedule_s=SCHEDULE, retry_after_s=retry_after_s
+    )
+    assert route == RetryLater(tier)
+
+
+def test_route_retry_after_applies_to_a_503() -> None:
+    route = route_after_attempt("http_5xx", current_tier=-1, schedule_s=SCHEDULE, retry_after_s=45)
+    assert route == RetryLater(2)
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "http_429"])
+def test_route_overload_without_retry_after_waits_a_minute(outcome: Outcome) -> None:
+    assert OVERLOADED_MIN_DELAY_S == 60.0
+    assert route_after_attempt(outcome, current_tier=-1, schedule_s=SCHEDULE) == RetryLater(2)
+
+
+def test_route_overload_from_a_long_tier_moves_one_tier() -> None:
+    assert route_after_attempt("timeout", current_tier=2, schedule_s=SCHEDULE) == RetryLater(3)
+
+
+@pytest.mark.parametrize(
+    "outcome", ["http_3xx", "http_4xx", "http_5xx", "connect_error", "tls_error", "error"]
+)
+@pytest.mark.parametrize("current_tier", [-1, 0, 2])
+def test_route_other_failures_move_to_the_next_tier(outcome: Outcome, current_tier: int) -> None:
+    route = route_after_attempt(outcome, current_tier=current_tier, schedule_s=SCHEDULE)
+    assert route == RetryLater(current_tier + 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    outcome=st.sampled_from(ALL_OUTCOMES),
+    schedule=st.lists(st.floats(min_value=0.001, max_value=1e6), min_size=1, max_size=8),
+    retry_after_s=st.none() | st.floats(min_value=0.0, max_value=2e6),
+)
+def test_route_retries_only_forward_and_inside_the_schedule(
+    data: st.DataObject,
+    outcome: Outcome,
+    schedule: list[float],
+    retry_after_s: float | None,
+) -> None:
+    current_tier = data.draw(st.integers(min_value=-1, max_value=len(schedule) - 1))
+    route = route_after_attempt(
+        outcome, current_tier=current_tier, schedule_s=tuple(schedule), retry_after_s=retry_after_s
+    )
+    if isinstance(route, RetryLater):
+        assert current_tier < route.tier < len(schedule)
+    elif isinstance(route, DeadLettered):
+        assert route.reason == "endpoint_gone" or current_tier == len(schedule) - 1
+    else:
+        assert outcome == "success"
