@@ -12,9 +12,7 @@ from shared.kafka.lag import dispatcher_lag_scope
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase
 from shared.model.topics import DISPATCHER_GROUP, Topics
-from shared.ops.logging import configure_logging
 from shared.ops.process import run
-from shared.ops.settings import load_settings
 
 
 def build_worker(
@@ -38,14 +36,8 @@ def build_worker(
 
 
 async def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
     await run_delivery_worker(
-        settings,
-        service=SERVICE,
-        port=settings.dispatcher_port,
-        lag_scope=dispatcher_lag_scope(settings),
-        build=build_worker,
+        SERVICE, build_worker, port=lambda s: s.dispatcher_port, lag_scope=dispatcher_lag_scope
     )
 
 

@@ -17,9 +17,7 @@ from shared.kafka.lag import retry_lag_scope
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase
 from shared.model.topics import RETRY_GROUP, Topics
-from shared.ops.logging import configure_logging
 from shared.ops.process import run
-from shared.ops.settings import load_settings
 
 # aiokafka does not fetch a resumed partition while another fetch to the same broker is in
 # flight; a short long-poll keeps a partition that just fell due from waiting up to the
@@ -57,14 +55,8 @@ def build_worker(
 
 
 async def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
     await run_delivery_worker(
-        settings,
-        service=SERVICE,
-        port=settings.retry_port,
-        lag_scope=retry_lag_scope(settings),
-        build=build_worker,
+        SERVICE, build_worker, port=lambda s: s.retry_port, lag_scope=retry_lag_scope
     )
 
 

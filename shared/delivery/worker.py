@@ -17,22 +17,29 @@ from shared.kafka.lag import LagScope, lag_reporting
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.ops.health import start_ops_server
+from shared.ops.logging import configure_logging
 from shared.ops.process import close_quietly, stop_on_signals
-from shared.ops.settings import Settings
+from shared.ops.settings import Settings, load_settings
 
 # Builds the service's consumer and its worker once the base and the deliverer exist.
 WorkerFactory = Callable[[ServiceBase, Deliverer], tuple[AIOKafkaConsumer, PartitionWorker]]
 
 
 async def run_delivery_worker(
-    settings: Settings, *, service: str, port: int, lag_scope: LagScope, build: WorkerFactory
+    service: str,
+    build: WorkerFactory,
+    *,
+    port: Callable[[Settings], int],
+    lag_scope: Callable[[Settings], LagScope],
 ) -> None:
     """Run a delivering service until SIGTERM, then drain and stop in reverse order."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
     async with (
         service_base(settings) as base,
         deliverer_for(base, service) as deliverer,
-        ops_server(base, port),
-        lag_reporting(settings, lag_scope),
+        ops_server(base, port(settings)),
+        lag_reporting(settings, lag_scope(settings)),
     ):
         stop_on_signals(base.stop)
         consumer, worker = build(base, deliverer)
