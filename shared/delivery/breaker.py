@@ -9,9 +9,8 @@ everything for long enough can be disabled.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-BreakerState = Literal["closed", "open", "half_open"]
+from shared.model.messages import BreakerState
 
 
 @dataclass(slots=True)

@@ -235,17 +235,33 @@ Outcome = Literal[
     "tls_error",
     "refused_destination",
     "error",
+    # Not an attempt: the delivery was put back to wait without one (see ``DeferralReason``).
+    "deferred",
 ]
+# Why a delivery waited without an attempt: its endpoint was at its concurrency or rate caps,
+# known to be down (its breaker open), or the service stopped before the attempt could end.
+DeferralReason = Literal["endpoint_busy", "breaker_open", "draining"]
+BreakerState = Literal["closed", "open", "half_open"]
+DeadLetterReason = Literal["exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled"]
+# The first bytes of a request body kept in the delivery log.
+LOGGED_BODY_CHARS = 4096
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One delivery attempt, as published to ``webhook.attempts`` and kept on envelopes."""
+    """One line of the delivery log (``webhook.attempts``): an attempt, or a deferral
+    (``outcome="deferred"``, no request made). Attempts are also kept on the envelope's
+    history, without the request fields (``request_headers``, ``request_body``).
+
+    What happens next is on the record: ``next_attempt_at_ms`` while the delivery waits in a
+    retry tier, ``dead_letter_reason`` once it is dead; neither after a success.
+    """
 
     v: int = SCHEMA_VERSION
     webhook_id: str
     event_id: str
     endpoint_id: str
     account_id: str
+    # The attempt's number, from 1; for a deferral, the number of the attempt still to come.
     attempt: int
     at_ms: int
     duration_ms: float
@@ -253,6 +269,14 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     status: int | None = None
     error: str | None = None
     response_body: str | None = None
+    next_attempt_at_ms: int | None = None
+    dead_letter_reason: DeadLetterReason | None = None
+    deferred_because: DeferralReason | None = None
+    # The endpoint's breaker after this record, as the service that wrote it saw it.
+    breaker: BreakerState | None = None
+    service: str | None = None
+    request_headers: dict[str, str] | None = None
+    request_body: str | None = None  # the first LOGGED_BODY_CHARS characters
 
 
 class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -268,9 +292,10 @@ class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     tier: int
     due_at_ms: int
     attempts: list[AttemptRecord] = []
-
-
-DeadLetterReason = Literal["exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled"]
+    # How many times it waited without an attempt in a row (each wait is longer).
+    deferrals: int = 0
+    # Set when a replay job put it back into delivery: a fresh chance for its endpoint.
+    replay_id: str | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,11 +305,51 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     envelope: DeliveryEnvelope
 
 
+ReplayState = Literal["running", "completed", "cancelled", "failed", "interrupted"]
+
+
+class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One replay of an endpoint's dead letters, as kept in the compacted ``webhook.replays``
+    (key: the job id), so that every instance, the CLI and the delivery log see it.
+
+    Dead letters are keyed by endpoint id, so all of one endpoint's are in one partition of
+    ``webhook.dlq`` (``dlq_partition``). The job replays the open letters of its window below
+    ``end_offset`` (the partition's end when it started), in offset order; ``position`` is how
+    far it got. A letter died in ``[since_ms, until_ms)`` at an offset below ``position`` of a
+    job of its endpoint has been replayed; any other letter is open.
+    """
+
+    v: int = SCHEMA_VERSION
+    id: str
+    endpoint_id: str
+    account_id: str
+    since_ms: int
+    until_ms: int
+    dlq_partition: int
+    end_offset: int
+    position: int
+    state: ReplayState
+    matched: int = 0
+    replayed: int = 0
+    already_replayed: int = 0
+    started_at_ms: int
+    updated_at_ms: int
+    finished_at_ms: int | None = None
+    error: str | None = None
+    # Which process runs it; a running job whose owner stopped reporting is ``interrupted``.
+    owner: str = ""
+
+    def covers(self, offset: int, dead_at_ms: int) -> bool:
+        """Whether this job replayed the letter at ``offset`` that died at ``dead_at_ms``."""
+        return offset < self.position and self.since_ms <= dead_at_ms < self.until_ms
+
+
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(DeliveryEnvelope)
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 _endpoint_decoder = msgspec.json.Decoder(Endpoint)
 _attempt_decoder = msgspec.json.Decoder(AttemptRecord)
+_replay_decoder = msgspec.json.Decoder(ReplayJob)
 
 
 def encode(message: msgspec.Struct | dict[str, Any]) -> bytes:
@@ -305,6 +370,10 @@ def decode_endpoint(raw: bytes) -> Endpoint:
 
 def decode_attempt(raw: bytes) -> AttemptRecord:
     return _attempt_decoder.decode(raw)
+
+
+def decode_replay(raw: bytes) -> ReplayJob:
+    return _replay_decoder.decode(raw)
 
 
 def webhook_body(event: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ ENDPOINTS = "webhook.endpoints"
 RETRY_PREFIX = "webhook.retry."
 DLQ = "webhook.dlq"
 ATTEMPTS = "webhook.attempts"
+REPLAYS = "webhook.replays"
 
 DISPATCHER_GROUP = "clickhook-dispatcher"
 RETRY_GROUP = "clickhook-retry"
@@ -46,6 +47,10 @@ class Topics:
     @property
     def attempts(self) -> str:
         return self.prefix + ATTEMPTS
+
+    @property
+    def replays(self) -> str:
+        return self.prefix + REPLAYS
 
     @property
     def retry_pattern(self) -> str:
