@@ -99,6 +99,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         spec(topics.endpoints, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, 1),
         spec(topics.dlq, {**big, "retention.ms": str(30 * 86_400_000)}),
         spec(topics.attempts, {"retention.ms": str(7 * 86_400_000)}),
+        spec(topics.replays, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, 1),
         *(spec(name, big) for name in topics.retry_tiers(settings.retry_schedule_s)),
     ]
 
