@@ -17,7 +17,7 @@ from shared.model.errors import InvalidInput
 from shared.model.filters import endpoint_wants
 from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.model.routing import Route
-from shared.model.topics import Topics
+from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
 from shared.ops.settings import Settings
@@ -53,17 +53,29 @@ class Dispatcher:
         except InvalidInput as exc:
             await self._set_aside(record, exc)
             return
-        targets = [
-            ep
-            for ep in self._endpoints.table.for_account(event.account_id)
-            if endpoint_wants(ep, event)
-        ]
+        targets = self._targets(record, event)
         if len(targets) == 1:
             # No task to spawn for the common case: the record's own task carries it.
             await self._deliver(targets[0], event)
         elif targets:
             # gather wraps each in a task of its own, as bind_delivery requires.
             await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
+
+    def _targets(self, record: Record, event: ClickEvent) -> list[Endpoint]:
+        """The account's endpoints that want the click; only the named one for a click
+        addressed to one endpoint (a test event), which then skips the filters."""
+        addressed = header_value(record.headers, HEADER_ENDPOINT)
+        if addressed is None:
+            return [
+                endpoint
+                for endpoint in self._endpoints.table.for_account(event.account_id)
+                if endpoint_wants(endpoint, event)
+            ]
+        endpoint = self._endpoints.table.get(addressed)
+        if endpoint is None or not endpoint.enabled or endpoint.account_id != event.account_id:
+            log.info("addressed_endpoint_unavailable", endpoint_id=addressed, event_id=event.id)
+            return []
+        return [endpoint]
 
     async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
         envelope = first_envelope(endpoint, event)

@@ -9,19 +9,16 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
-from shared.model.topics import HEADER_DUE_AT_MS
+from shared.model.topics import HEADER_DUE_AT_MS, header_value
 
 K = TypeVar("K", bound=Hashable)
 
 
 def due_at_ms_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
-    for name, value in headers:
-        if name == HEADER_DUE_AT_MS:
-            try:
-                return int(value) if value is not None else None
-            except ValueError:
-                return None
-    return None
+    value = header_value(headers, HEADER_DUE_AT_MS)
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
 
 
 class DueTimes(Generic[K]):

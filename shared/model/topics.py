@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.model.schedule import duration_label
@@ -20,6 +21,19 @@ RETRY_GROUP = "clickhook-retry"
 HEADER_REASON = "clickhook-reason"
 HEADER_SOURCE = "clickhook-source"
 HEADER_DUE_AT_MS = "clickhook-due-at-ms"
+# On a ``clicks`` record: deliver it to this endpoint only, whatever its filters (test events).
+HEADER_ENDPOINT = "clickhook-endpoint"
+
+
+def header_value(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None:
+    """A record header's value as text; None when absent (or not UTF-8)."""
+    for key, value in headers:
+        if key == name and value is not None:
+            try:
+                return value.decode()
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
