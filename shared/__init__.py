@@ -11,6 +11,8 @@
 - ``shared.delivery``: the delivery engine: the webhook HTTP client, one attempt, the breaker,
   per-endpoint caps, and the deliverer that hands each result off to a retry tier or the
   dead-letter topic.
+- ``shared.cli``: the ``clickhook`` command (dead letters, replay, topics, endpoints), on top
+  beside the services: it may use every layer above, never a service.
 
 The services (``services.*``) sit on top; none imports another. The contracts are written in
 pyproject.toml (``[tool.importlinter]``) and checked by ``make lint``.

@@ -15,6 +15,9 @@ echo "== lint and types"
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports"
 
+echo "== browser (the portal's tests drive Debian's headless Chromium)"
+bash deploy/local/browser.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)

@@ -1,33 +1,260 @@
 """`make up`: Kafka, the three services and a demo receiver on this machine, one command.
 
-Ctrl-C stops everything it started. Logs of every process are prefixed and interleaved.
+Usage: python deploy/local/up.py [--data DIR]      (make up, or make up DATA=DIR)
+
+Before anything starts, every port it needs is checked: one already taken (an earlier `make up`
+still running, a broker of `make kafka-start`, anything else) stops it with one line saying
+which, and nothing is started or stopped. It stops only what it started: its services, its
+receiver, and the broker it started itself.
+
+Without --data the tokens are new on every run and the broker's data is deleted at exit. With
+--data DIR the broker keeps its data in DIR/kafka and the tokens and the demo endpoint are kept
+in DIR/state.json, so clicks, endpoints and dead letters are still there next time.
+
+Ports and the schedule are the services' settings (CLICKHOOK_INGEST_PORT, …,
+CLICKHOOK_RETRY_SCHEDULE, default 5s,30s,2m here); the broker's port is KAFKA_PORT (9092), the
+receiver's DEMO_RECEIVER_PORT (9999). Logs of every process are printed here, prefixed.
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
+import functools
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from shared.model.schedule import duration_label
+from shared.ops.settings import Settings, load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
-PORTS = {"ingest": 8080, "dispatcher": 8081, "retry": 8082}
-RECEIVER_PORT = int(os.environ.get("DEMO_RECEIVER_PORT", "9999"))
-KAFKA_PORT = os.environ.get("KAFKA_PORT", "9092")
+SERVICES = ("ingest", "dispatcher", "retry")
+ACCOUNT_ID = "acc_42"  # the README's examples publish clicks of this account
+DEMO_SCHEDULE = "5s,30s,2m"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+WIDTH = 80
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    what: str
+    setting: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this run will start, where, and with which settings."""
+
+    settings: Settings
+    env: dict[str, str]
+    kafka_port: int
+    receiver_port: int
+    data: Path | None
+
+    def ports(self) -> list[Port]:
+        settings = self.settings
+        return [
+            Port(self.kafka_port, "Kafka", "KAFKA_PORT"),
+            Port(settings.ingest_port, "ingest API", "CLICKHOOK_INGEST_PORT"),
+            Port(settings.dispatcher_port, "dispatcher", "CLICKHOOK_DISPATCHER_PORT"),
+            Port(settings.retry_port, "retry", "CLICKHOOK_RETRY_PORT"),
+            Port(self.receiver_port, "demo receiver", "DEMO_RECEIVER_PORT"),
+        ]
+
+    def port_of(self, service: str) -> int:
+        return {
+            "ingest": self.settings.ingest_port,
+            "dispatcher": self.settings.dispatcher_port,
+            "retry": self.settings.retry_port,
+        }[service]
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.settings.ingest_port}"
+
+    @property
+    def receiver_url(self) -> str:
+        return f"http://127.0.0.1:{self.receiver_port}/webhooks"
+
+    def broker_log(self) -> str:
+        """Where kafka.sh keeps the broker's log (its state dir, as kafka.sh picks it)."""
+        cache = Path(os.environ.get("CLICKHOOK_CACHE_DIR") or Path.home() / ".cache/clickhook")
+        state = os.environ.get("KAFKA_STATE_DIR") or cache / f"run-{self.kafka_port}"
+        return home_relative(Path(state) / "logs" / "server.log")
+
+
+def home_relative(path: Path) -> str:
+    """``~/…`` for a path in the home directory: shorter, so the banner stays narrow."""
+    home = str(Path.home())
+    return "~" + str(path)[len(home) :] if str(path).startswith(home + "/") else str(path)
+
+
+@dataclass
+class Tokens:
+    publish: str
+    account: str
+    admin: str
+
+    @classmethod
+    def new(cls) -> Tokens:
+        return cls(
+            *(f"demo-{role}-{secrets.token_hex(4)}" for role in ("publish", "account", "admin"))
+        )
+
+    def api_keys(self) -> str:
+        return f"{self.publish}:publish,{self.account}:account:{ACCOUNT_ID},{self.admin}:admin"
+
+
+# --- output that never stops the stopping -------------------------------------------------------
+
+_output_lock = threading.Lock()
+output_gone = threading.Event()
+
+
+def say(text: str, stream: IO[str] | None = None) -> None:
+    """Print; a terminal that went away (`make up | tee` after tee died) ends the run cleanly
+    instead of breaking it, so everything started is still stopped."""
+    try:
+        with _output_lock:
+            out = stream or sys.stdout
+            out.write(text + "\n")
+            out.flush()
+    except (OSError, ValueError):
+        output_gone.set()
 
 
 def pump(name: str, stream: IO[bytes]) -> None:
     for line in iter(stream.readline, b""):
-        sys.stdout.write(f"{name:>10} | {line.decode(errors='replace')}")
-        sys.stdout.flush()
+        say(f"{name:>10} | {line.decode(errors='replace').rstrip()}")
+
+
+# --- checks before anything starts --------------------------------------------------------------
+
+
+def port_taken(port: int) -> bool:
+    """Whether a listener holds the port on loopback (what the services would bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    return False
+
+
+def refusal(plan: Plan) -> str | None:
+    """One line when a port this run needs is taken; None when all are free."""
+    for port in plan.ports():
+        if port_taken(port.number):
+            hint = (
+                "a broker this run did not start (make kafka-stop stops one of make kafka-start)"
+                if port.what == "Kafka"
+                else "an earlier make up still running?"
+            )
+            return (
+                f"make up: port {port.number} ({port.what}) is already in use ({hint}); "
+                f"free it or set {port.setting}"
+            )
+    seen: dict[int, str] = {}
+    for port in plan.ports():
+        if port.number in seen:
+            return f"make up: {port.what} and {seen[port.number]} both want port {port.number}"
+        seen[port.number] = port.what
+    return None
+
+
+# --- state kept between runs --------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    """What --data keeps: the tokens and the demo endpoint (its id and secret)."""
+
+    tokens: Tokens
+    endpoint_id: str | None = None
+    secret: str | None = None
+
+    @classmethod
+    def load(cls, data: Path | None) -> State:
+        path = state_path(data)
+        if path is None or not path.exists():
+            return cls(Tokens.new())
+        saved = json.loads(path.read_text())
+        return cls(Tokens(**saved["tokens"]), saved.get("endpoint_id"), saved.get("secret"))
+
+    def save(self, data: Path | None) -> None:
+        path = state_path(data)
+        if path is None:
+            return
+        body = {
+            "tokens": vars(self.tokens),
+            "endpoint_id": self.endpoint_id,
+            "secret": self.secret,
+        }
+        path.touch(mode=0o600)  # tokens and a secret: for this user only
+        path.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def state_path(data: Path | None) -> Path | None:
+    return None if data is None else data / "state.json"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def plan_from(data: Path | None, tokens: Tokens) -> Plan:
+    kafka_port = int(os.environ.get("KAFKA_PORT") or 9092)
+    env = {
+        **os.environ,
+        "CLICKHOOK_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",  # where kafka.sh listens
+        "CLICKHOOK_API_KEYS": tokens.api_keys(),
+        "CLICKHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
+        "CLICKHOOK_ALLOW_HTTP": "true",
+        "CLICKHOOK_BIND_HOST": "127.0.0.1",
+        "CLICKHOOK_LOG_FORMAT": "console",
+        "CLICKHOOK_RETRY_SCHEDULE": os.environ.get("CLICKHOOK_RETRY_SCHEDULE") or DEMO_SCHEDULE,
+        "CLICKHOOK_TOPIC_PARTITIONS": "3",
+    }
+    return Plan(
+        settings=load_settings(env),
+        env=env,
+        kafka_port=kafka_port,
+        receiver_port=int(os.environ.get("DEMO_RECEIVER_PORT") or 9999),
+        data=data,
+    )
+
+
+def start_kafka(plan: Plan) -> str:
+    env = {**os.environ, "KAFKA_PORT": str(plan.kafka_port)}
+    if plan.data is not None:
+        env["KAFKA_DATA_DIR"] = str(plan.data / "kafka")  # kafka.sh keeps a dir it was given
+    started = subprocess.run(
+        ["bash", str(KAFKA_SH), "start"], env=env, check=False, stdout=subprocess.PIPE, text=True
+    )
+    if started.returncode != 0:
+        raise SystemExit("make up: the broker did not start (see the lines above)")
+    return started.stdout.strip().splitlines()[-1]
+
+
+def stop_kafka(plan: Plan) -> None:
+    env = {**os.environ, "KAFKA_PORT": str(plan.kafka_port)}
+    subprocess.run(["bash", str(KAFKA_SH), "stop"], env=env, check=False)
 
 
 def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -37,6 +264,7 @@ def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[b
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
     )
     assert process.stdout is not None
@@ -44,128 +272,191 @@ def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[b
     return process
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str) -> None:
+    """Poll ``ready`` until it holds; stop at once if the process exits meanwhile."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout_s}s")
+            raise SystemExit(f"make up: {what}: the process exited with {process.returncode}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"make up: {what} not ready after {READY_TIMEOUT_S:.0f}s")
 
 
-def api(method: str, path: str, token: str, body: dict[str, object]) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{PORTS['ingest']}{path}",
+def answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def api(plan: Plan, method: str, path: str, token: str, body: object = None) -> dict[str, object]:
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        plan.api + path,
         method=method,
-        data=json.dumps(body).encode(),
+        data=None if body is None else json.dumps(body).encode(),
         headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
         result: dict[str, object] = json.loads(response.read())
         return result
 
 
-def main() -> int:
-    bootstrap = (
-        subprocess.run(
-            ["bash", str(KAFKA_SH), "start"],
-            env={**os.environ, "KAFKA_PORT": KAFKA_PORT},
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
+def demo_endpoint(plan: Plan, state: State) -> State:
+    """The demo endpoint: the one kept in --data if the broker still has it, else a new one."""
+    if state.endpoint_id is not None and state.secret is not None:
+        try:
+            api(plan, "GET", f"/v1/endpoints/{state.endpoint_id}", state.tokens.account)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+        else:
+            return state
+    created = api(
+        plan,
+        "POST",
+        "/v1/endpoints",
+        state.tokens.account,
+        {"url": plan.receiver_url, "description": "make up demo"},
     )
-    publish_token = "demo-publish-" + secrets.token_hex(4)
-    account_token = "demo-account-" + secrets.token_hex(4)
-    env = {
-        **os.environ,
-        "CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap,
-        "CLICKHOOK_API_KEYS": f"{publish_token}:publish,{account_token}:account:acc_demo",
-        "CLICKHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
-        "CLICKHOOK_ALLOW_HTTP": "true",
-        "CLICKHOOK_BIND_HOST": "127.0.0.1",
-        "CLICKHOOK_LOG_FORMAT": "console",
-        "CLICKHOOK_RETRY_SCHEDULE": os.environ.get("CLICKHOOK_RETRY_SCHEDULE", "5s,30s,2m"),
-        "CLICKHOOK_TOPIC_PARTITIONS": "3",
-    }
+    return State(state.tokens, str(created["id"]), str(created["secret"]))
+
+
+def run(plan: Plan, state: State, stop: threading.Event) -> None:
+    """Start everything but the broker, print the banner, wait for Ctrl-C or a process exit."""
     processes: list[subprocess.Popen[bytes]] = []
+    python = sys.executable
     try:
-        python = sys.executable
-        processes.append(spawn("ingest", [python, "-m", "services.ingest"], env))
-        wait_ready(f"http://127.0.0.1:{PORTS['ingest']}/readyz", processes[-1])
-        for name in ("dispatcher", "retry"):
-            processes.append(spawn(name, [python, "-m", f"services.{name}"], env))
-            wait_ready(f"http://127.0.0.1:{PORTS[name]}/readyz", processes[-1])
-        endpoint = api(
-            "POST",
-            "/v1/endpoints",
-            account_token,
-            {
-                "url": f"http://127.0.0.1:{RECEIVER_PORT}/webhooks",
-                "description": "make up demo",
-            },
+        processes.append(spawn("ingest", [python, "-m", "services.ingest"], plan.env))
+        wait_until(functools.partial(answers_200, f"{plan.api}/readyz"), processes[0], "ingest")
+        processes.extend(
+            spawn(name, [python, "-m", f"services.{name}"], plan.env) for name in SERVICES[1:]
         )
-        receiver_env = {**env, "DEMO_SECRET": str(endpoint["secret"])}
-        receiver_args = [python, "deploy/local/demo_receiver.py", str(RECEIVER_PORT)]
-        processes.append(spawn("receiver", receiver_args, receiver_env))
-        print(
-            TRY_IT.format(
-                publish_token=publish_token,
-                account_token=account_token,
-                endpoint_id=endpoint["id"],
-                bootstrap=bootstrap,
-            ),
-            flush=True,
-        )
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(0.5):
+        for name, process in zip(SERVICES[1:], processes[1:], strict=True):
+            ready = functools.partial(answers_200, f"http://127.0.0.1:{plan.port_of(name)}/readyz")
+            wait_until(ready, process, name)
+        state = demo_endpoint(plan, state)
+        state.save(plan.data)
+        assert state.secret is not None
+        receiver_env = {**plan.env, "DEMO_SECRET": state.secret}
+        receiver = [python, "deploy/local/demo_receiver.py", str(plan.receiver_port)]
+        processes.append(spawn("receiver", receiver, receiver_env))
+        wait_until(functools.partial(listens, plan.receiver_port), processes[-1], "receiver")
+        say(banner(plan, state))
+        while not stop.wait(0.5) and not output_gone.is_set():
             if any(process.poll() is not None for process in processes):
-                print("a process exited; stopping the rest", flush=True)
+                say("make up: a process exited; stopping the rest")
                 break
     finally:
-        print("\nstopping…", flush=True)
+        say("\nstopping…")
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 process.kill()
-        subprocess.run(
-            ["bash", str(KAFKA_SH), "stop"],
-            env={**os.environ, "KAFKA_PORT": KAFKA_PORT},
-            check=False,
-        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make up", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="keep the broker's data, the tokens and the demo endpoint in DIR between runs",
+    )
+    args = parser.parse_args(argv)
+    data = args.data.expanduser().resolve() if args.data else None
+    state = State.load(data)
+    plan = plan_from(data, state.tokens)
+    refused = refusal(plan)
+    if refused is not None:
+        say(refused, sys.stderr)
+        return 1
+    if plan.data is not None:
+        plan.data.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    bootstrap = start_kafka(plan)  # from here on, the broker is ours: stopped on the way out
+    try:
+        run(plan, state, stop)
+    finally:
+        stop_kafka(plan)
+    say(f"make up: stopped (broker was {bootstrap})")
     return 0
 
 
-TRY_IT = """
-──────────────────────────────── clickhook is up ────────────────────────────────
- Kafka           {bootstrap}
- ingest API      http://127.0.0.1:8080   (metrics: /metrics, readiness: /readyz)
- dispatcher      http://127.0.0.1:8081/metrics     retry: http://127.0.0.1:8082/metrics
- demo endpoint   {endpoint_id} → the receiver below, which checks every signature
+# --- the banner ---------------------------------------------------------------------------------
 
- Try it:
-   curl -sS -X POST http://127.0.0.1:8080/v1/clicks \\
-     -H 'authorization: Bearer {publish_token}' -H 'content-type: application/json' \\
-     -d '{{"type":"link.clicked","occurred_at":"'$(date -u +%Y-%m-%dT%H:%M:%S.000Z)'",
-          "account_id":"acc_demo","link":{{"id":"lnk_1","domain":"短.be","key":"abc"}},
-          "click":{{"country":"JP"}}}}'
-   curl -sS http://127.0.0.1:8080/v1/endpoints -H 'authorization: Bearer {account_token}'
 
- Ctrl-C stops everything.
-──────────────────────────────────────────────────────────────────────────────────
-"""
+def banner(plan: Plan, state: State) -> str:
+    """What the user needs to try it, at most 80 columns wide."""
+    settings, tokens = plan.settings, state.tokens
+    schedule = ", ".join(duration_label(delay) for delay in settings.retry_schedule_s)
+    if plan.data is None:
+        kept = [
+            " state         tokens are new on every run; the broker's data is deleted at",
+            "               exit (keep both between runs: make up DATA=~/clickhook-data)",
+        ]
+    else:
+        kept = [
+            " state         broker data, tokens, demo endpoint kept (delete to start over):",
+            f"               {home_relative(plan.data)}",
+        ]
+    lines = [
+        rule(" clickhook is up "),
+        f" ingest API    {plan.api}   (/readyz /metrics /openapi.json)",
+        f" dispatcher    http://127.0.0.1:{settings.dispatcher_port}/metrics",
+        f" retry         http://127.0.0.1:{settings.retry_port}/metrics",
+        f" Kafka         127.0.0.1:{plan.kafka_port}",
+        f" retries       after {schedule}, then webhook.dlq",
+        f" demo endpoint {state.endpoint_id} (account {ACCOUNT_ID}), to the receiver",
+        f"               on port {plan.receiver_port}: it checks each signature and prints each"
+        " click",
+        " logs          here, one prefix per process; the broker's in",
+        f"               {plan.broker_log()}",
+        *kept,
+        "",
+        " In another terminal, in this directory (the README's examples use these):",
+        "   . .venv/bin/activate",
+        f"   export CLICKHOOK_API={plan.api}",
+        f"   export PUBLISH_TOKEN={tokens.publish}",
+        f"   export ACCOUNT_TOKEN={tokens.account}",
+        f"   export ADMIN_TOKEN={tokens.admin}",
+        f"   export RECEIVER_URL={plan.receiver_url}",
+        f"   export DEMO_SECRET={state.secret}",
+        f"   export CLICKHOOK_KAFKA_BOOTSTRAP=127.0.0.1:{plan.kafka_port}",
+        "",
+        " Then publish a click; the receiver prints it here:",
+        '   curl -sS -X POST "$CLICKHOOK_API/v1/clicks" \\',
+        '     -H "authorization: Bearer $PUBLISH_TOKEN" \\',
+        "     -H 'content-type: application/json' \\",
+        '     -d \'{"type": "link.clicked", "occurred_at": "\'$(date -u +%FT%TZ)\'",',
+        f'          "account_id": "{ACCOUNT_ID}", "link": {{"id": "lnk_9", "key": "abc"}}}}\'',
+        "   clickhook topics tail webhook.attempts     # what happened, from Kafka",
+        "",
+        " Ctrl-C stops everything.",
+        rule(""),
+    ]
+    return "\n".join(lines)
+
+
+def rule(title: str) -> str:
+    side = (WIDTH - len(title)) // 2
+    return "─" * side + title + "─" * (WIDTH - side - len(title))
+
 
 if __name__ == "__main__":
     sys.exit(main())

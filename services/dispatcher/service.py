@@ -16,7 +16,6 @@ from shared.model.envelopes import first_envelope
 from shared.model.errors import InvalidInput
 from shared.model.filters import endpoint_wants
 from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
-from shared.model.routing import Route
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
@@ -43,7 +42,7 @@ class Dispatcher:
         self._gate = gate_for(settings)
         self._deliveries = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
-        self._attempts: set[asyncio.Future[Route]] = set()
+        self._attempts: set[asyncio.Future[None]] = set()
         self._deferring_running = False
 
     async def handle(self, record: Record) -> None:
@@ -84,8 +83,7 @@ class Dispatcher:
 
     async def _attempt_or_defer(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._deliverer.defer(envelope)
-            metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
+            await self._deliverer.defer(envelope, "endpoint_busy")
             return
         try:
             async with self._deliveries:
@@ -109,7 +107,7 @@ class Dispatcher:
             task = asyncio.current_task()
             if not self._deferring_running or (task is not None and task.cancelling()):
                 raise
-            await self._deliverer.defer(envelope)
+            await self._deliverer.defer(envelope, "draining")
             log.info("delivery_deferred_at_drain")
 
     def defer_running(self) -> None:

@@ -8,7 +8,7 @@ once and the document cannot drift from what the API enforces.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -16,8 +16,13 @@ from services.ingest.backfill import MAX_CLICKS, BackfillState
 from shared.model.messages import (
     MAX_SIGNATURE_STYLES,
     MAX_STRING_CHARS,
+    BreakerState,
+    DeadLetterReason,
+    DeferralReason,
     EndpointFilters,
+    Outcome,
     PayloadFormat,
+    ReplayState,
     SignatureStyle,
 )
 
@@ -29,12 +34,18 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 # --- requests ---------------------------------------------------------------------------------
+# Every request struct, and every struct nested in one, refuses keys it does not know (a 422
+# naming the key, e.g. ``filters.tag``): a misspelled field must not be silently dropped.
+
+
+class EndpointFiltersInput(EndpointFilters, frozen=True, forbid_unknown_fields=True):
+    """Which clicks the endpoint receives; empty or absent lists match everything."""
 
 
 class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str
     description: Description = ""
-    filters: EndpointFilters = EndpointFilters()
+    filters: EndpointFiltersInput = EndpointFiltersInput()
     rate_limit_per_s: PositiveRate | None = None
     enabled: bool = True
     format: PayloadFormat = "standard"
@@ -46,7 +57,7 @@ class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str | msgspec.UnsetType = msgspec.UNSET
     description: Description | msgspec.UnsetType = msgspec.UNSET
-    filters: EndpointFilters | msgspec.UnsetType = msgspec.UNSET
+    filters: EndpointFiltersInput | msgspec.UnsetType = msgspec.UNSET
     rate_limit_per_s: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
@@ -78,11 +89,23 @@ class RotatedSecret(msgspec.Struct, kw_only=True):
     previous_secret_expires_at: datetime
 
 
-class ReplayReport(msgspec.Struct, kw_only=True):
+class ReplayStatus(msgspec.Struct, kw_only=True):
+    """A replay job of an endpoint's dead letters, and how far it got."""
+
+    id: str
     endpoint_id: str
-    matched: Count
-    replayed: Count
-    already_delivered: Count
+    state: ReplayState
+    since: datetime
+    until: datetime
+    matched: Annotated[Count, msgspec.Meta(description="dead letters of the window found")]
+    replayed: Annotated[Count, msgspec.Meta(description="of those, put back into delivery")]
+    already_replayed: Annotated[
+        Count, msgspec.Meta(description="of those, skipped: an earlier replay sent them")
+    ]
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
 
 
 class BackfillStatus(msgspec.Struct, kw_only=True):
@@ -117,3 +140,164 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
 
 class Error(msgspec.Struct, kw_only=True):
     error: ErrorInfo
+
+
+# --- the delivery log (services/ingest/delivery_log) ------------------------------------------
+
+AttemptStatusFilter = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(success|failure|deferred|[1-5]xx|[1-5][0-9][0-9])$",
+        description="success, failure, deferred, a status class such as 5xx, or a status code",
+    ),
+]
+
+
+class IndexStatus(msgspec.Struct, kw_only=True):
+    """How far this instance's delivery log has read the topics: answers come from what is
+    indexed, never wait for the rest."""
+
+    caught_up: bool
+    behind: Annotated[int, msgspec.Meta(ge=0, description="records written but not indexed")]
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One attempt to deliver an event to an endpoint, or a deferral (no request made)."""
+
+    id: str
+    webhook_id: str
+    event_id: str
+    endpoint_id: str
+    attempt: Annotated[int, msgspec.Meta(description="the attempt's number, from 1")]
+    at: datetime
+    outcome: Outcome
+    status: int | None
+    duration_ms: float
+    error: str | None
+    response_body: Annotated[str | None, msgspec.Meta(description="its first 1 KiB")]
+    next_attempt_at: Annotated[
+        datetime | None, msgspec.Meta(description="when it is tried again, while it waits")
+    ]
+    dead_letter_reason: Annotated[
+        DeadLetterReason | None, msgspec.Meta(description="set once the delivery is dead")
+    ]
+    deferred_because: DeferralReason | None
+    breaker: Annotated[
+        BreakerState | None, msgspec.Meta(description="the endpoint's breaker after it")
+    ]
+
+
+class AttemptDetail(Attempt, kw_only=True):
+    """An attempt with what was sent, read back from ``webhook.attempts``."""
+
+    request_headers: dict[str, str] | None
+    request_body: Annotated[str | None, msgspec.Meta(description="its first 4 KiB")]
+    request_available: Annotated[
+        bool, msgspec.Meta(description="false once the record left the topic's retention")
+    ]
+
+
+class AttemptPage(msgspec.Struct, kw_only=True):
+    data: list[Attempt]
+    next_cursor: Annotated[
+        str | None, msgspec.Meta(description="pass as `cursor` for the next (older) page")
+    ]
+    index: IndexStatus
+
+
+class Durations(msgspec.Struct, kw_only=True):
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class WindowStats(msgspec.Struct, kw_only=True):
+    attempts: Count
+    successes: Count
+    failures: Annotated[
+        dict[str, int],
+        msgspec.Meta(description="failed attempts by status class (5xx) or outcome (timeout)"),
+    ]
+    deferred: Annotated[int, msgspec.Meta(ge=0, description="waits without a request")]
+    success_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None
+    duration: Durations
+
+
+class LastError(msgspec.Struct, kw_only=True):
+    at: datetime
+    webhook_id: str
+    outcome: Outcome
+    status: int | None
+    error: str | None
+
+
+class EndpointStats(msgspec.Struct, kw_only=True):
+    endpoint_id: str
+    last_hour: WindowStats
+    last_24h: WindowStats
+    breaker: BreakerState | None
+    waiting: Annotated[int, msgspec.Meta(ge=0, description="deliveries waiting in retry tiers")]
+    dead_letters_open: Annotated[int, msgspec.Meta(ge=0, description="dead, not replayed")]
+    last_error: LastError | None
+    index: IndexStatus
+
+
+class DeliverySummary(msgspec.Struct, kw_only=True):
+    """The endpoint's delivery health in short (``GET /v1/endpoints/{id}``)."""
+
+    attempts_24h: Count
+    success_rate_24h: float | None
+    breaker: BreakerState | None
+    waiting: Count
+    dead_letters_open: Count
+    last_error: LastError | None
+
+
+class HistoryAttempt(msgspec.Struct, kw_only=True):
+    attempt: int
+    at: datetime
+    outcome: Outcome
+    status: int | None
+    duration_ms: float
+    error: str | None
+    response_body: str | None
+
+
+DeliveryState = Literal["waiting", "delivered", "dead"]
+
+
+class DeadLetterView(msgspec.Struct, kw_only=True):
+    id: str
+    webhook_id: str
+    event_id: str
+    reason: DeadLetterReason
+    dead_at: datetime
+    attempts: list[HistoryAttempt]
+    replayed: Annotated[bool, msgspec.Meta(description="a replay job has put it back")]
+    replay_id: str | None
+    delivery: Annotated[
+        DeliveryState, msgspec.Meta(description="where the delivery stands now, per the log")
+    ]
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True):
+    data: list[DeadLetterView]
+    next_cursor: str | None
+    index: IndexStatus
+
+
+class SentTestEvent(msgspec.Struct, kw_only=True):
+    endpoint_id: str
+    event_id: str
+    webhook_id: Annotated[str, msgspec.Meta(description="follow it in the delivery log")]
+
+
+# --- the portal (services/ingest/portal) -------------------------------------------------------
+
+
+class PortalSessionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    account_id: Annotated[str | None, msgspec.Meta(description="admin tokens only")] = None
+
+
+class PortalSession(msgspec.Struct, kw_only=True):
+    url: Annotated[str, msgspec.Meta(description="open once, before expires_at")]
+    expires_at: datetime

@@ -7,8 +7,12 @@ from aiohttp import web
 from services.ingest.auth import Authenticator
 from services.ingest.backfill_api import BackfillApi
 from services.ingest.clicks import ClickIntake
+from services.ingest.delivery_log.api import DeliveryLogApi, add_delivery_log_routes
+from services.ingest.delivery_log.log import DeliveryLog
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.openapi import openapi_document
+from services.ingest.portal.views import PortalDeps, add_portal
+from services.ingest.replay_api import ReplayApi
 from services.ingest.responses import error_middleware
 from shared.kafka.service_base import ServiceBase
 from shared.ops.health import add_ops_routes
@@ -20,6 +24,7 @@ def create_app(base: ServiceBase) -> web.Application:
     clicks = ClickIntake(settings, base.producer, auth)
     endpoints = EndpointApi(settings, base.endpoints, auth, base.producer)
     backfills = BackfillApi(settings, endpoints, base.endpoints, base.producer)
+    replays = ReplayApi(settings, endpoints, base.producer, base.supervisor)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/clicks", clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
@@ -28,11 +33,25 @@ def create_app(base: ServiceBase) -> web.Application:
     app.router.add_patch("/v1/endpoints/{endpoint_id}", endpoints.patch)
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
-    app.router.add_post("/v1/endpoints/{endpoint_id}/replay", endpoints.replay)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/replay", replays.start)
+    app.router.add_get("/v1/endpoints/{endpoint_id}/replay", replays.status)
+    app.router.add_delete("/v1/endpoints/{endpoint_id}/replay", replays.cancel)
     app.router.add_post("/v1/endpoints/{endpoint_id}/backfill", backfills.start)
     app.router.add_get("/v1/endpoints/{endpoint_id}/backfill", backfills.status)
     app.router.add_delete("/v1/endpoints/{endpoint_id}/backfill", backfills.cancel)
     app.on_cleanup.append(backfills.close)
+    app.cleanup_ctx.append(replays.lifecycle)
+    delivery_log = DeliveryLogApi(
+        settings,
+        DeliveryLog(settings),
+        endpoints,
+        auth,
+        base.producer,
+        supervisor=base.supervisor,
+    )
+    add_delivery_log_routes(app, delivery_log)
+    endpoints.delivery_summary = delivery_log.summary
+    add_portal(app, PortalDeps(settings, auth, base.endpoints, endpoints, delivery_log, replays))
     document = openapi_document()
 
     async def serve_openapi(_: web.Request) -> web.Response:

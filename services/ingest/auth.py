@@ -31,6 +31,12 @@ class Principal:
         return self.is_admin or self.account_id == account_id
 
 
+def insufficient_scope(action: str) -> ApiError:
+    """A known token whose scope does not allow the route: 403, as RFC 6750 (section 3.1) and
+    the APIs people know answer; 401 stays for a missing or unknown token."""
+    return ApiError(403, "insufficient_scope", f"this token may not {action}")
+
+
 class Authenticator:
     def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self._keys = [(key.token.encode(), key.scope) for key in keys]

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.api_types import Accepted
-from services.ingest.auth import Authenticator
+from services.ingest.auth import Authenticator, insufficient_scope
 from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid, struct_response
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import ClickEvent, decode_json, encode, validate_click
@@ -76,7 +76,7 @@ class ClickIntake:
 
     async def post_clicks(self, request: web.Request) -> web.Response:
         if not self._auth.authenticate(request).may_publish:
-            raise ApiError(401, "insufficient_scope", "this token may not publish clicks")
+            raise insufficient_scope("publish clicks")
         content_type = request.content_type if request.body_exists else ""
         if content_type not in JSON_TYPES + NDJSON_TYPES:
             raise ApiError(
@@ -95,7 +95,7 @@ class ClickIntake:
             raise ApiError(
                 413,
                 "too_many_events",
-                f"at most {self._settings.max_batch_events} events per request",
+                f"too many events: at most {self._settings.max_batch_events:,} per request",
             )
         try:
             events = validate_all(items, datetime.now(UTC))

@@ -1,8 +1,23 @@
-"""The endpoint registry API: /v1/endpoints for an account's receivers."""
+"""The endpoint registry API: /v1/endpoints for an account's receivers.
+
+Each route is a thin handler around an operation (``create_endpoint``, ``update_endpoint``,
+``delete_endpoint``, ``rotate_endpoint_secret``, ``endpoint_of``, ``endpoints_of``) that takes
+the caller's principal, the endpoint id, the decoded body and the ``If-Match`` value, raises
+``ApiError`` and knows nothing of HTTP requests, so the customer portal makes the same changes.
+
+Concurrency: every answer that shows one endpoint carries its ``ETag`` (its version); PATCH,
+DELETE and rotate-secret honour ``If-Match`` (412 ``precondition_failed`` with the current
+``ETag`` when it no longer matches). Without ``If-Match`` the change is applied to the latest
+version, however many writes came first: last writer wins, field by field (a PATCH of the URL
+never brings back a secret rotated meanwhile).
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,27 +28,61 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.api_types import (
     EndpointCreate,
     EndpointPatch,
-    ReplayReport,
-    ReplayRequest,
     RotatedSecret,
 )
-from services.ingest.auth import Authenticator, Principal
+from services.ingest.auth import Authenticator, Principal, insufficient_scope
 from services.ingest.responses import ApiError, invalid, struct_response
 from services.ingest.urls import url_problems
-from shared.kafka.dead_letters import replay
-from shared.kafka.endpoint_store import EndpointStore
+from shared.kafka.endpoint_store import (
+    Change,
+    EndpointExists,
+    EndpointStore,
+    VersionMismatch,
+    WriteContended,
+)
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import (
     Endpoint,
+    EndpointFilters,
     EndpointSecret,
     decode_json,
+    validation_problem,
 )
 from shared.model.signing import generate_secret, is_valid_secret
 from shared.ops.settings import Settings
 
+# A strong entity tag, or a bare number (a client that dropped the quotes means the same).
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*|\s*([0-9]+)\s*')
+
+
+# Spelled out of the class, whose ``list`` handler hides the builtin there.
+Endpoints = list[Endpoint]
+
 
 def new_endpoint_id() -> str:
     return "ep_" + uuid.uuid4().hex[:24]
+
+
+def etag(endpoint: Endpoint) -> str:
+    """The endpoint's version as a strong entity tag: ``"57"``."""
+    return f'"{endpoint.version}"'
+
+
+def if_match_versions(header: str | None) -> frozenset[int] | None:
+    """The versions an ``If-Match`` header allows; None when it sets no condition (absent, or
+    ``*``: any version of an existing endpoint). Weak tags never match (RFC 9110 compares
+    strongly), nor do tags that are not one of our versions: the write is refused."""
+    if header is None or header.strip() == "*":
+        return None
+    versions: set[int] = set()
+    for item in header.split(","):
+        match = _ENTITY_TAG.fullmatch(item)
+        if match is None or match.group(1):
+            continue
+        text = match.group(2) if match.group(2) is not None else match.group(3)
+        if text.isdigit():
+            versions.add(int(text))
+    return frozenset(versions)
 
 
 def _decode_body(raw: bytes, kind: type[Any]) -> Any:
@@ -41,7 +90,69 @@ def _decode_body(raw: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.convert(obj, kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise InvalidInput("invalid endpoint", [Problem("$", str(exc))]) from None
+        raise InvalidInput("invalid endpoint", [validation_problem(exc)]) from None
+
+
+def _shown(endpoint: Endpoint, *, status: int = 200, **extra: Any) -> web.Response:
+    """One endpoint as the API shows it, with its ``ETag``."""
+    return web.json_response(
+        {**endpoint.public_view(), **extra}, status=status, headers={"etag": etag(endpoint)}
+    )
+
+
+def _patched(body: EndpointPatch, now: datetime) -> dict[str, Any]:
+    """The fields a PATCH sets, as the endpoint stores them."""
+    changes = {
+        name: value
+        for name in body.__struct_fields__
+        if (value := getattr(body, name)) is not msgspec.UNSET
+    }
+    if changes.get("enabled") is True:
+        changes["disabled_reason"] = None
+    if "filters" in changes:
+        changes["filters"] = _stored_filters(changes["filters"])
+    if "signature_styles" in changes:
+        changes["signature_styles"] = list(dict.fromkeys(changes["signature_styles"]))
+    return {**changes, "updated_at": now}
+
+
+def _stored_filters(filters: EndpointFilters) -> EndpointFilters:
+    """The request's strict filters as the tolerant struct the endpoint record keeps."""
+    return EndpointFilters(**msgspec.structs.asdict(filters))
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A rotated secret: the endpoint as written, its new secret, and when the previous one
+    stops signing."""
+
+    endpoint: Endpoint
+    secret: str
+    previous_secret_expires_at: datetime
+
+    def response(self) -> RotatedSecret:
+        return RotatedSecret(
+            id=self.endpoint.id,
+            secret=self.secret,
+            previous_secret_expires_at=self.previous_secret_expires_at,
+        )
+
+
+def _rotated(secret: str, now: datetime, grace_end: datetime) -> Change:
+    """The change that makes ``secret`` current and keeps the others signing until
+    ``grace_end``; applied to whatever version is latest when the write happens."""
+
+    def rotate(current: Endpoint) -> Endpoint:
+        kept = [
+            EndpointSecret(s.secret, s.expires_at or grace_end)
+            for s in current.secrets
+            if s.expires_at is None or s.expires_at > now
+        ]
+        return msgspec.structs.replace(
+            current, secrets=[EndpointSecret(secret), *kept], updated_at=now
+        )
+
+    return rotate
 
 
 class EndpointApi:
@@ -56,24 +167,18 @@ class EndpointApi:
         self._store = store
         self._auth = auth
         self._producer = producer
+        # The delivery log's short health of an endpoint, shown by GET (set by create_app).
+        self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct]] | None = None
 
     def _principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
         if principal.account_id is None and not principal.is_admin:
-            raise ApiError(401, "insufficient_scope", "this token may not manage endpoints")
+            raise insufficient_scope("manage endpoints")
         return principal
-
-    def _owned(self, request: web.Request) -> tuple[Principal, Endpoint]:
-        principal = self._principal(request)
-        endpoint = self._store.table.get(request.match_info["endpoint_id"])
-        # Another account's endpoint looks exactly like a missing one.
-        if endpoint is None or not principal.may_manage(endpoint.account_id):
-            raise ApiError(404, "not_found", "no such endpoint")
-        return principal, endpoint
 
     def owned(self, request: web.Request) -> Endpoint:
         """The endpoint named in the path, if the caller may manage it; else a 404."""
-        return self._owned(request)[1]
+        return self.endpoint_of(self._principal(request), request.match_info["endpoint_id"])
 
     def _check_url(self, url: str) -> None:
         problems = url_problems(
@@ -95,9 +200,79 @@ class EndpointApi:
         except InvalidInput as exc:
             raise invalid(exc) from None
 
+    # --- handlers ----------------------------------------------------------------------------
+
     async def create(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
         body: EndpointCreate = await self._read(request, EndpointCreate)
+        endpoint, secret = await self.create_endpoint(principal, body)
+        return _shown(endpoint, status=201, secret=secret)
+
+    async def list(self, request: web.Request) -> web.Response:
+        found = self.endpoints_of(self._principal(request), request.query.get("account_id"))
+        return web.json_response({"data": [e.public_view() for e in found]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        endpoint = await self.latest_endpoint_of(
+            self._principal(request), request.match_info["endpoint_id"]
+        )
+        if self.delivery_summary is None:
+            return _shown(endpoint)
+        summary = await self.delivery_summary(endpoint.id)
+        return _shown(endpoint, delivery=msgspec.to_builtins(summary))
+
+    async def patch(self, request: web.Request) -> web.Response:
+        principal = self._principal(request)
+        body: EndpointPatch = await self._read(request, EndpointPatch)
+        updated = await self.update_endpoint(
+            principal, request.match_info["endpoint_id"], body, request.headers.get("if-match")
+        )
+        return _shown(updated)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self.delete_endpoint(
+            self._principal(request),
+            request.match_info["endpoint_id"],
+            request.headers.get("if-match"),
+        )
+        return web.Response(status=204)
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        rotation = await self.rotate_endpoint_secret(
+            self._principal(request),
+            request.match_info["endpoint_id"],
+            request.headers.get("if-match"),
+        )
+        return struct_response(rotation.response(), headers={"etag": etag(rotation.endpoint)})
+
+    # --- operations (the API's and the portal's) ---------------------------------------------
+
+    def endpoint_of(self, principal: Principal, endpoint_id: str) -> Endpoint:
+        """The endpoint, if ``principal`` may manage it; else a 404 (another account's
+        endpoint looks exactly like a missing one)."""
+        endpoint = self._store.table.get(endpoint_id)
+        if endpoint is None or not principal.may_manage(endpoint.account_id):
+            raise ApiError(404, "not_found", "no such endpoint")
+        return endpoint
+
+    async def latest_endpoint_of(self, principal: Principal, endpoint_id: str) -> Endpoint:
+        """As ``endpoint_of``, but an endpoint this instance has not read yet (created on
+        another instance a moment ago) is looked for up to the end of the topic first."""
+        if self._store.table.get(endpoint_id) is None:
+            await self._store.read_to_end()
+        return self.endpoint_of(principal, endpoint_id)
+
+    def endpoints_of(self, principal: Principal, account_id: str | None) -> Endpoints:
+        """The principal's account's endpoints, oldest first; an admin names the account, or
+        gets every endpoint."""
+        account = principal.account_id or account_id
+        found = self._store.table.for_account(account) if account else self._store.table.all()
+        return sorted(found, key=lambda endpoint: endpoint.created_at)
+
+    async def create_endpoint(
+        self, principal: Principal, body: EndpointCreate
+    ) -> tuple[Endpoint, str]:
+        """Register an endpoint; returns it (with its version) and its secret."""
         account_id = principal.account_id or body.account_id
         if account_id is None:
             raise ApiError(
@@ -123,7 +298,7 @@ class EndpointApi:
             account_id=account_id,
             url=body.url,
             description=body.description,
-            filters=body.filters,
+            filters=_stored_filters(body.filters),
             rate_limit_per_s=body.rate_limit_per_s,
             enabled=body.enabled,
             secrets=[EndpointSecret(secret)],
@@ -132,82 +307,76 @@ class EndpointApi:
             created_at=now,
             updated_at=now,
         )
-        await self._store.put(endpoint)
-        return web.json_response({**endpoint.public_view(), "secret": secret}, status=201)
+        try:
+            created = await self._store.create(endpoint)
+        except EndpointExists:  # an id of 96 random bits taken: retrying is the whole fix
+            raise ApiError(409, "conflict", "endpoint id taken; send the request again") from None
+        return created, secret
 
-    async def list(self, request: web.Request) -> web.Response:
-        principal = self._principal(request)
-        account = principal.account_id or request.query.get("account_id")
-        found = self._store.table.for_account(account) if account else self._store.table.all()
-        found.sort(key=lambda endpoint: endpoint.created_at)
-        return web.json_response({"data": [e.public_view() for e in found]})
+    async def update_endpoint(
+        self,
+        principal: Principal,
+        endpoint_id: str,
+        body: EndpointPatch,
+        if_match: str | None = None,
+    ) -> Endpoint:
+        """Set the fields ``body`` names on the endpoint's latest version; returns it."""
+        await self.latest_endpoint_of(principal, endpoint_id)
+        if isinstance(body.url, str):
+            self._check_url(body.url)
+        fields = _patched(body, datetime.now(UTC))
+        return await self._change(
+            endpoint_id,
+            lambda current: msgspec.structs.replace(current, **fields),
+            if_match,
+        )
 
-    async def get(self, request: web.Request) -> web.Response:
-        _, endpoint = self._owned(request)
-        return web.json_response(endpoint.public_view())
+    async def delete_endpoint(
+        self, principal: Principal, endpoint_id: str, if_match: str | None = None
+    ) -> None:
+        await self.latest_endpoint_of(principal, endpoint_id)
+        try:
+            deleted = await self._store.delete(endpoint_id, if_match=if_match_versions(if_match))
+        except (VersionMismatch, WriteContended) as exc:
+            raise _write_refused(exc) from None
+        if not deleted:
+            raise ApiError(404, "not_found", "no such endpoint")
 
-    async def patch(self, request: web.Request) -> web.Response:
-        _, endpoint = self._owned(request)
-        body: EndpointPatch = await self._read(request, EndpointPatch)
-        changes = {
-            name: value
-            for name in body.__struct_fields__
-            if (value := getattr(body, name)) is not msgspec.UNSET
-        }
-        if "url" in changes:
-            self._check_url(changes["url"])
-        if changes.get("enabled") is True:
-            changes["disabled_reason"] = None
-        if "signature_styles" in changes:
-            changes["signature_styles"] = list(dict.fromkeys(changes["signature_styles"]))
-        updated = msgspec.structs.replace(endpoint, **changes, updated_at=datetime.now(UTC))
-        await self._store.put(updated)
-        return web.json_response(updated.public_view())
-
-    async def delete(self, request: web.Request) -> web.Response:
-        _, endpoint = self._owned(request)
-        await self._store.delete(endpoint.id)
-        return web.Response(status=204)
-
-    async def rotate_secret(self, request: web.Request) -> web.Response:
-        _, endpoint = self._owned(request)
+    async def rotate_endpoint_secret(
+        self, principal: Principal, endpoint_id: str, if_match: str | None = None
+    ) -> Rotation:
+        """A new current secret; the others keep signing for the rotation grace period."""
+        await self.latest_endpoint_of(principal, endpoint_id)
         now = datetime.now(UTC)
         grace_end = now + timedelta(seconds=self._settings.secret_rotation_grace_s)
         secret = generate_secret()
-        kept = [
-            EndpointSecret(s.secret, s.expires_at or grace_end)
-            for s in endpoint.secrets
-            if s.expires_at is None or s.expires_at > now
-        ]
-        updated = msgspec.structs.replace(
-            endpoint, secrets=[EndpointSecret(secret), *kept], updated_at=now
-        )
-        await self._store.put(updated)
-        return struct_response(
-            RotatedSecret(id=endpoint.id, secret=secret, previous_secret_expires_at=grace_end)
-        )
+        rotated = await self._change(endpoint_id, _rotated(secret, now, grace_end), if_match)
+        return Rotation(rotated, secret, grace_end)
 
-    async def replay(self, request: web.Request) -> web.Response:
-        """Put this endpoint's dead letters of a window back into delivery."""
-        _, endpoint = self._owned(request)
-        body: ReplayRequest = await self._read(request, ReplayRequest)
-        if body.since.tzinfo is None or (body.until is not None and body.until.tzinfo is None):
-            raise ApiError(422, "invalid_request", "times need a UTC offset, e.g. Z")
-        if body.until is not None and body.until <= body.since:
-            raise ApiError(422, "invalid_request", "until must be after since")
-        until_ms = int(body.until.timestamp() * 1000) if body.until is not None else None
-        report = await replay(
-            self._settings,
-            self._producer,
-            endpoint.id,
-            int(body.since.timestamp() * 1000),
-            until_ms,
-        )
-        return struct_response(
-            ReplayReport(
-                endpoint_id=endpoint.id,
-                matched=report.matched,
-                replayed=report.replayed,
-                already_delivered=report.already_delivered,
+    async def _change(self, endpoint_id: str, change: Change, if_match: str | None) -> Endpoint:
+        try:
+            updated = await self._store.update(
+                endpoint_id, change, if_match=if_match_versions(if_match)
             )
+        except (VersionMismatch, WriteContended) as exc:
+            raise _write_refused(exc) from None
+        if updated is None:  # deleted meanwhile
+            raise ApiError(404, "not_found", "no such endpoint")
+        return updated
+
+
+def _write_refused(exc: VersionMismatch | WriteContended) -> ApiError:
+    if isinstance(exc, VersionMismatch):
+        current = etag(exc.current)
+        return ApiError(
+            412,
+            "precondition_failed",
+            f"the endpoint changed: its ETag is now {current}",
+            [Problem("If-Match", f"does not match the current ETag {current}")],
+            headers={"etag": current},
         )
+    return ApiError(
+        409,
+        "conflict",
+        f"other changes to the endpoint won {exc.attempts} times in a row; send it again",
+    )

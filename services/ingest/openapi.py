@@ -13,19 +13,32 @@ import msgspec
 
 from services.ingest.api_types import (
     Accepted,
+    AttemptDetail,
+    AttemptPage,
     BackfillRequest,
     BackfillStatus,
+    DeadLetterPage,
+    DeliverySummary,
     EndpointCreate,
     EndpointPatch,
+    EndpointStats,
     Error,
-    ReplayReport,
+    PortalSession,
+    PortalSessionRequest,
     ReplayRequest,
+    ReplayStatus,
     RotatedSecret,
+    SentTestEvent,
 )
 from shared.model.messages import ClickFields, Endpoint
 
 REF = "#/components/schemas/{name}"
 
+REPLAY_NOTE = (
+    "A job: it streams the endpoint's dead letters of the window back into the first retry "
+    "tier, skipping those an earlier replay sent. Its progress is kept in Kafka, so any "
+    "instance answers; a replay whose instance stopped shows as interrupted."
+)
 BACKFILL_NOTE = (
     "Progress lives in the memory of the ingest instance that started the backfill: status and "
     "cancel answer 404 on other instances and after a restart."
@@ -40,8 +53,20 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(name=name)}
 
 
+# Wherever a token is checked, it may be a known token without the route's scope (RFC 6750).
+ERROR_DESCRIPTIONS = {
+    401: "missing or unknown token",
+    403: "insufficient_scope: the token is known but its scope does not allow this",
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): {"description": "error", **_json(_ref("Error"))} for s in statuses}
+    if 401 in statuses and 403 not in statuses:
+        statuses = tuple(sorted((*statuses, 403)))
+    return {
+        str(s): {"description": ERROR_DESCRIPTIONS.get(s, "error"), **_json(_ref("Error"))}
+        for s in statuses
+    }
 
 
 def _ok(status: int, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -54,6 +79,46 @@ def _body(name: str) -> dict[str, Any]:
 
 ENDPOINT_ERRORS = (400, 401, 404, 415, 422, 503)
 ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+# --- concurrency: ETag and If-Match (services/ingest/endpoints_api.py) ---
+
+CONCURRENCY_NOTE = (
+    "Every answer that shows one endpoint carries its `ETag`, the endpoint's `version` in "
+    'quotes (`"57"`); it changes with every write. PATCH, DELETE and rotate-secret honour '
+    "`If-Match`: when it does not match the current ETag nothing is written and the answer is "
+    "412 `precondition_failed`, with the current ETag in its `ETag` header. Without `If-Match` "
+    "the change is applied to the latest version, whatever was written before it (last writer "
+    "wins, field by field: a PATCH never brings back a secret rotated meanwhile). 409 "
+    "`conflict`: other writes to the endpoint kept winning; send the request again."
+)
+STRICT_BODY_NOTE = (
+    "Keys the schema does not name are refused at any depth (`additionalProperties: false`, "
+    "filters included): 422 `invalid_request`, with the key's path in `details` "
+    "(`filters.tag`: `unknown field`)."
+)
+ETAG = {
+    "ETag": {
+        "description": 'the endpoint\'s version as a strong entity tag, e.g. `"57"`',
+        "schema": {"type": "string"},
+    }
+}
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "write only if the endpoint's ETag is this one (or one of these); "
+    "`*`: any version",
+    "schema": {"type": "string"},
+}
+CONDITIONAL_ERRORS = (409, 412)
+
+
+def _with_etag(responses: dict[str, Any]) -> dict[str, Any]:
+    """The success answers of ``responses`` with the ``ETag`` header documented."""
+    return {
+        status: {**answer, "headers": ETAG} if status.startswith("2") else answer
+        for status, answer in responses.items()
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -85,9 +150,10 @@ def _paths() -> dict[str, Any]:
         "/v1/endpoints": {
             "post": {
                 "summary": "Register an endpoint; the answer holds its signing secret",
+                "description": STRICT_BODY_NOTE,
                 "requestBody": _body("EndpointCreate"),
                 "responses": {
-                    **_ok(201, _ref("CreatedEndpoint"), "created"),
+                    **_with_etag(_ok(201, _ref("CreatedEndpoint"), "created")),
                     **_errors(*ENDPOINT_ERRORS),
                 },
             },
@@ -98,41 +164,71 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/endpoints/{endpoint_id}": {
             **with_id,
+            "description": CONCURRENCY_NOTE,
             "get": {
                 "summary": "One endpoint",
-                "responses": {**_ok(200, _ref("Endpoint"), "the endpoint"), **_errors(401, 404)},
+                "responses": {
+                    **_with_etag(_ok(200, _ref("Endpoint"), "the endpoint")),
+                    **_errors(401, 404),
+                },
             },
             "patch": {
-                "summary": "Change an endpoint",
+                "summary": "Change an endpoint: the fields the body names, on its latest version",
+                "description": f"{CONCURRENCY_NOTE}\n\n{STRICT_BODY_NOTE}",
+                "parameters": [IF_MATCH],
                 "requestBody": _body("EndpointPatch"),
                 "responses": {
-                    **_ok(200, _ref("Endpoint"), "changed"),
-                    **_errors(*ENDPOINT_ERRORS),
+                    **_with_etag(_ok(200, _ref("Endpoint"), "changed")),
+                    **_errors(*ENDPOINT_ERRORS, *CONDITIONAL_ERRORS),
                 },
             },
             "delete": {
                 "summary": "Delete an endpoint",
-                "responses": {"204": {"description": "deleted"}, **_errors(401, 404, 503)},
+                "description": CONCURRENCY_NOTE,
+                "parameters": [IF_MATCH],
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **_errors(401, 404, 503, *CONDITIONAL_ERRORS),
+                },
             },
         },
         "/v1/endpoints/{endpoint_id}/rotate-secret": {
             **with_id,
             "post": {
                 "summary": "New secret; the old one keeps signing for the grace period",
+                "description": CONCURRENCY_NOTE,
+                "parameters": [IF_MATCH],
                 "responses": {
-                    **_ok(200, _ref("RotatedSecret"), "rotated"),
-                    **_errors(401, 404, 503),
+                    **_with_etag(_ok(200, _ref("RotatedSecret"), "rotated")),
+                    **_errors(401, 404, 503, *CONDITIONAL_ERRORS),
                 },
             },
         },
         "/v1/endpoints/{endpoint_id}/replay": {
             **with_id,
             "post": {
-                "summary": "Put this endpoint's dead letters of a window back into delivery",
+                "summary": "Start putting this endpoint's dead letters of a window back into"
+                " delivery",
+                "description": REPLAY_NOTE,
                 "requestBody": _body("ReplayRequest"),
                 "responses": {
-                    **_ok(200, _ref("ReplayReport"), "replayed"),
-                    **_errors(*ENDPOINT_ERRORS),
+                    **_ok(202, _ref("ReplayStatus"), "started"),
+                    **_errors(*ENDPOINT_ERRORS, 409),
+                },
+            },
+            "get": {
+                "summary": "Progress of this endpoint's latest replay",
+                "description": REPLAY_NOTE,
+                "responses": {
+                    **_ok(200, _ref("ReplayStatus"), "progress"),
+                    **_errors(401, 404),
+                },
+            },
+            "delete": {
+                "summary": "Cancel the running replay; letters already sent are still delivered",
+                "responses": {
+                    **_ok(200, _ref("ReplayStatus"), "cancelled"),
+                    **_errors(401, 404, 409),
                 },
             },
         },
@@ -163,6 +259,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        **_delivery_log_paths(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {
@@ -182,6 +279,229 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# --- the delivery log and the portal (services/ingest/delivery_log, services/ingest/portal) ---
+
+LOG_NOTE = (
+    "Served by every ingest instance from its own index of webhook.attempts and webhook.dlq, "
+    "rebuilt from the topics at start: `index` says how far behind it is. The log keeps 7 days "
+    "(the topic's retention) and at most CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT attempts per "
+    "endpoint, newest first; cursors are valid on every instance."
+)
+EXAMPLE_INDEX = {"caught_up": True, "behind": 0}
+EXAMPLE_ATTEMPT = {
+    "id": "att_2_18042",
+    "webhook_id": "msg_2kq5yq3hd7x6m4rj2a5mqbz5bu",
+    "event_id": "evt_5f0c6b1e2d3a4f5e8a9b0c1d2e3f4a5b",
+    "endpoint_id": "ep_3b8f1c2d4e5f6a7b8c9d0e1f",
+    "attempt": 2,
+    "at": "2026-11-27T11:00:05.412Z",
+    "outcome": "http_5xx",
+    "status": 503,
+    "duration_ms": 41.7,
+    "error": None,
+    "response_body": "upstream unavailable",
+    "next_attempt_at": "2026-11-27T11:05:05.412Z",
+    "dead_letter_reason": None,
+    "deferred_because": None,
+    "breaker": "closed",
+}
+EXAMPLE_WINDOW = {
+    "attempts": 1200,
+    "successes": 1188,
+    "failures": {"5xx": 9, "timeout": 3},
+    "deferred": 4,
+    "success_rate": 0.99,
+    "duration": {"p50_ms": 42.0, "p99_ms": 512.0},
+}
+EXAMPLE_LAST_ERROR = {
+    "at": "2026-11-27T11:00:05.412Z",
+    "webhook_id": "msg_2kq5yq3hd7x6m4rj2a5mqbz5bu",
+    "outcome": "http_5xx",
+    "status": 503,
+    "error": None,
+}
+PAGE_PARAMETERS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 250}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+]
+
+
+def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any]:
+    schema = {"type": "string", **({"format": fmt} if fmt else {})}
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+def _example(status: int, name: str, description: str, example: Any) -> dict[str, Any]:
+    content = {"application/json": {"schema": _ref(name), "example": example}}
+    return {str(status): {"description": description, "content": content}}
+
+
+def _delivery_log_paths() -> dict[str, Any]:
+    with_id = {"parameters": [ENDPOINT_ID]}
+    attempt_page = {
+        "data": [EXAMPLE_ATTEMPT],
+        "next_cursor": "MTc2NDIzMTIwNTQxMi4x",
+        "index": EXAMPLE_INDEX,
+    }
+    detail = {
+        **EXAMPLE_ATTEMPT,
+        "request_headers": {
+            "webhook-id": EXAMPLE_ATTEMPT["webhook_id"],
+            "content-type": "application/json",
+        },
+        "request_body": '{"type":"link.clicked","timestamp":"2026-11-27T11:00:00.123Z","data":{}}',
+        "request_available": True,
+    }
+    stats = {
+        "endpoint_id": EXAMPLE_ATTEMPT["endpoint_id"],
+        "last_hour": {**EXAMPLE_WINDOW, "attempts": 50, "successes": 49, "failures": {"5xx": 1}},
+        "last_24h": EXAMPLE_WINDOW,
+        "breaker": "closed",
+        "waiting": 2,
+        "dead_letters_open": 1,
+        "last_error": EXAMPLE_LAST_ERROR,
+        "index": EXAMPLE_INDEX,
+    }
+    history = {
+        k: EXAMPLE_ATTEMPT[k]
+        for k in ("attempt", "at", "outcome", "status", "duration_ms", "error", "response_body")
+    }
+    letters = {
+        "data": [
+            {
+                "id": "dlq_4_311",
+                "webhook_id": EXAMPLE_ATTEMPT["webhook_id"],
+                "event_id": EXAMPLE_ATTEMPT["event_id"],
+                "reason": "exhausted",
+                "dead_at": "2026-11-28T15:10:02.000Z",
+                "attempts": [history],
+                "replayed": True,
+                "replay_id": "rpl_7d1f0c2b",
+                "delivery": "delivered",
+            }
+        ],
+        "next_cursor": None,
+        "index": EXAMPLE_INDEX,
+    }
+    status_values = "success, failure, deferred, a status class such as 5xx, or a code such as 503"
+    return {
+        "/v1/endpoints/{endpoint_id}/attempts": {
+            **with_id,
+            "get": {
+                "summary": "The endpoint's delivery log, newest first",
+                "description": LOG_NOTE,
+                "parameters": [
+                    *PAGE_PARAMETERS,
+                    _query("status", status_values),
+                    _query("since", "attempts at or after this time", "date-time"),
+                    _query("until", "attempts before this time", "date-time"),
+                    _query("event_id", "one event's attempts"),
+                ],
+                "responses": {
+                    **_example(200, "AttemptPage", "a page of attempts", attempt_page),
+                    **_errors(401, 404, 422),
+                },
+            },
+        },
+        "/v1/endpoints/{endpoint_id}/attempts/{attempt_id}": {
+            "parameters": [
+                ENDPOINT_ID,
+                {
+                    "name": "attempt_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "get": {
+                "summary": "One attempt, with the request it sent (read back from the topic)",
+                "responses": {
+                    **_example(200, "AttemptDetail", "the attempt", detail),
+                    **_errors(401, 404),
+                },
+            },
+        },
+        "/v1/events/{event_id}/attempts": {
+            "parameters": [
+                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "One click's deliveries across the account's endpoints",
+                "description": LOG_NOTE,
+                "parameters": [*PAGE_PARAMETERS, _query("account_id", "admin tokens only")],
+                "responses": {
+                    **_example(200, "AttemptPage", "a page of attempts", attempt_page),
+                    **_errors(401, 422),
+                },
+            },
+        },
+        "/v1/endpoints/{endpoint_id}/stats": {
+            **with_id,
+            "get": {
+                "summary": "Delivery health over the last hour and 24 hours",
+                "description": "The same, short, is `delivery` on GET /v1/endpoints/{id}"
+                " (schema DeliverySummary).",
+                "responses": {
+                    **_example(200, "EndpointStats", "the figures", stats),
+                    **_errors(401, 404),
+                },
+            },
+        },
+        "/v1/endpoints/{endpoint_id}/dead-letters": {
+            **with_id,
+            "get": {
+                "summary": "The endpoint's dead letters, newest first, with their history and"
+                " whether a replay put them back",
+                "parameters": PAGE_PARAMETERS,
+                "responses": {
+                    **_example(200, "DeadLetterPage", "a page of dead letters", letters),
+                    **_errors(401, 404, 422),
+                },
+            },
+        },
+        "/v1/endpoints/{endpoint_id}/test": {
+            **with_id,
+            "post": {
+                "summary": 'Send a sample link.clicked ("test": true) to this endpoint only,'
+                " through the real pipeline",
+                "responses": {
+                    **_example(
+                        202,
+                        "SentTestEvent",
+                        "published; follow webhook_id in the log",
+                        {
+                            "endpoint_id": EXAMPLE_ATTEMPT["endpoint_id"],
+                            "event_id": EXAMPLE_ATTEMPT["event_id"],
+                            "webhook_id": EXAMPLE_ATTEMPT["webhook_id"],
+                        },
+                    ),
+                    **_errors(401, 404, 409, 503),
+                },
+            },
+        },
+        "/v1/portal/sessions": {
+            "post": {
+                "summary": "A one-time link into the customer portal for the token's account",
+                "description": "Valid for 5 minutes and one use; opening it starts a session"
+                " of one hour. Admin tokens name the account.",
+                "requestBody": {"required": False, **_json(_ref("PortalSessionRequest"))},
+                "responses": {
+                    **_example(
+                        201,
+                        "PortalSession",
+                        "the link",
+                        {
+                            "url": "https://hooks.example.com/portal/open?token=eyJr…",
+                            "expires_at": "2026-11-27T11:05:00Z",
+                        },
+                    ),
+                    **_errors(401, 404, 415, 422),
+                },
+            },
+        },
+    }
+
+
 # Every schema of the document, generated from the structs that decode and build the bodies.
 STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ClickFields,
@@ -192,9 +512,17 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     BackfillRequest,
     Accepted,
     RotatedSecret,
-    ReplayReport,
+    ReplayStatus,
     BackfillStatus,
     Error,
+    AttemptPage,
+    AttemptDetail,
+    EndpointStats,
+    DeliverySummary,
+    DeadLetterPage,
+    SentTestEvent,
+    PortalSessionRequest,
+    PortalSession,
 )
 # Stored on the endpoint record, never shown by the API (see ``Endpoint.public_view``).
 HIDDEN_ENDPOINT_FIELDS = ("secrets", "v")
@@ -210,6 +538,10 @@ def _schemas() -> dict[str, Any]:
         endpoint["properties"].pop(name)
         if name in endpoint.get("required", []):
             endpoint["required"].remove(name)
+    # Every endpoint the API shows was read from the topic: it always has its version, and the
+    # default (an endpoint not read yet) never shows.
+    endpoint["properties"]["version"].pop("default", None)
+    endpoint["required"] = [*endpoint.get("required", []), "version"]
     generated.pop("EndpointSecret", None)
     generated["CreatedEndpoint"] = {
         "allOf": [

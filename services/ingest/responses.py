@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import msgspec
 import structlog
@@ -13,6 +14,7 @@ from prometheus_client import Counter
 
 from services.ingest.api_types import Error, ErrorDetail, ErrorInfo
 from shared.model.errors import InvalidInput, Problem
+from shared.model.messages import decode_json
 from shared.ops import metrics
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = f"the body is too large: at most {request.client_max_size:,} bytes"
+        response = ApiError(413, "payload_too_large", limit).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -109,3 +114,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = ApiError(500, "internal", "internal error").response()
     _requests_counter(route, response.status).inc()
     return response
+
+
+Body = TypeVar("Body", bound=msgspec.Struct)
+
+
+async def read_json_body(request: web.Request, kind: type[Body], what: str) -> Body:
+    """A JSON request body decoded into ``kind``: 415 for another media type, 422 listing what
+    is wrong otherwise (``what`` names the request in the message)."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    try:
+        return msgspec.convert(decode_json(await request.read()), kind, strict=True)
+    except InvalidInput as exc:
+        raise invalid(exc) from None
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_request", what, [Problem("$", str(exc))]) from None

@@ -1,14 +1,11 @@
 """python -m services.retry: drain the delayed-retry tiers, never before a record is due.
 
-``python -m services.retry dlq|replay …`` runs an operator command instead."""
+The operator commands (dead letters, replay) are the ``clickhook`` command's (shared/cli)."""
 
 from __future__ import annotations
 
-import sys
-
 from aiokafka import AIOKafkaConsumer
 
-from services.retry.cli import run_cli
 from services.retry.service import SERVICE, RetryService
 from shared.delivery.deliverer import Deliverer
 from shared.delivery.worker import run_delivery_worker
@@ -61,6 +58,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        sys.exit(run_cli(sys.argv[1:]))
     run(main)

@@ -98,8 +98,7 @@ class RetryService:
             await self._deliverer.dead_letter(envelope, "endpoint_disabled")
             return
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._deliverer.defer(envelope)
-            metrics.DELIVERIES_SHUNTED.labels(service=SERVICE).inc()
+            await self._deliverer.defer(envelope, "endpoint_busy")
             return
         try:
             self._in_flight.inc()

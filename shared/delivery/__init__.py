@@ -3,12 +3,13 @@
 May import ``shared.model``, ``shared.ops`` and ``shared.kafka``. Used by the dispatcher and
 the retry service; ingest never imports it.
 
-- ``http_client`` and ``http_response``: keep-alive HTTP/1.1 POSTs over pooled connections,
-  guarded against private destinations; the response reader.
+- ``http_client``, ``http_response`` and ``resolver``: keep-alive HTTP/1.1 POSTs over pooled
+  connections, guarded against private destinations; the response reader (llhttp); DNS with a
+  cache and bounded, timed lookups.
 - ``sender``: one attempt: sign, send, classify the result.
 - ``breaker``: per-endpoint circuit breaker and failure streaks.
 - ``endpoint_gate``: per-endpoint concurrency and rate caps.
 - ``deliverer``: one delivery, from its attempt to a durable result (delivered, retried in a
-  tier, deferred, dead-lettered).
+  tier, deferred, dead-lettered); ``attempt_log``: its writer of the delivery log.
 - ``worker``: what the dispatcher and the retry service share around their consume loops.
 """

@@ -1,13 +1,21 @@
 """Carries one delivery from its attempt to a durable result; shared by dispatcher and retry.
 
 A delivery is finished only when it was delivered, or when the broker acknowledged its
-hand-off: the envelope written to a retry tier (``retry`` after a failed attempt, ``defer``
-without one) or to the dead-letter topic. Callers commit offsets only after that.
+hand-off: the envelope written to a retry tier or to the dead-letter topic. Callers commit
+offsets only after that. There are three kinds of hand-off:
+
+- ``retry``: after a failed attempt, to the tier the schedule (or ``Retry-After``) gives;
+- ``defer``: without an attempt, keeping its place in the schedule: while the endpoint is known
+  to be down (its breaker open) the delivery waits until the next probe; when the endpoint is at
+  its caps, or the service stops before the attempt ends, it waits in the first tier;
+- ``dead_letter``: after the schedule's last attempt, or at once for 410 Gone.
+
+Only an attempt (a request sent, or a connection tried) counts against the schedule, so a
+dead letter ``exhausted`` means the schedule's attempts were really made.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -17,7 +25,8 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared.delivery.breaker import CircuitBreaker
+from shared.delivery.attempt_log import AttemptLog
+from shared.delivery.breaker import CircuitBreaker, Result
 from shared.delivery.sender import AttemptResult, Sender
 from shared.kafka.clients import produce_durably, until_done
 from shared.kafka.endpoint_store import EndpointStore
@@ -25,12 +34,20 @@ from shared.model.messages import (
     AttemptRecord,
     DeadLetter,
     DeadLetterReason,
+    DeferralReason,
     DeliveryEnvelope,
     Endpoint,
     encode,
 )
-from shared.model.routing import DeadLettered, Delivered, RetryLater, Route, route_after_attempt
-from shared.model.schedule import jittered_delay_s, nearest_tier
+from shared.model.routing import (
+    DeadLettered,
+    Delivered,
+    RetryLater,
+    Route,
+    route_after_attempt,
+    signals_down,
+)
+from shared.model.schedule import jittered_delay_s, nearest_tier, shortest_wait_s
 from shared.model.topics import HEADER_DUE_AT_MS, HEADER_REASON, Topics
 from shared.ops import metrics
 from shared.ops.settings import Settings
@@ -47,7 +64,7 @@ class Deliverer:
         *,
         service: str,
         producer: AIOKafkaProducer,
-        attempt_log: AIOKafkaProducer | None,
+        attempt_log: AttemptLog | None,
         sender: Sender,
         endpoints: EndpointStore,
         rng: random.Random | None = None,
@@ -61,28 +78,24 @@ class Deliverer:
         self._sender = sender
         self._endpoints = endpoints
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
-        self._breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
+        self._breaker = CircuitBreaker(settings.breaker_threshold, settings.deferral_delays_s)
         self._breaker_gauge_at_s = 0.0
         self._clock = clock
         # Children looked up once: .labels() on every attempt showed up in profiles.
         self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
         self._latency_seconds = metrics.DELIVERY_LATENCY_SECONDS.labels(service=service)
 
-    async def deliver(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> Route:
-        """Make one attempt and hand the delivery off durably according to its outcome.
-
-        While the endpoint's breaker is open the delivery moves to its next tier without an
-        attempt.
-        """
+    async def deliver(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+        """Make one attempt and hand the delivery off durably according to its outcome; while
+        the endpoint is known to be down, defer it to the next probe instead."""
+        # Any accepted write to the endpoint (a new URL, re-enabled, ...) gives it a fresh chance.
+        generation = endpoint.version
+        if self._breaker.refresh(endpoint.id, generation, envelope.replay_id):
+            log.info("breaker_reset", reason="replay" if envelope.replay_id else "endpoint_changed")
         now_s = self._clock()
-        current_tier = self._current_tier(envelope)
         if not self._breaker.allow(endpoint.id, now_s):
-            route = route_after_attempt(
-                "error", current_tier=current_tier, schedule_s=self._settings.retry_schedule_s
-            )
-            metrics.BREAKER_SKIPS.labels(service=self._service).inc()
-            await self.forward(endpoint, envelope, route)
-            return route
+            await self.defer(envelope, "breaker_open")
+            return
         attempt_no = envelope.attempts_made + 1
         result = await self._sender.attempt(
             endpoint,
@@ -92,31 +105,94 @@ class Deliverer:
             attempt=attempt_no,
         )
         self._observe(result, envelope)
-        if self._attempt_log is not None:
-            await self._log_attempt(self._attempt_log, result.record)
+        record = result.record
         route = route_after_attempt(
-            result.outcome,
-            current_tier=current_tier,
+            record.outcome,
+            current_tier=self._current_tier(envelope),
             schedule_s=self._settings.retry_schedule_s,
             retry_after_s=result.retry_after_s,
         )
+        history = msgspec.structs.replace(record, request_headers=None, request_body=None)
         updated = msgspec.structs.replace(
-            envelope, attempts_made=attempt_no, attempts=[*envelope.attempts, result.record]
+            envelope,
+            attempts_made=attempt_no,
+            attempts=[*envelope.attempts, history],
+            deferrals=0,
         )
+        self._track_breaker(endpoint, updated, result, generation)
         log.info(
             "delivery_attempted",
-            event_id=envelope.event_id,
-            endpoint_id=envelope.endpoint_id,
-            webhook_id=envelope.webhook_id,
             attempt=attempt_no,
-            outcome=result.outcome,
-            status=result.record.status,
-            duration_ms=result.record.duration_ms,
+            outcome=record.outcome,
+            status=record.status,
+            duration_ms=record.duration_ms,
             route=route.kind,
         )
-        await self._track_health(endpoint, updated, result.outcome == "success")
-        await self.forward(endpoint, updated, route)
-        return route
+        await self._forward(endpoint, updated, route, record)
+        await self._disable_if_failing_too_long(endpoint)
+
+    async def defer(self, envelope: DeliveryEnvelope, reason: DeferralReason) -> None:
+        """Hand the delivery off without an attempt; it keeps its place in the schedule. While
+        the breaker is open it waits until the endpoint's next probe, else in the first tier."""
+        if reason == "breaker_open":
+            wait_s = self._breaker.next_probe_in_s(envelope.endpoint_id, self._clock())
+            delay_s = shortest_wait_s(self._settings.tier_delays_s, wait_s)
+        else:
+            delay_s = self._settings.retry_schedule_s[0]
+        queued = await self._wait(envelope, delay_s, deferrals=envelope.deferrals + 1)
+        metrics.DELIVERIES_DEFERRED.labels(service=self._service, reason=reason).inc()
+        self._log_record(
+            AttemptRecord(
+                webhook_id=envelope.webhook_id,
+                event_id=envelope.event_id,
+                endpoint_id=envelope.endpoint_id,
+                account_id=envelope.account_id,
+                attempt=envelope.attempts_made + 1,
+                at_ms=int(self._clock() * 1000),
+                duration_ms=0.0,
+                outcome="deferred",
+                next_attempt_at_ms=queued.due_at_ms,
+                deferred_because=reason,
+            )
+        )
+
+    async def dead_letter(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
+        letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
+        await self._send(self._topics.dlq, letter, envelope, [(HEADER_REASON, reason.encode())])
+        metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
+        log.warning("delivery_dead_lettered", reason=reason, attempts=envelope.attempts_made)
+
+    async def _forward(
+        self, endpoint: Endpoint, envelope: DeliveryEnvelope, route: Route, record: AttemptRecord
+    ) -> None:
+        """Where the route says: nowhere (delivered), a retry tier, or the dead letters."""
+        match route:
+            case Delivered():
+                self._log_record(record)
+            case RetryLater(tier=tier, at_least_s=at_least_s):
+                delay_s = max(self._settings.retry_schedule_s[tier], at_least_s)
+                queued = await self._wait(
+                    msgspec.structs.replace(envelope, tier=tier),
+                    shortest_wait_s(self._settings.tier_delays_s, delay_s),
+                    deferrals=0,
+                )
+                metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(tier)).inc()
+                self._log_record(record, next_attempt_at_ms=queued.due_at_ms)
+            case DeadLettered(reason=reason):
+                if reason == "endpoint_gone":
+                    await self.disable_endpoint(endpoint, "endpoint answered 410 Gone")
+                await self.dead_letter(envelope, reason)
+                self._log_record(record, dead_letter_reason=reason)
+
+    async def _wait(
+        self, envelope: DeliveryEnvelope, delay_s: float, *, deferrals: int
+    ) -> DeliveryEnvelope:
+        """Write the envelope to the tier topic of ``delay_s``, due after it plus jitter."""
+        due_at_ms = int((self._clock() + jittered_delay_s(delay_s, self._rng)) * 1000)
+        queued = msgspec.structs.replace(envelope, due_at_ms=due_at_ms, deferrals=deferrals)
+        headers = [(HEADER_DUE_AT_MS, str(due_at_ms).encode())]
+        await self._send(self._topics.retry(delay_s), queued, queued, headers)
+        return queued
 
     def _current_tier(self, envelope: DeliveryEnvelope) -> int:
         """The schedule position the envelope waited in; -1 before the first attempt. A tier
@@ -125,96 +201,92 @@ class Deliverer:
             return -1
         return nearest_tier(self._settings.retry_schedule_s, envelope.tier)
 
-    async def _track_health(
-        self, endpoint: Endpoint, envelope: DeliveryEnvelope, success: bool
+    def _track_breaker(
+        self,
+        endpoint: Endpoint,
+        envelope: DeliveryEnvelope,
+        result: AttemptResult,
+        generation: int,
     ) -> None:
+        record = result.record
+        if record.outcome == "success":
+            outcome = Result.SUCCESS
+        elif signals_down(record.outcome, record.status):
+            outcome = Result.DOWN
+        else:
+            outcome = Result.FAILED
         now_s = self._clock()
-        history_start_s = (
+        streak_start_s = (
             envelope.attempts[0].at_ms / 1000
             if all(a.outcome != "success" for a in envelope.attempts)
             else None
         )
-        self._breaker.record(endpoint.id, success, now_s, history_start_s)
+        self._breaker.record(
+            endpoint.id, outcome, now_s, generation=generation, streak_start_s=streak_start_s
+        )
         if now_s - self._breaker_gauge_at_s >= BREAKER_GAUGE_INTERVAL_S:
             # Counting walks every unhealthy endpoint: not on every attempt.
             self._breaker_gauge_at_s = now_s
             counts = self._breaker.open_counts(now_s)
             for state in ("open", "half_open"):
                 metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
-        failing_for_s = self._breaker.failing_for_s(endpoint.id, now_s)
-        if not success and failing_for_s >= self._settings.disable_after_s:
+
+    async def _disable_if_failing_too_long(self, endpoint: Endpoint) -> None:
+        failing_for_s = self._breaker.failing_for_s(endpoint.id, self._clock())
+        if failing_for_s >= self._settings.disable_after_s:
             days = failing_for_s / 86400
             await self.disable_endpoint(
                 endpoint, f"every attempt failed for {days:.1f} days (CLICKHOOK_DISABLE_AFTER)"
             )
             self._breaker.forget(endpoint.id)
 
-    async def forward(
-        self, endpoint: Endpoint | None, envelope: DeliveryEnvelope, route: Route
-    ) -> None:
-        """Where the route says: nowhere (delivered), the next tier, or the dead letters."""
-        match route:
-            case Delivered():
-                return
-            case RetryLater(tier=tier):
-                await self.schedule_retry(envelope, tier=tier)
-            case DeadLettered(reason=reason):
-                if reason == "endpoint_gone" and endpoint is not None:
-                    await self.disable_endpoint(endpoint, "endpoint answered 410 Gone")
-                await self.dead_letter(envelope, reason)
-
-    async def schedule_retry(self, envelope: DeliveryEnvelope, *, tier: int) -> None:
-        """After a failed attempt: wait in ``tier``, due after its delay plus jitter."""
-        await self._wait_in(envelope, tier=tier, wait_tier=tier)
-
-    async def defer(self, envelope: DeliveryEnvelope) -> None:
-        """Without an attempt (the endpoint at its caps, or a drain that ran out of time): the
-        delivery waits in the first tier's topic and keeps its place in the schedule."""
-        await self._wait_in(envelope, tier=envelope.tier, wait_tier=0)
-
-    async def _wait_in(self, envelope: DeliveryEnvelope, *, tier: int, wait_tier: int) -> None:
-        schedule = self._settings.retry_schedule_s
-        delay_s = jittered_delay_s(schedule[wait_tier], self._rng)
-        due_at_ms = int((self._clock() + delay_s) * 1000)
-        queued = msgspec.structs.replace(envelope, tier=tier, due_at_ms=due_at_ms)
-        topic = self._topics.retry(schedule[wait_tier])
-        await self._send(topic, queued, [(HEADER_DUE_AT_MS, str(due_at_ms).encode())])
-        metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(wait_tier)).inc()
-
-    async def dead_letter(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
-        letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
-        await self._send(self._topics.dlq, letter, [(HEADER_REASON, reason.encode())])
-        metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
-        log.warning(
-            "delivery_dead_lettered",
-            reason=reason,
-            event_id=envelope.event_id,
-            endpoint_id=envelope.endpoint_id,
-            webhook_id=envelope.webhook_id,
-            attempts=envelope.attempts_made,
-        )
-
     async def disable_endpoint(self, endpoint: Endpoint, reason: str) -> None:
-        current = self._endpoints.table.get(endpoint.id) or endpoint
-        if not current.enabled:
-            return
-        disabled = msgspec.structs.replace(
-            current, enabled=False, disabled_reason=reason, updated_at=datetime.now(UTC)
-        )
-        await until_done(lambda: self._endpoints.put(disabled), "disable endpoint")
+        """Disable the endpoint as it stands now: a change written since (a rotated secret, a
+        new URL) is kept, and one that disabled it already is left alone."""
+
+        def disabled(current: Endpoint) -> Endpoint | None:
+            if not current.enabled:
+                return None
+            return msgspec.structs.replace(
+                current, enabled=False, disabled_reason=reason, updated_at=datetime.now(UTC)
+            )
+
+        await until_done(lambda: self._endpoints.update(endpoint.id, disabled), "disable endpoint")
         log.warning("endpoint_disabled", endpoint_id=endpoint.id, reason=reason)
 
     async def _send(
-        self, topic: str, message: msgspec.Struct, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        message: msgspec.Struct,
+        envelope: DeliveryEnvelope,
+        headers: list[tuple[str, bytes]],
     ) -> None:
-        envelope = message.envelope if isinstance(message, DeadLetter) else message
-        assert isinstance(envelope, DeliveryEnvelope)
         await produce_durably(
             self._producer,
             topic,
             key=envelope.endpoint_id.encode(),
             value=encode(message),
             headers=headers,
+        )
+
+    def _log_record(
+        self,
+        record: AttemptRecord,
+        *,
+        next_attempt_at_ms: int | None = None,
+        dead_letter_reason: DeadLetterReason | None = None,
+    ) -> None:
+        """To the delivery log, with what happens next and the breaker as this service sees it."""
+        if self._attempt_log is None:
+            return
+        self._attempt_log.record(
+            msgspec.structs.replace(
+                record,
+                breaker=self._breaker.state(record.endpoint_id, self._clock()),
+                service=self._service,
+                next_attempt_at_ms=next_attempt_at_ms or record.next_attempt_at_ms,
+                dead_letter_reason=dead_letter_reason,
+            )
         )
 
     def _observe(self, result: AttemptResult, envelope: DeliveryEnvelope) -> None:
@@ -232,15 +304,3 @@ class Deliverer:
                     self._latency_seconds.observe(
                         max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
                     )
-
-    async def _log_attempt(self, producer: AIOKafkaProducer, record: AttemptRecord) -> None:
-        # The attempt log is an audit trail, not part of the delivery guarantee: the delivery
-        # does not wait for its acknowledgement, but a failure is counted.
-        topic = self._topics.attempts
-        future = await producer.send(topic, key=record.endpoint_id.encode(), value=encode(record))
-        future.add_done_callback(lambda done: _count_produce_error(done, topic))
-
-
-def _count_produce_error(future: asyncio.Future[object], topic: str) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        metrics.PRODUCE_ERRORS.labels(topic=topic).inc()

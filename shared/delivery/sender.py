@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.delivery.http_client import WebhookClient
 from shared.model.formats import build_request
-from shared.model.messages import AttemptRecord, Endpoint, Outcome
+from shared.model.messages import LOGGED_BODY_CHARS, AttemptRecord, Endpoint, Outcome
 from shared.model.routing import (
     RETRY_AFTER_STATUSES,
     classify_exception,
@@ -79,5 +79,7 @@ class Sender:
             status=status,
             error=error,
             response_body=response_body,
+            request_headers=headers,
+            request_body=body[:LOGGED_BODY_CHARS].decode("utf-8", errors="replace"),
         )
         return AttemptResult(record=record, retry_after_s=retry_after_s)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer
 
+from shared.delivery.attempt_log import AttemptLog
 from shared.delivery.deliverer import Deliverer
 from shared.delivery.http_client import WebhookClient
 from shared.delivery.sender import Sender
@@ -16,6 +17,7 @@ from shared.kafka.clients import create_audit_producer
 from shared.kafka.lag import LagScope, lag_reporting
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase, service_base
+from shared.model.topics import Topics
 from shared.ops.health import start_ops_server
 from shared.ops.logging import configure_logging
 from shared.ops.process import close_quietly, stop_on_signals
@@ -39,7 +41,7 @@ async def run_delivery_worker(
         service_base(settings) as base,
         deliverer_for(base, service) as deliverer,
         ops_server(base, port(settings)),
-        lag_reporting(settings, lag_scope(settings)),
+        lag_reporting(settings, lag_scope(settings), base.supervisor),
     ):
         stop_on_signals(base.stop)
         consumer, worker = build(base, deliverer)
@@ -51,22 +53,37 @@ async def deliverer_for(base: ServiceBase, service: str) -> AsyncIterator[Delive
     """The pooled webhook client and the deliverer that carries deliveries for ``service``."""
     settings = base.settings
     client = WebhookClient(settings.allowed_cidrs, timeout_s=settings.delivery_timeout_s)
-    attempt_log = create_audit_producer(settings) if settings.attempt_log_enabled else None
+    async with attempt_log_for(base, service) as attempt_log:
+        try:
+            yield Deliverer(
+                settings,
+                service=service,
+                producer=base.producer,
+                attempt_log=attempt_log,
+                sender=Sender(client),
+                endpoints=base.endpoints,
+            )
+        finally:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def attempt_log_for(base: ServiceBase, service: str) -> AsyncIterator[AttemptLog | None]:
+    """The delivery log's writer and its producer, when the log is on."""
+    settings = base.settings
+    if not settings.attempt_log_enabled:
+        yield None
+        return
+    producer = create_audit_producer(settings)
+    await producer.start()
+    attempt_log = AttemptLog(producer, Topics(settings.topic_prefix).attempts, service=service)
+    base.supervisor.start("attempt_log_writer", attempt_log.run())
     try:
-        if attempt_log is not None:
-            await attempt_log.start()
-        yield Deliverer(
-            settings,
-            service=service,
-            producer=base.producer,
-            attempt_log=attempt_log,
-            sender=Sender(client),
-            endpoints=base.endpoints,
-        )
+        yield attempt_log
     finally:
-        if attempt_log is not None:
-            await close_quietly("attempt log producer", attempt_log.stop())
-        await client.close()
+        await base.supervisor.cancel("attempt_log_writer")
+        await attempt_log.flush()
+        await close_quietly("attempt log producer", producer.stop())
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,9 @@ May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
   record aside.
 - ``partition_worker``: the consume loop (many records in flight, watermark commits, drains).
 - ``window``: reading a topic up to the end offsets seen at the start.
-- ``endpoint_store``: the compacted endpoints topic, materialised, followed, written.
+- ``endpoint_store``: the compacted endpoints topic, materialised, followed, written as
+  compare-and-set (``update``, ``delete`` and ``create``, each in a fencing transaction).
+- ``metadata``: waiting for a topic's metadata (a topic created a moment ago).
 - ``service_base``: what every service starts with (topics, producer, endpoint store,
   broker probe, readiness).
 - ``lag``: consumer lag of a service's own group, exported as metrics.

@@ -22,6 +22,7 @@ log = structlog.get_logger(__name__)
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HANDOFF_BATCH_BYTES = 256 * 1024
+MIN_INSYNC_REPLICAS = 2
 
 Header = tuple[str, bytes]
 Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
@@ -84,14 +85,22 @@ def create_consumer(
     )
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Replicas that must have a write before it is acknowledged (acks=all): two when there
+    are two or more, so one broker can be lost without losing an acknowledged record, and with
+    three, one can be down without stopping writes."""
+    return min(MIN_INSYNC_REPLICAS, replication)
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     topics = Topics(settings.topic_prefix)
     partitions = settings.topic_partitions
     replication = settings.topic_replication
+    durable = {"min.insync.replicas": str(min_insync_replicas(replication))}
     big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
     def spec(name: str, configs: dict[str, str], num_partitions: int = partitions) -> NewTopic:
-        return NewTopic(name, num_partitions, replication, topic_configs=configs)
+        return NewTopic(name, num_partitions, replication, topic_configs={**configs, **durable})
 
     return [
         spec(topics.clicks, big),
@@ -100,7 +109,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         spec(topics.dlq, {**big, "retention.ms": str(30 * 86_400_000)}),
         spec(topics.attempts, {"retention.ms": str(7 * 86_400_000)}),
         spec(topics.replays, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, 1),
-        *(spec(name, big) for name in topics.retry_tiers(settings.retry_schedule_s)),
+        *(spec(name, big) for name in topics.retry_tiers(settings.tier_delays_s)),
     ]
 
 
@@ -121,18 +130,6 @@ async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = N
         log.info("topics_created", topics=[spec.name for spec in missing])
     finally:
         await admin.close()
-
-
-async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, asked of the broker (a fresh consumer knows none yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = (p["partition"] for d in described if d["topic"] == topic for p in d["partitions"])
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
 async def produce_durably(

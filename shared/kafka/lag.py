@@ -34,6 +34,7 @@ from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, RETRY_PREFIX, Top
 from shared.ops import metrics
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
+from shared.ops.supervision import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +143,7 @@ def retry_lag_scope(settings: Settings) -> LagScope:
     topics = Topics(settings.topic_prefix)
     return LagScope(
         group=topics.group(RETRY_GROUP),
-        topics=tuple(topics.retry_tiers(settings.retry_schedule_s)),
+        topics=tuple(topics.retry_tiers(settings.tier_delays_s)),
         pattern=topics.retry_pattern,
         tier_prefix=settings.topic_prefix + RETRY_PREFIX,
     )
@@ -290,13 +291,13 @@ class LagMonitor:
 
 
 @contextlib.asynccontextmanager
-async def lag_reporting(settings: Settings, scope: LagScope) -> AsyncIterator[LagMonitor]:
-    """Sample the scope's lag in the background for as long as the block runs."""
+async def lag_reporting(
+    settings: Settings, scope: LagScope, supervisor: Supervisor
+) -> AsyncIterator[LagMonitor]:
+    """Sample the scope's lag in the background, supervised, for as long as the block runs."""
     monitor = LagMonitor(settings, scope)
-    task = asyncio.create_task(monitor.run(), name="consumer-lag")
+    supervisor.start("consumer_lag", monitor.run())
     try:
         yield monitor
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await supervisor.cancel("consumer_lag")

@@ -1,5 +1,11 @@
 """The base every service stands on, started and stopped in one order: topics, producer,
-endpoint table, broker probe, readiness; and the reverse on the way out."""
+endpoint table, broker probe, readiness; and the reverse on the way out.
+
+Its long-running tasks (the endpoint follower, the broker probe) run under the base's
+``Supervisor`` (``shared.ops.supervision``): one that dies turns /readyz red under its own
+name and stops the service, which then exits non-zero. A service adds its own tasks with
+``base.supervisor.start(name, coroutine)``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from shared.kafka.endpoint_store import EndpointStore
 from shared.ops.health import Readiness
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
+from shared.ops.supervision import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +39,7 @@ class ServiceBase:
     endpoints: EndpointStore
     readiness: Readiness
     stop: asyncio.Event
+    supervisor: Supervisor
 
 
 class BrokerProbe:
@@ -69,34 +77,27 @@ async def _ensure_topics_when_reachable(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def service_base(settings: Settings) -> AsyncIterator[ServiceBase]:
+    """The base, for the block's duration; raises ``BackgroundTaskFailed`` on the way out when
+    a supervised task died (the block was stopped for it)."""
     stop = asyncio.Event()
     await _ensure_topics_when_reachable(settings)
     producer = create_producer(settings)
     await producer.start()
     endpoints = EndpointStore(settings, producer)
     probe = BrokerProbe(producer)
-    probe_task: asyncio.Task[None] | None = None
-    stop_watch: asyncio.Task[None] | None = None
+    # Unready from the moment a stop is asked for, not once the drain is over: the drain takes
+    # up to CLICKHOOK_DRAIN_GRACE, and nothing new should be routed here meanwhile.
+    readiness = Readiness(draining_on=stop)
+    supervisor = Supervisor(readiness, stop)
     try:
         await endpoints.start()
-        probe_task = asyncio.create_task(probe.run(), name="broker-probe")
-        readiness = Readiness()
         readiness.add("broker_reachable", lambda: probe.reachable)
         readiness.add("endpoints_loaded", endpoints.loaded.is_set)
-        stop_watch = asyncio.create_task(_unready_on_stop(stop, readiness), name="unready-on-stop")
-        yield ServiceBase(settings, producer, endpoints, readiness, stop)
+        supervisor.start("endpoint_follower", endpoints.follow())
+        supervisor.start("broker_probe", probe.run())
+        yield ServiceBase(settings, producer, endpoints, readiness, stop, supervisor)
     finally:
-        for task in (probe_task, stop_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await supervisor.close()
         await endpoints.stop()
         await close_quietly("producer", producer.stop())
-
-
-async def _unready_on_stop(stop: asyncio.Event, readiness: Readiness) -> None:
-    """Unready from the moment a stop is asked for, not once the drain is over: the drain
-    takes up to CLICKHOOK_DRAIN_GRACE, and nothing new should be routed here meanwhile."""
-    await stop.wait()
-    readiness.draining = True
+    supervisor.raise_if_failed()

@@ -6,7 +6,8 @@ from collections.abc import AsyncGenerator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.kafka.clients import Record, create_consumer, topic_partitions
+from shared.kafka.clients import Record, create_consumer
+from shared.kafka.metadata import partitions_when_ready
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
 
@@ -35,7 +36,7 @@ async def read_window(
 ) -> AsyncGenerator[Record, None]:
     """Every record of ``topic`` with a timestamp at or after ``since_ms`` that existed when the
     read began; records written meanwhile are left out, so the read always ends."""
-    assignment = await topic_partitions(settings, topic)
+    assignment = await partitions_when_ready(settings, topic)
     if not assignment:
         return
     consumer = create_consumer(settings, group_id=None)

@@ -7,8 +7,9 @@ original object (``payload``) so receivers get exactly what the shortener sent.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -65,25 +66,134 @@ class ClickEvent(msgspec.Struct, frozen=True):
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+_RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+_SKEW_HOURS = MAX_FUTURE_SKEW / timedelta(hours=1)
+FUTURE_SKEW_TEXT = f"{_SKEW_HOURS:g} hour{'' if _SKEW_HOURS == 1 else 's'}"
 
 
-def _problem_from(exc: msgspec.ValidationError, index: int | None) -> Problem:
+def _problem_from(exc: msgspec.ValidationError, index: int | None, at: str = "") -> Problem:
     """A msgspec error as a field path and a problem: ``link.id`` / ``is required``."""
     text = str(exc)
     match = _PATH.search(text)
-    path = match.group("path").lstrip(".") if match else ""
+    inner = match.group("path") if match else ""
+    path = (at + inner).lstrip(".")
     message = _PATH.sub("", text)
-    missing = _MISSING.match(message)
-    if missing is not None:
-        path = f"{path}.{missing.group('name')}" if path else missing.group("name")
-        message = "is required"
+    for pattern, problem in ((_MISSING, "is required"), (_UNKNOWN, "unknown field")):
+        named = pattern.match(message)
+        if named is not None:
+            path = f"{path}.{named.group('name')}" if path else named.group("name")
+            message = problem
     return Problem(field=path or "$", problem=message, index=index)
+
+
+def validation_problem(exc: msgspec.ValidationError) -> Problem:
+    """What a strict request struct refused, named by its path: ``filters.tag`` / ``unknown
+    field``, ``url`` / ``is required``."""
+    return _problem_from(exc, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldCheck:
+    """One field of a struct, checked on its own: its type as the struct declares it (so each
+    limit is written once, on the struct), and for a nested struct or a list, how to look inside
+    so that every problem in it is found, not only the first."""
+
+    name: str
+    type: Any
+    required: bool
+    nested: tuple[_FieldCheck, ...] | None = None  # the fields of a struct-typed field
+    container: Any = None  # a list field's own constraints, its items as Any
+    item: Any = None  # a list field's item type
+
+
+def _field_checks(struct: type[msgspec.Struct]) -> tuple[_FieldCheck, ...]:
+    checks: list[_FieldCheck] = []
+    for field in msgspec.structs.fields(struct):
+        kind, metas = field.type, ()
+        if get_origin(kind) is Annotated:
+            kind, *rest = get_args(kind)
+            metas = tuple(rest)
+        check = _FieldCheck(field.name, field.type, field.required)
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            check = replace(check, nested=_field_checks(kind))
+        elif get_origin(kind) is list:
+            (item,) = get_args(kind)
+            container = Annotated[list[Any], *metas] if metas else list[Any]
+            check = replace(check, container=container, item=item)
+        checks.append(check)
+    return tuple(checks)
+
+
+def _check_fields(
+    obj: dict[str, Any], checks: tuple[_FieldCheck, ...], index: int | None, at: str = ""
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Each field converted on its own: the values that passed, and every problem found."""
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for check in checks:
+        path = at + check.name
+        if check.name not in obj:
+            if check.required:
+                problems.append(Problem(path, "is required", index))
+            continue
+        value = obj[check.name]
+        if check.nested is not None and isinstance(value, dict):
+            _, inner = _check_fields(value, check.nested, index, path + ".")
+            problems.extend(inner)
+            continue
+        if check.item is not None and isinstance(value, list):
+            problems.extend(_check_list(value, check, index, path))
+            continue
+        try:
+            values[check.name] = msgspec.convert(value, check.type, strict=True)
+        except msgspec.ValidationError as exc:
+            problems.append(_problem_from(exc, index, path))
+    return values, problems
+
+
+def _check_list(
+    value: list[Any], check: _FieldCheck, index: int | None, path: str
+) -> list[Problem]:
+    try:
+        msgspec.convert(value, check.container, strict=True)
+    except msgspec.ValidationError as exc:
+        return [_problem_from(exc, index, path)]
+    problems: list[Problem] = []
+    for position, item in enumerate(value):
+        try:
+            msgspec.convert(item, check.item, strict=True)
+        except msgspec.ValidationError as exc:
+            problems.append(_problem_from(exc, index, f"{path}[{position}]"))
+    return problems
+
+
+_CLICK_CHECKS = _field_checks(ClickFields)
+
+
+def _rule_problems(
+    occurred_at: datetime | None, event_id: str | None, now: datetime, index: int | None
+) -> list[Problem]:
+    """The rules beyond the types: a plausible time, and an id (``None``: there is none)."""
+    problems: list[Problem] = []
+    if occurred_at is not None:
+        if occurred_at.tzinfo is None:
+            problems.append(Problem("occurred_at", "needs a UTC offset, e.g. Z", index))
+        elif occurred_at < MIN_OCCURRED_AT:
+            since = MIN_OCCURRED_AT.strftime(_RFC3339)
+            problems.append(Problem("occurred_at", f"must be at or after {since}", index))
+        elif occurred_at > now + MAX_FUTURE_SKEW:
+            rule = f"must be at most {FUTURE_SKEW_TEXT} after now ({now.strftime(_RFC3339)})"
+            problems.append(Problem("occurred_at", rule, index))
+    if event_id is None:
+        problems.append(Problem("id", "is required", index))
+    return problems
 
 
 def validate_click(
     obj: object, *, now: datetime, index: int | None = None, default_id: str | None = None
 ) -> ClickEvent:
-    """Validate one decoded click object; raise ``InvalidInput`` listing what is wrong.
+    """Validate one decoded click object; raise ``InvalidInput`` listing every problem.
 
     ``default_id`` is assigned when the event has no ``id`` (ingest does this); without it a
     missing id is an error, since the dispatcher needs one to derive a stable webhook id.
@@ -94,25 +204,25 @@ def validate_click(
     try:
         fields = msgspec.convert(obj, ClickFields, strict=True)
     except msgspec.ValidationError as exc:
-        raise InvalidInput("invalid click event", [_problem_from(exc, index)]) from None
-    problems: list[Problem] = []
-    occurred_at = fields.occurred_at
-    if occurred_at.tzinfo is None:
-        problems.append(Problem("occurred_at", "needs a UTC offset, e.g. Z", index))
-    elif occurred_at < MIN_OCCURRED_AT or occurred_at > now + MAX_FUTURE_SKEW:
-        problems.append(Problem("occurred_at", "is not a plausible click time", index))
+        # msgspec stops at the first problem: only then is each field checked on its own, so
+        # a valid event pays for one conversion and an invalid one learns all that is wrong.
+        values, problems = _check_fields(obj, _CLICK_CHECKS, index)
+        # An id of the wrong type already has its problem: "is required" would be one too many.
+        id_problem = any(problem.field == "id" for problem in problems)
+        event_id = values.get("id") or default_id or ("" if id_problem else None)
+        problems += _rule_problems(values.get("occurred_at"), event_id, now, index)
+        raise InvalidInput("invalid click event", problems or [_problem_from(exc, index)]) from None
     event_id = fields.id or default_id
-    if event_id is None:
-        problems.append(Problem("id", "is required", index))
+    problems = _rule_problems(fields.occurred_at, event_id, now, index)
     if problems:
         raise InvalidInput("invalid click event", problems)
-    assert event_id is not None  # for mypy: problems is empty
+    assert event_id is not None  # for mypy: no problem means an id
     payload = obj if fields.id else {**obj, "id": event_id}
     return ClickEvent(
         id=event_id,
         type=fields.type,
         account_id=fields.account_id,
-        occurred_at=occurred_at,
+        occurred_at=fields.occurred_at,
         link_id=fields.link.id,
         domain=fields.link.domain,
         tags=tuple(fields.link.tags),
@@ -178,7 +288,12 @@ MAX_SIGNATURE_STYLES = 2
 
 
 class EndpointFilters(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Empty or absent lists match everything."""
+    """Empty or absent lists match everything.
+
+    Tolerant of keys it does not know, as every struct read back from a topic is: a field added
+    by a newer writer must not make an older reader drop the endpoint. The API refuses unknown
+    keys with its own strict subclass (``services/ingest/api_types.py``).
+    """
 
     event_types: list[Tag] | None = None
     link_ids: list[Tag] | None = None
@@ -189,6 +304,10 @@ class EndpointFilters(msgspec.Struct, frozen=True, omit_defaults=True):
 class EndpointSecret(msgspec.Struct, frozen=True, omit_defaults=True):
     secret: str
     expires_at: datetime | None = None
+
+
+# The version of an endpoint not read from the topic (offsets start at 0).
+NO_VERSION = -1
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,6 +327,12 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     signature_styles: list[SignatureStyle] = []
     created_at: datetime
     updated_at: datetime
+    # The offset in ``webhook.endpoints`` of the write that made this state: its ETag. Set by
+    # the reader that accepted the record (``EndpointTable``), never stored in the record,
+    # which cannot know its own offset (``encode_endpoint`` leaves it out).
+    version: Annotated[
+        int, msgspec.Meta(description="changes with every write; the ETag, for If-Match")
+    ] = NO_VERSION
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The current secret first, then rotated-out ones still inside their grace period."""
@@ -306,6 +431,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ReplayState = Literal["running", "completed", "cancelled", "failed", "interrupted"]
+# A running job's owner writes its progress at least this often; a running job not updated for
+# REPLAY_STALE_AFTER_MS is taken as interrupted (its process stopped).
+REPLAY_HEARTBEAT_MS = 2_000
+REPLAY_STALE_AFTER_MS = 30_000
 
 
 class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -338,10 +467,18 @@ class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     # Which process runs it; a running job whose owner stopped reporting is ``interrupted``.
     owner: str = ""
+    # Set by whoever asks to cancel it (any instance); the owner stops at its next heartbeat.
+    cancel_requested: bool = False
 
     def covers(self, offset: int, dead_at_ms: int) -> bool:
         """Whether this job replayed the letter at ``offset`` that died at ``dead_at_ms``."""
         return offset < self.position and self.since_ms <= dead_at_ms < self.until_ms
+
+    def state_at(self, now_ms: int) -> ReplayState:
+        """The state as of ``now_ms``: a running job whose owner went silent is interrupted."""
+        if self.state == "running" and now_ms - self.updated_at_ms > REPLAY_STALE_AFTER_MS:
+            return "interrupted"
+        return self.state
 
 
 _encoder = msgspec.json.Encoder()
@@ -366,6 +503,13 @@ def decode_dead_letter(raw: bytes) -> DeadLetter:
 
 def decode_endpoint(raw: bytes) -> Endpoint:
     return _endpoint_decoder.decode(raw)
+
+
+def encode_endpoint(endpoint: Endpoint) -> bytes:
+    """The endpoint as its record stores it: without ``version``, which is the record's offset."""
+    fields: dict[str, Any] = msgspec.to_builtins(endpoint)
+    del fields["version"]
+    return _encoder.encode(fields)
 
 
 def decode_attempt(raw: bytes) -> AttemptRecord:

@@ -10,10 +10,14 @@ from typing import Literal
 
 from shared.model.errors import RefusedDestination
 from shared.model.messages import DeadLetterReason, Outcome
-from shared.model.schedule import tier_for_min_delay
 
 OVERLOADED_MIN_DELAY_S = 60.0
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+# Answers that say the receiver itself is not there: a gateway in front of it that cannot reach
+# it, or the receiver saying it is unavailable. Other statuses are answers from a live receiver.
+DOWN_STATUSES = frozenset({502, 503, 504})
+# Outcomes where no HTTP answer came at all.
+UNANSWERED: frozenset[Outcome] = frozenset({"timeout", "connect_error", "tls_error"})
 
 
 def classify_status(status: int) -> Outcome:
@@ -30,6 +34,13 @@ def classify_status(status: int) -> Outcome:
     if 400 <= status < 500:
         return "http_4xx"
     return "http_5xx"
+
+
+def signals_down(outcome: Outcome, status: int | None) -> bool:
+    """Whether an attempt's result says the endpoint is down (what the breaker counts), as
+    opposed to a live receiver refusing this one delivery (a 500, a 400): those follow the
+    schedule attempt by attempt, and a breaker must not make them wait."""
+    return outcome in UNANSWERED or status in DOWN_STATUSES
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -74,7 +85,11 @@ class Delivered:
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
+    """The next attempt is the schedule's ``tier``-th retry; it waits that tier's delay, or
+    ``at_least_s`` when longer (Retry-After, or an overloaded receiver)."""
+
     tier: int
+    at_least_s: float = 0.0
     kind: Literal["retry"] = "retry"
 
 
@@ -96,9 +111,10 @@ def route_after_attempt(
 ) -> Route:
     """Where a delivery goes after an attempt made from ``current_tier`` (-1: first attempt).
 
-    410 dead-letters at once; 429/503 with Retry-After wait at least that long; a timeout or a
-    429 without it waits at least a minute so an overloaded receiver gets room; anything else
-    moves to the next tier. Past the last tier the delivery is exhausted.
+    Every failure moves one tier on, so a delivery gets each of the schedule's attempts, and
+    past the last tier it is exhausted; 410 dead-letters at once. The wait may be longer than
+    the tier's: 429/503 with Retry-After wait at least that long, a timeout or a 429 without it
+    at least a minute, so an overloaded receiver gets room.
     """
     if outcome == "success":
         return Delivered()
@@ -108,7 +124,7 @@ def route_after_attempt(
     if next_tier >= len(schedule_s):
         return DeadLettered("exhausted")
     if retry_after_s is not None:
-        return RetryLater(tier_for_min_delay(schedule_s, next_tier, retry_after_s))
+        return RetryLater(next_tier, at_least_s=retry_after_s)
     if outcome in ("timeout", "http_429"):
-        return RetryLater(tier_for_min_delay(schedule_s, next_tier, OVERLOADED_MIN_DELAY_S))
+        return RetryLater(next_tier, at_least_s=OVERLOADED_MIN_DELAY_S)
     return RetryLater(next_tier)

@@ -1,4 +1,5 @@
-"""The retry schedule: durations, tiers and their topics, jitter. Pure; no I/O."""
+"""The retry schedule: durations, tiers, jitter, and the waits of deliveries deferred while
+their endpoint is down. Pure; no I/O."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import re
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_JITTER_FRACTION = 0.10
+# Jitter is capped in absolute terms too. The retry service waits on each tier partition's head
+# record (a tier's records fall due in the order they were written), so a record behind a
+# head with more jitter than its own can be late by the difference: the cap bounds that
+# lateness. Spreading a burst further is the endpoint's concurrency and rate caps' job.
+MAX_JITTER_S = 0.25
 MIN_DELAY_S = 0.001
+# While an endpoint is down, each failed probe makes the next wait this much longer, for at most
+# DEFERRAL_STEPS waits (then the longest): each wait is one more tier topic.
+DEFERRAL_GROWTH = 2
+DEFERRAL_STEPS = 6
 
 
 def parse_duration_s(text: str) -> float:
@@ -47,21 +57,35 @@ def duration_label(delay_s: float) -> str:
     return f"{millis}ms"
 
 
+def jitter_bound_s(delay_s: float) -> float:
+    """The most jitter a delay gets: 10 % of it, at most ``MAX_JITTER_S``."""
+    return min(delay_s * MAX_JITTER_FRACTION, MAX_JITTER_S)
+
+
 def jittered_delay_s(delay_s: float, rng: random.Random) -> float:
     """Spread retries of one burst so they do not all fall due in the same instant."""
-    return delay_s * (1.0 + rng.uniform(0.0, MAX_JITTER_FRACTION))
+    return delay_s + rng.uniform(0.0, jitter_bound_s(delay_s))
 
 
-def tier_for_min_delay(schedule_s: tuple[float, ...], start: int, min_delay_s: float) -> int:
-    """The first tier at or after ``start`` whose delay covers ``min_delay_s``.
+def deferral_delays(first_s: float, longest_s: float) -> tuple[float, ...]:
+    """The waits of a delivery deferred while its endpoint is down, shortest first: the
+    breaker's cool-down, growing ``DEFERRAL_GROWTH`` times per failed probe up to
+    ``longest_s``, in at most ``DEFERRAL_STEPS`` waits. Each is one tier topic, as the
+    schedule's delays are."""
+    if first_s < MIN_DELAY_S:
+        raise ValueError(f"a deferral wait must be at least {MIN_DELAY_S}s")
+    delays = [first_s]
+    while delays[-1] * DEFERRAL_GROWTH < longest_s and len(delays) < DEFERRAL_STEPS - 1:
+        delays.append(delays[-1] * DEFERRAL_GROWTH)
+    if longest_s > delays[-1]:
+        delays.append(longest_s)
+    return tuple(delays)
 
-    When no remaining tier is long enough the last one is used: it is the longest wait we
-    have. ``start`` must be a valid tier index.
-    """
-    for index in range(start, len(schedule_s)):
-        if schedule_s[index] >= min_delay_s:
-            return index
-    return len(schedule_s) - 1
+
+def shortest_wait_s(delays: tuple[float, ...], at_least_s: float) -> float:
+    """The shortest of the tier topics' ``delays`` that lasts ``at_least_s``; the longest one
+    when none does (no delivery waits longer than the longest tier)."""
+    return min((delay for delay in delays if delay >= at_least_s), default=max(delays))
 
 
 def nearest_tier(schedule_s: tuple[float, ...], tier: int) -> int:

@@ -1,7 +1,8 @@
 """Which destination addresses deliveries may connect to. Pure; no I/O.
 
 Decided on the resolved address, after DNS, so a hostname cannot smuggle a private address
-past the check; the webhook client applies it where it connects (``shared.http_client``).
+past the check; the webhook client applies it where it connects
+(``shared.delivery.http_client``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ May import ``shared.model`` only (and aiohttp for the health server).
 - ``logging``: structlog, configured once; the delivery ids bound to every line.
 - ``metrics``: every Prometheus metric, named once.
 - ``health``: /healthz, /readyz (named readiness checks) and /metrics.
+- ``supervision``: long-running background tasks; one that dies fails the service.
 - ``process``: the event loop, SIGTERM and SIGINT, and closing clients without letting one
   failure hide the rest of a shutdown.
 """

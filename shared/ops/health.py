@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
@@ -9,14 +10,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 
 class Readiness:
-    """Named checks that must all pass, and a draining flag set on SIGTERM."""
+    """Named checks that must all pass, and a draining flag: set by hand, or at once when the
+    ``draining_on`` event is set (the service's stop event)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, draining_on: asyncio.Event | None = None) -> None:
         self._checks: dict[str, Callable[[], bool]] = {}
-        self.draining = False
+        self._draining = False
+        self._draining_on = draining_on
+
+    @property
+    def draining(self) -> bool:
+        return self._draining or (self._draining_on is not None and self._draining_on.is_set())
+
+    @draining.setter
+    def draining(self, draining: bool) -> None:
+        self._draining = draining
 
     def add(self, name: str, check: Callable[[], bool]) -> None:
         self._checks[name] = check
+
+    def remove(self, name: str) -> None:
+        self._checks.pop(name, None)
 
     def report(self) -> tuple[bool, dict[str, bool]]:
         results = {name: check() for name, check in self._checks.items()}

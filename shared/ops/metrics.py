@@ -57,10 +57,11 @@ DELIVERY_LATENCY_SECONDS = Histogram(
 DELIVERIES_IN_FLIGHT = Gauge(
     "clickhook_deliveries_in_flight", "Deliveries currently in flight", ["service"]
 )
-DELIVERIES_SHUNTED = Counter(
-    "clickhook_deliveries_shunted_total",
-    "Deliveries moved to the first retry tier because their endpoint was at capacity",
-    ["service"],
+DELIVERIES_DEFERRED = Counter(
+    "clickhook_deliveries_deferred_total",
+    "Deliveries put back to wait in a retry tier without an attempt, by why: endpoint_busy "
+    "(at its concurrency or rate caps), breaker_open (known to be down), draining (shutdown)",
+    ["service", "reason"],
 )
 RETRY_SCHEDULED = Counter(
     "clickhook_retry_scheduled_total", "Deliveries written to a retry tier", ["service", "tier"]
@@ -88,10 +89,11 @@ PRODUCE_ERRORS = Counter(
     "clickhook_kafka_produce_errors_total", "Failed produce requests", ["topic"]
 )
 REPLAYED = Counter("clickhook_replayed_total", "Dead letters put back into delivery")
-BREAKER_SKIPS = Counter(
-    "clickhook_breaker_skipped_total",
-    "Deliveries moved on without an attempt because their endpoint's breaker was open",
-    ["service"],
+ATTEMPT_LOG_DROPPED = Counter(
+    "clickhook_attempt_log_dropped_total",
+    "Delivery log records not written to webhook.attempts: full (too many waiting while the "
+    "broker was slow or away) or send_failed; deliveries are not affected",
+    ["service", "reason"],
 )
 BREAKERS = Gauge(
     "clickhook_circuit_breakers", "Endpoints whose breaker is not closed", ["service", "state"]
@@ -112,4 +114,15 @@ LAG_SAMPLE_ERRORS = Counter(
     "clickhook_kafka_lag_sample_errors_total",
     "Failed consumer lag measurements (the lag gauges keep their last value)",
     ["group"],
+)
+
+# services/ingest/delivery_log: each ingest instance's own index of the delivery log.
+DELIVERY_LOG_BEHIND = Gauge(
+    "clickhook_delivery_log_behind_records",
+    "Records of webhook.attempts, webhook.dlq and webhook.replays not yet in this ingest "
+    "instance's delivery log index",
+)
+DELIVERY_LOG_UNREADABLE = Counter(
+    "clickhook_delivery_log_unreadable_total",
+    "Records the delivery log could not decode (left in the topic, not indexed)",
 )

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
 
+from shared.ops.supervision import BackgroundTaskFailed
+
 log = structlog.get_logger(__name__)
+
+# The exit status of a service that stopped because a supervised background task failed.
+EXIT_TASK_FAILED = 1
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -20,12 +26,27 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
-    log.info("stop_requested", signal=sig.name)
+    # Stop first, log after: a line that cannot be written (stdout a closed pipe, after
+    # `make up | tee` lost its tee) must never keep the service from stopping.
     stop.set()
+    with contextlib.suppress(Exception):
+        log.info("stop_requested", signal=sig.name)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` on uvloop when it is installed."""
+    """Run ``main`` on uvloop when it is installed; exit with ``EXIT_TASK_FAILED`` when it
+    stopped because a supervised background task failed (``shared.ops.supervision``)."""
+    try:
+        _run_on_loop(main)
+    except BackgroundTaskFailed as exc:
+        with contextlib.suppress(Exception):
+            log.error(  # noqa: TRY400 - the task's own traceback was logged when it failed
+                "service_failed", error=str(exc), exit_status=EXIT_TASK_FAILED
+            )
+        raise SystemExit(EXIT_TASK_FAILED) from None
+
+
+def _run_on_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.model.errors import SettingsError
-from shared.model.schedule import parse_duration_s, parse_schedule
+from shared.model.schedule import (
+    MIN_DELAY_S,
+    deferral_delays,
+    parse_duration_s,
+    parse_schedule,
+)
 
 LogFormat = Literal["json", "console"]
 Scope = str
@@ -47,17 +53,40 @@ class Settings:
     topic_replication: int = 1
     max_in_flight: int = 1000
     endpoint_max_in_flight: int = 10
-    endpoint_max_queued: int = 500
+    endpoint_max_queued: int = 1000
     endpoint_max_wait_s: float = 1.0
     attempt_log_enabled: bool = True
     drain_grace_s: float = 20.0
     secret_rotation_grace_s: float = 24 * 3600.0
     breaker_threshold: int = 10
     breaker_cooldown_s: float = 60.0
+    breaker_max_cooldown_s: float = 30 * 60.0
     disable_after_s: float = 5 * 86400.0
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     publish_timeout_s: float = 10.0
+    # The delivery log (ingest): where its index file lives, and how many attempts (and dead
+    # letters) it keeps per endpoint, newest first.
+    state_dir: str = field(default_factory=tempfile.gettempdir)
+    delivery_log_per_endpoint: int = 10_000
+    # The customer portal: the key its links and sessions are signed with (every ingest replica
+    # needs the same; derived from CLICKHOOK_API_KEYS when empty), the origins that may show it
+    # in a frame, and the public base URL its links start with (else the request's own).
+    portal_key: str = field(default="", repr=False)
+    portal_frame_ancestors: str = "'none'"
+    public_url: str = ""
+
+    @property
+    def deferral_delays_s(self) -> tuple[float, ...]:
+        """The waits of deliveries deferred while their endpoint is down: the breaker's
+        cool-downs, from CLICKHOOK_BREAKER_COOLDOWN growing to CLICKHOOK_BREAKER_MAX_COOLDOWN."""
+        return deferral_delays(self.breaker_cooldown_s, self.breaker_max_cooldown_s)
+
+    @property
+    def tier_delays_s(self) -> tuple[float, ...]:
+        """Every delay a delivery may wait in a tier topic: the schedule's, then the
+        deferrals'."""
+        return self.retry_schedule_s + self.deferral_delays_s
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -134,6 +163,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         schedule = parse_schedule(schedule_raw)
     except ValueError as exc:
         raise SettingsError("CLICKHOOK_RETRY_SCHEDULE", schedule_raw, str(exc)) from None
+    breaker_cooldown_s = _duration(env, "CLICKHOOK_BREAKER_COOLDOWN", 60.0)
+    breaker_max_cooldown_s = _duration(env, "CLICKHOOK_BREAKER_MAX_COOLDOWN", 30 * 60.0)
+    if breaker_cooldown_s < MIN_DELAY_S:
+        raise SettingsError(
+            "CLICKHOOK_BREAKER_COOLDOWN", str(breaker_cooldown_s), "must be at least 1ms"
+        )
+    if breaker_max_cooldown_s < breaker_cooldown_s:
+        raise SettingsError(
+            "CLICKHOOK_BREAKER_MAX_COOLDOWN",
+            str(breaker_max_cooldown_s),
+            "must be at least CLICKHOOK_BREAKER_COOLDOWN",
+        )
     return Settings(
         kafka_bootstrap=env.get("CLICKHOOK_KAFKA_BOOTSTRAP") or "localhost:9092",
         topic_prefix=env.get("CLICKHOOK_TOPIC_PREFIX", ""),
@@ -152,12 +193,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         topic_replication=_int(env, "CLICKHOOK_TOPIC_REPLICATION", 1, minimum=1),
         max_in_flight=_int(env, "CLICKHOOK_MAX_IN_FLIGHT", 1000, minimum=1),
         endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 10, minimum=1),
-        endpoint_max_queued=_int(env, "CLICKHOOK_ENDPOINT_MAX_QUEUED", 500),
+        endpoint_max_queued=_int(env, "CLICKHOOK_ENDPOINT_MAX_QUEUED", 1000),
         endpoint_max_wait_s=_duration(env, "CLICKHOOK_ENDPOINT_MAX_WAIT", 1.0),
         attempt_log_enabled=_bool(env, "CLICKHOOK_ATTEMPT_LOG", True),
         drain_grace_s=_duration(env, "CLICKHOOK_DRAIN_GRACE", 20.0),
         secret_rotation_grace_s=_duration(env, "CLICKHOOK_SECRET_ROTATION_GRACE", 24 * 3600.0),
         breaker_threshold=_int(env, "CLICKHOOK_BREAKER_THRESHOLD", 10, minimum=1),
-        breaker_cooldown_s=_duration(env, "CLICKHOOK_BREAKER_COOLDOWN", 60.0),
+        breaker_cooldown_s=breaker_cooldown_s,
+        breaker_max_cooldown_s=breaker_max_cooldown_s,
         disable_after_s=_duration(env, "CLICKHOOK_DISABLE_AFTER", 5 * 86400.0),
+        state_dir=env.get("CLICKHOOK_STATE_DIR") or tempfile.gettempdir(),
+        delivery_log_per_endpoint=_int(
+            env, "CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT", 10_000, minimum=100
+        ),
+        portal_key=env.get("CLICKHOOK_PORTAL_KEY", ""),
+        portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",
+        public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),
     )

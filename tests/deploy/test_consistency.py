@@ -65,9 +65,7 @@ def test_the_topics_job_runs_topic_creation_with_the_settings(rendered: Rendered
         return
     assert job is not None
     container = pod_spec(job)["containers"][0]
-    assert container["command"][:2] == ["python", "-c"]
-    assert "ensure_topics(" in container["command"][2]
-    assert "load_settings()" in container["command"][2]
+    assert container["command"] == ["clickhook", "topics", "create"]
     env = resolve_env(rendered, job, container, TEST_SECRETS)
     assert env == rendered.settings()
     assert job["spec"]["ttlSecondsAfterFinished"] > 0

@@ -296,3 +296,5 @@ def test_the_build_stage_install_steps_produce_a_working_venv(
     )
     assert result.returncode == 0, result.stderr
     assert not (venv / "bin" / "hadolint").exists()
+    # The topics Job runs `clickhook topics create`: the console script is in the image.
+    assert (venv / "bin" / "clickhook").exists()

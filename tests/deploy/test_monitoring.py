@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import promql_parser
 import pytest
+import yaml
 
 from tests.deploy.manifests import Rendered
 from tests.deploy.test_consistency import exported_metric_names
 from tests.support.promql import (
     DASHBOARD_PATH,
+    RULES_FILE_PATH,
+    RULES_PATH,
     Query,
     alert_queries,
     alert_rules,
@@ -23,6 +28,7 @@ from tests.support.promql import (
     panels,
     parse,
 )
+from tests.support.services import ROOT
 
 ALERTS = alert_queries()
 DASHBOARD_QUERIES = dashboard_queries()
@@ -95,6 +101,43 @@ def test_alert_rules_are_complete() -> None:
         for key in ("summary", "description", "runbook_url"):
             text = alert["annotations"][key]
             assert text.count("{{") == text.count("}}"), f"{name}: template braces in {key}"
+
+
+def test_the_rules_file_holds_the_prometheusrules_alerts_exactly() -> None:
+    """deploy/monitoring/clickhook-rules.yaml (plain Prometheus) is generated from the
+    PrometheusRule: the same groups, alerts, expressions, labels and annotations."""
+    rule = yaml.safe_load(RULES_PATH.read_text())
+    rules_file = yaml.safe_load(RULES_FILE_PATH.read_text())
+
+    assert rules_file == {"groups": rule["spec"]["groups"]}, (
+        "regenerate: .venv/bin/python deploy/tools/prometheus_rules.py"
+    )
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "tools" / "prometheus_rules.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert generated.returncode == 0, generated.stdout
+
+
+def test_the_rules_file_has_only_what_a_prometheus_rules_file_may_hold() -> None:
+    """Prometheus refuses a rules file with unknown keys; these are the ones of its format."""
+    rules_file = yaml.safe_load(RULES_FILE_PATH.read_text())
+
+    assert set(rules_file) == {"groups"}
+    for group in rules_file["groups"]:
+        assert set(group) <= {"name", "interval", "limit", "rules"}
+        for alert in group["rules"]:
+            assert set(alert) <= {
+                "alert",
+                "expr",
+                "for",
+                "keep_firing_for",
+                "labels",
+                "annotations",
+            }
+            assert {"alert", "expr"} <= set(alert)
 
 
 def test_dashboard_is_well_formed_and_every_query_follows_the_namespace() -> None:

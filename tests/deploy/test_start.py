@@ -46,8 +46,13 @@ READY_TIMEOUT_S = 60.0
 
 def argv(container: Obj) -> list[str]:
     command = [*container.get("command", []), *container.get("args", [])]
-    assert command[0] == "python", "the image's python (the venv's, here)"
-    return [sys.executable, *command[1:]]
+    # The image's python and console scripts are the venv's; here, this venv's.
+    scripts = {
+        "python": sys.executable,
+        "clickhook": str(Path(sys.executable).with_name("clickhook")),
+    }
+    assert command[0] in scripts, f"{command[0]}: not a program of the image's venv"
+    return [scripts[command[0]], *command[1:]]
 
 
 def process_env(resolved: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ PUBLISH_TOKEN = "tok-publish"
 ACCOUNT_TOKEN = "tok-acc42"
 ACCOUNT_ID = "acc_42"
 ADMIN_TOKEN = "tok-admin"
+REPLAY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -56,6 +58,48 @@ class Pipeline:
             body: dict[str, Any] = await response.json()
             assert response.status == 202, body
             return body
+
+    async def post_until_accepted(
+        self, batch: list[dict[str, Any]], *, retry_s: float = 0.5, timeout_s: float = 30.0
+    ) -> tuple[list[str], int]:
+        """POST a batch of clicks until it is accepted, always with the same ids (README: on a
+        503, send the same events again); the ids of the 202, and how many tries failed."""
+        failed = 0
+        while True:
+            try:
+                async with self.session.post(
+                    f"{self.ingest_url}/v1/clicks",
+                    json=batch,
+                    headers={"authorization": f"Bearer {PUBLISH_TOKEN}"},
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                ) as response:
+                    if response.status == 202:
+                        ids: list[str] = (await response.json())["ids"]
+                        return ids, failed
+                    assert response.status == 503, await response.text()
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            failed += 1
+            await asyncio.sleep(retry_s)
+
+    async def replay(
+        self, endpoint_id: str, since: datetime, token: str = ACCOUNT_TOKEN
+    ) -> dict[str, Any]:
+        """Start a replay of the endpoint's dead letters and wait until the job has ended."""
+        url = f"{self.ingest_url}/v1/endpoints/{endpoint_id}/replay"
+        headers = {"authorization": f"Bearer {token}"}
+        async with self.session.post(
+            url, json={"since": since.isoformat()}, headers=headers
+        ) as response:
+            job: dict[str, Any] = await response.json()
+            assert response.status == 202, job
+        async with asyncio.timeout(REPLAY_TIMEOUT_S):
+            while job["state"] == "running":
+                await asyncio.sleep(0.2)
+                async with self.session.get(url, headers=headers) as response:
+                    job = await response.json()
+                    assert response.status == 200, job
+        return job
 
     def spawn(self, name: str, instance: str) -> ServiceProcess:
         """Another process of a service (a second instance, or a restart after kill -9)."""

@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka.clients import MAX_MESSAGE_BYTES, topic_partitions
+from shared.kafka.clients import MAX_MESSAGE_BYTES
+from shared.kafka.metadata import partitions_when_ready
 from shared.model.topics import DISPATCHER_GROUP, HEADER_REASON, HEADER_SOURCE, Topics
 from shared.ops.settings import Settings
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, PUBLISH_TOKEN, Pipeline
@@ -139,7 +140,7 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
-        partitions = await topic_partitions(Settings(kafka_bootstrap=bootstrap), topic)
+        partitions = await partitions_when_ready(Settings(kafka_bootstrap=bootstrap), topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)

@@ -1,15 +1,18 @@
-"""The webhook client against real servers on 127.0.0.1: keep-alive, stale connections, TLS.
+"""The webhook client against real servers on 127.0.0.1: keep-alive, stale connections,
+headers it cannot send, happy eyeballs, TLS.
 
-No broker is involved. The hostile-receiver cases are in test_delivery_limits.py.
+No broker is involved. The hostile-receiver cases are in test_delivery_limits.py and, one
+response per row, test_http_conformance.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from shared.delivery.http_client import WebhookClient
 from shared.model.errors import UnsendableRequest
 from shared.model.routing import classify_exception
 from tests.support.loopback import read_http_request
+from tests.support.resolvers import StaticResolver
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -123,6 +127,84 @@ async def test_header_value_with_a_line_break_is_refused_before_sending(
 
     assert classify_exception(refused.value) == "error"
     assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-name": "Zoë 短"}, {"x-emoji": "\N{ROCKET}"}, {"x-ünïcode-名": "v"}],
+    ids=["cjk-value", "emoji-value", "non-latin-1-name"],
+)
+async def test_header_outside_latin_1_is_refused_before_sending(
+    server: KeepAliveServer, client: WebhookClient, headers: dict[str, str]
+) -> None:
+    with pytest.raises(UnsendableRequest, match="Latin-1") as refused:
+        await client.post(server.url(), headers, b"x")
+
+    assert classify_exception(refused.value) == "error"
+    assert server.connections == 0
+
+
+async def test_header_value_with_nul_is_refused_before_sending(
+    server: KeepAliveServer, client: WebhookClient
+) -> None:
+    with pytest.raises(UnsendableRequest, match="x-nul"):
+        await client.post(server.url(), {"x-nul": "a\x00b"}, b"x")
+
+    assert server.connections == 0
+
+
+async def test_latin_1_header_value_is_sent_as_latin_1(client: WebhookClient) -> None:
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_http_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    recorder = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = recorder.sockets[0].getsockname()[1]
+    try:
+        await client.post(f"http://127.0.0.1:{port}/hook", {"x-name": "Zoë"}, b"x")
+    finally:
+        recorder.close()
+        await recorder.wait_closed()
+
+    assert b"\r\nx-name: Zo\xeb\r\n" in heads[0]
+
+
+# --- happy eyeballs --------------------------------------------------------------------------
+
+
+@pytest.fixture(name="blackhole")
+def fixture_blackhole(server: KeepAliveServer) -> Iterator[str]:
+    """127.0.0.2 on the server's port, with its accept queue full: a connect there hangs."""
+    address = "127.0.0.2"
+    listener = socket.socket()
+    listener.bind((address, server.port))
+    listener.listen(0)
+    fillers = [socket.socket() for _ in range(2)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex((address, server.port))
+    yield address
+    for sock in (*fillers, listener):
+        sock.close()
+
+
+async def test_address_that_never_answers_is_raced_past_by_the_next_one(
+    server: KeepAliveServer, blackhole: str
+) -> None:
+    """One at a time, the first address would take the whole timeout and fail the delivery."""
+    resolver = StaticResolver(blackhole, "127.0.0.1")
+    client = WebhookClient(LOOPBACK, timeout_s=5.0, resolver=resolver)
+    try:
+        response = await client.post(server.url(host="hooks.example"), {}, b"x")
+    finally:
+        await client.close()
+
+    assert response.status == 200
+    assert (server.connections, server.requests) == (1, 1)
 
 
 # --- TLS -------------------------------------------------------------------------------------

@@ -126,6 +126,32 @@ async def test_invalid_event_is_refused_with_the_field_named(
     assert details[0]["field"] == field
 
 
+async def test_an_empty_event_gets_one_detail_per_required_field(ingest: Client) -> None:
+    response = await ingest.post("/v1/clicks", json=[click(), {}], headers=auth(PUBLISH))
+    details = (await response.json())["error"]["details"]
+
+    assert response.status == 422
+    assert details == [
+        {"field": "type", "problem": "is required", "index": 1},
+        {"field": "account_id", "problem": "is required", "index": 1},
+        {"field": "occurred_at", "problem": "is required", "index": 1},
+        {"field": "link", "problem": "is required", "index": 1},
+    ]
+
+
+async def test_a_click_from_the_future_is_refused_with_the_rule(ingest: Client) -> None:
+    response = await ingest.post(
+        "/v1/clicks",
+        json={**click(), "occurred_at": "2999-01-01T00:00:00Z"},
+        headers=auth(PUBLISH),
+    )
+    [detail] = (await response.json())["error"]["details"]
+
+    assert response.status == 422
+    assert detail["field"] == "occurred_at"
+    assert detail["problem"].startswith("must be at most 1 hour after now (")
+
+
 async def test_malformed_json_is_a_400(ingest: Client) -> None:
     response = await ingest.post(
         "/v1/clicks",
@@ -154,7 +180,9 @@ async def test_oversized_body_is_a_413(ingest: Client, settings: Settings) -> No
     )
 
     assert response.status == 413
-    assert (await response.json())["error"]["code"] == "payload_too_large"
+    error = (await response.json())["error"]
+    assert error["code"] == "payload_too_large"
+    assert error["message"] == "the body is too large: at most 1,048,576 bytes"
 
 
 async def test_too_many_events_is_a_413(ingest: Client, settings: Settings) -> None:
@@ -163,7 +191,9 @@ async def test_too_many_events_is_a_413(ingest: Client, settings: Settings) -> N
     response = await ingest.post("/v1/clicks", json=batch, headers=auth(PUBLISH))
 
     assert response.status == 413
-    assert (await response.json())["error"]["code"] == "too_many_events"
+    error = (await response.json())["error"]
+    assert error["code"] == "too_many_events"
+    assert error["message"] == "too many events: at most 1,000 per request"
 
 
 @pytest.mark.parametrize(
@@ -180,14 +210,14 @@ async def test_missing_or_wrong_token_is_a_401(ingest: Client, headers: dict[str
 async def test_account_token_may_not_publish(ingest: Client) -> None:
     response = await ingest.post("/v1/clicks", json=click(), headers=auth(ACCOUNT_A))
 
-    assert response.status == 401
+    assert response.status == 403
     assert (await response.json())["error"]["code"] == "insufficient_scope"
 
 
 async def test_publish_token_may_not_manage_endpoints(ingest: Client) -> None:
     response = await ingest.get("/v1/endpoints", headers=auth(PUBLISH))
 
-    assert response.status == 401
+    assert response.status == 403
 
 
 async def create_endpoint(ingest: Client, token: str, **fields: Any) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Authentication and scopes of the ingest API beyond test_ingest_api.py: every endpoint route
-refuses a publish token, replay and creation refuse another account, and a token that is not
-UTF-8 is a 401. Header parsing and the timing-safe comparison: tests/unit/test_auth.py."""
+"""Authentication and scopes of the ingest API beyond test_ingest_api.py: every route answers a
+known token without the scope with 403, every endpoint route refuses a publish token, replay
+and creation refuse another account, and a token that is not UTF-8 is a 401. Header parsing and
+the timing-safe comparison: tests/unit/test_auth.py."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -47,15 +49,61 @@ ENDPOINT_ROUTES = [
 @pytest.mark.parametrize(
     ("method", "path", "body"), ENDPOINT_ROUTES, ids=[f"{m} {p}" for m, p, _ in ENDPOINT_ROUTES]
 )
-async def test_publish_token_on_an_endpoint_route_is_a_401(
+async def test_publish_token_on_an_endpoint_route_is_a_403(
     ingest: Client, endpoint_id: str, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     response = await ingest.request(
         method, path.format(id=endpoint_id), json=body, headers=auth(PUBLISH)
     )
 
-    assert response.status == 401
+    assert response.status == 403
     assert (await response.json())["error"]["code"] == "insufficient_scope"
+
+
+def routes_of(ingest: Client) -> list[tuple[str, str]]:
+    """(method, path template) of every route the app serves."""
+    found: list[tuple[str, str]] = []
+    for resource in ingest.app.router.resources():
+        info = resource.get_info()
+        template = info.get("path") or info.get("formatter")
+        if template:
+            found.extend(
+                (route.method, str(template))
+                for route in resource
+                if route.method not in ("HEAD", "OPTIONS", "*")
+            )
+    return found
+
+
+async def error_code(response: Any) -> str | None:
+    if response.content_type != "application/json":
+        return None
+    body = await response.json()
+    code: str | None = body.get("error", {}).get("code") if isinstance(body, dict) else None
+    return code
+
+
+async def test_a_known_token_without_the_scope_is_a_403_on_every_route(
+    ingest: Client, endpoint_id: str
+) -> None:
+    """RFC 6750: 401 for a missing or unknown token, 403 ``insufficient_scope`` for a known one
+    whose scope does not allow the route. Every route the app serves, those added later too:
+    each that refuses an anonymous request refuses the publish or the account token for scope."""
+    wrong: list[str] = []
+    for method, template in routes_of(ingest):
+        path = re.sub(r"\{[^}]+\}", "x_unknown", template.replace("{endpoint_id}", endpoint_id))
+        anonymous = await ingest.request(method, path)
+        if anonymous.status != 401:
+            continue  # a route without a token: health, metrics, the OpenAPI document
+        answers = []
+        for token in (PUBLISH, ACCOUNT_A):
+            response = await ingest.request(method, path, json={}, headers=auth(token))
+            answers.append((response.status, await error_code(response)))
+        scoped = [status for status, code in answers if code == "insufficient_scope"]
+        if not scoped or any(status != 403 for status in scoped):
+            wrong.append(f"{method} {template}: {answers}")
+
+    assert not wrong, "\n".join(wrong)
 
 
 async def test_replay_of_another_accounts_endpoint_is_a_404_like_a_missing_one(

@@ -1,15 +1,72 @@
-"""A broker of a test's own (for tests that stop it), via the project's deploy/local/kafka.sh."""
+"""Brokers of a test's own, via the project's deploy/local/kafka.sh: one node for tests that
+stop it, or a cluster of three KRaft nodes whose nodes a test kills and starts again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from tests.support.services import ROOT, free_port
 
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
+CLUSTER_NODES = 3
+
+
+def kafka_sh(env: dict[str, str], *command: str) -> str:
+    """Run ``kafka.sh COMMAND...`` and return its stdout (the bootstrap address, for start)."""
+    done = subprocess.run(
+        ["bash", str(KAFKA_SH), *command],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kafka.sh {' '.join(command)} failed: {done.stderr[-3000:]}")
+    return done.stdout
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def wait_group_stable(
+    bootstrap: str, group: str, members: int, timeout_s: float = 60.0
+) -> None:
+    """Until the consumer group has ``members`` members and is done rebalancing (every
+    member has its assignment), as the group coordinator tells."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            async with admin_client(bootstrap) as admin:
+                described = await admin.describe_consumer_groups([group])
+        except KafkaError as exc:  # no coordinator yet: the offsets topic is being created
+            if not exc.retriable:
+                raise
+            described = []
+        # DescribeGroups: (error, group id, state, protocol type, protocol, members, ...)
+        states = [(g[2], len(g[5])) for response in described for g in response.groups]
+        if states == [("Stable", members)]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"group {group} not stable with {members}: {states}")
+        await asyncio.sleep(0.5)
 
 
 @dataclass
@@ -30,28 +87,101 @@ class PrivateBroker:
 
     def _env(self) -> dict[str, str]:
         return {
-            **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(self.controller_port),
             "KAFKA_STATE_DIR": str(self.state_dir),
             "KAFKA_DATA_DIR": str(self.state_dir / "data"),
         }
 
-    async def _run(self, command: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            str(KAFKA_SH),
-            command,
-            env=self._env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"kafka.sh {command} failed: {stderr.decode(errors='replace')}")
-
     async def start(self) -> None:
-        await self._run("start")
+        await asyncio.to_thread(kafka_sh, self._env(), "start")
 
     async def stop(self) -> None:
-        await self._run("stop")
+        await asyncio.to_thread(kafka_sh, self._env(), "stop")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    leader: int  # a node id; -1 while none leads
+    replicas: set[int]
+    isr: set[int]  # the replicas in sync
+
+
+@dataclass
+class PrivateCluster:
+    """Three nodes (broker and controller each) on free loopback ports. Node ``n`` (1-3) is
+    also its broker id, as partition leaders report it. A killed node keeps its data and ports
+    and rejoins when started again."""
+
+    state_dir: Path
+    bootstrap: str = ""
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "KAFKA_NODES": str(CLUSTER_NODES),
+            "KAFKA_PORT": "0",
+            "KAFKA_STATE_DIR": str(self.state_dir),
+            "KAFKA_LOG_LEVEL": "WARN",
+        }
+
+    def start(self) -> str:
+        """Start the cluster, or the nodes of it that are down; the bootstrap list."""
+        self.bootstrap = kafka_sh(self._env(), "start").strip().splitlines()[-1]
+        return self.bootstrap
+
+    def stop(self) -> None:
+        kafka_sh(self._env(), "stop")
+
+    async def kill_node(self, node: int) -> None:
+        """SIGKILL: no controlled shutdown, no leadership handed over."""
+        await asyncio.to_thread(kafka_sh, self._env(), "kill-node", str(node))
+
+    async def start_node(self, node: int) -> None:
+        """Start a node again on its data; returns once it answers metadata requests."""
+        await asyncio.to_thread(kafka_sh, self._env(), "start-node", str(node))
+
+    async def leaders(self, topic: str) -> dict[int, int]:
+        """Partition → the node leading it (-1 while none does)."""
+        return {p: state.leader for p, state in (await self.partitions(topic)).items()}
+
+    async def partitions(self, topic: str) -> dict[int, PartitionState]:
+        """The cluster's view of each partition of ``topic``."""
+        async with admin_client(self.bootstrap) as admin:
+            described = await admin.describe_topics([topic])
+        return {
+            p["partition"]: PartitionState(p["leader"], set(p["replicas"]), set(p["isr"]))
+            for d in described
+            if d["topic"] == topic
+            for p in d["partitions"]
+        }
+
+    async def topic_config(self, topic: str, key: str) -> str | None:
+        """One config value of ``topic`` as the brokers apply it (their defaults included)."""
+        async with admin_client(self.bootstrap) as admin:
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+        return next(
+            (
+                entry[1]
+                for response in responses
+                for resource in response.resources
+                for entry in resource[4]
+                if entry[0] == key
+            ),
+            None,
+        )
+
+    async def wait_in_sync(self, topics: Iterable[str], timeout_s: float = 60.0) -> None:
+        """Until every partition of ``topics`` has all its replicas in sync (a node that was
+        down has caught up), so that the next fault leaves a quorum of replicas."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(topics)
+        while pending:
+            states = await self.partitions(pending[0])
+            if states and all(state.isr == state.replicas for state in states.values()):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pending[0]} not in sync after {timeout_s}s: {states}")
+            await asyncio.sleep(0.5)

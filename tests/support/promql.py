@@ -14,6 +14,8 @@ import yaml
 from tests.support.services import ROOT
 
 RULES_PATH = ROOT / "deploy" / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
+# The same alerts as a plain Prometheus rules file (deploy/tools/prometheus_rules.py).
+RULES_FILE_PATH = ROOT / "deploy" / "monitoring" / "clickhook-rules.yaml"
 DASHBOARD_PATH = ROOT / "deploy" / "monitoring" / "clickhook-dashboard.json"
 
 # Grafana replaces these before Prometheus sees a query: stand-ins of the same kind.
@@ -36,8 +38,17 @@ def alert_rules() -> list[dict[str, Any]]:
     return [alert for group in rule["spec"]["groups"] for alert in group["rules"]]
 
 
+def rules_file_alerts() -> list[dict[str, Any]]:
+    """The alerts of the plain rules file, for Prometheus without the Operator."""
+    rules_file = yaml.safe_load(RULES_FILE_PATH.read_text())
+    return [alert for group in rules_file["groups"] for alert in group["rules"]]
+
+
 def alert_queries() -> list[Query]:
-    return [Query(f"alert {alert['alert']}", alert["expr"]) for alert in alert_rules()]
+    """Every alert expression, of the PrometheusRule and of the plain rules file."""
+    return [Query(f"alert {alert['alert']}", alert["expr"]) for alert in alert_rules()] + [
+        Query(f"rules file alert {alert['alert']}", alert["expr"]) for alert in rules_file_alerts()
+    ]
 
 
 def load_dashboard() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from shared.model.endpoint_table import EndpointTable
@@ -30,6 +31,11 @@ def _endpoint(
     )
 
 
+def _at(endpoint: Endpoint, offset: int) -> Endpoint:
+    """The endpoint as the table holds it once the record at ``offset`` was applied."""
+    return msgspec.structs.replace(endpoint, version=offset)
+
+
 @pytest.fixture(name="table")
 def fixture_table() -> EndpointTable:
     return EndpointTable()
@@ -45,17 +51,25 @@ def test_empty_table_holds_nothing(table: EndpointTable) -> None:
 def test_apply_adds_an_endpoint(table: EndpointTable) -> None:
     endpoint = _endpoint()
     assert table.apply("ep_1", endpoint, offset=0) is True
-    assert table.get("ep_1") == endpoint
-    assert table.for_account("acc_1") == [endpoint]
-    assert table.all() == [endpoint]
+    assert table.get("ep_1") == _at(endpoint, 0)
+    assert table.for_account("acc_1") == [_at(endpoint, 0)]
+    assert table.all() == [_at(endpoint, 0)]
+
+
+def test_an_endpoints_version_is_the_offset_of_its_record(table: EndpointTable) -> None:
+    table.apply("ep_1", _endpoint(), offset=3)
+    table.apply("ep_1", _endpoint(url="https://hooks.example.com/v2"), offset=9)
+    held = table.get("ep_1")
+    assert held is not None
+    assert held.version == 9
 
 
 def test_apply_replaces_with_a_newer_record(table: EndpointTable) -> None:
     table.apply("ep_1", _endpoint(), offset=1)
     newer = _endpoint(url="https://hooks.example.com/v2")
     assert table.apply("ep_1", newer, offset=2) is True
-    assert table.get("ep_1") == newer
-    assert table.for_account("acc_1") == [newer]
+    assert table.get("ep_1") == _at(newer, 2)
+    assert table.for_account("acc_1") == [_at(newer, 2)]
 
 
 @pytest.mark.parametrize("offset", [5, 4, 0])
@@ -64,7 +78,7 @@ def test_apply_ignores_an_equal_or_older_record(table: EndpointTable, offset: in
     current = _endpoint(url="https://hooks.example.com/current")
     table.apply("ep_1", current, offset=5)
     assert table.apply("ep_1", _endpoint(url="https://old.example.com/"), offset) is False
-    assert table.get("ep_1") == current
+    assert table.get("ep_1") == _at(current, 5)
 
 
 def test_a_tombstone_removes_the_endpoint(table: EndpointTable) -> None:
@@ -79,7 +93,7 @@ def test_an_older_tombstone_is_ignored(table: EndpointTable) -> None:
     endpoint = _endpoint()
     table.apply("ep_1", endpoint, offset=7)
     assert table.apply("ep_1", None, offset=3) is False
-    assert table.get("ep_1") == endpoint
+    assert table.get("ep_1") == _at(endpoint, 7)
 
 
 def test_a_record_older_than_a_tombstone_does_not_resurrect(table: EndpointTable) -> None:
@@ -94,7 +108,7 @@ def test_moving_an_endpoint_to_another_account_updates_both(table: EndpointTable
     moved = _endpoint(account_id="acc_2")
     table.apply("ep_1", moved, offset=2)
     assert table.for_account("acc_1") == []
-    assert table.for_account("acc_2") == [moved]
+    assert table.for_account("acc_2") == [_at(moved, 2)]
 
 
 def test_for_account_lists_only_that_accounts_endpoints(table: EndpointTable) -> None:
@@ -103,8 +117,8 @@ def test_for_account_lists_only_that_accounts_endpoints(table: EndpointTable) ->
     other = _endpoint("ep_3", account_id="acc_2")
     for offset, endpoint in enumerate((first, second, other)):
         table.apply(endpoint.id, endpoint, offset)
-    assert table.for_account("acc_1") == [first, second]
-    assert table.for_account("acc_2") == [other]
+    assert table.for_account("acc_1") == [_at(first, 0), _at(second, 1)]
+    assert table.for_account("acc_2") == [_at(other, 2)]
     assert len(table.all()) == 3
 
 

@@ -94,7 +94,12 @@ def test_records_older_than_delay_plus_full_jitter_are_surely_due() -> None:
 
 def test_scopes_are_the_services_groups_and_topics() -> None:
     settings = load_settings(
-        {"CLICKHOOK_TOPIC_PREFIX": "acme.", "CLICKHOOK_RETRY_SCHEDULE": "5s,1m,1m"}
+        {
+            "CLICKHOOK_TOPIC_PREFIX": "acme.",
+            "CLICKHOOK_RETRY_SCHEDULE": "5s,1m,1m",
+            "CLICKHOOK_BREAKER_COOLDOWN": "1m",
+            "CLICKHOOK_BREAKER_MAX_COOLDOWN": "2m",
+        }
     )
     dispatcher = dispatcher_lag_scope(settings)
     retry = retry_lag_scope(settings)
@@ -107,6 +112,7 @@ def test_scopes_are_the_services_groups_and_topics() -> None:
     assert retry.wanted(existing) == [
         "acme.webhook.retry.1m",
         "acme.webhook.retry.2h",  # a tier of an older schedule still drains
+        "acme.webhook.retry.2m",  # where deliveries wait while their endpoint is down
         "acme.webhook.retry.5s",
     ]
     assert retry.pattern is not None

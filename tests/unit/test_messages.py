@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import (
     AttemptRecord,
+    ClickFields,
     DeadLetter,
     DeadLetterReason,
     DeliveryEnvelope,
@@ -209,14 +210,88 @@ def test_validate_click_refuses_a_time_without_offset(click: dict[str, Any]) -> 
     assert _problems(click) == [Problem("occurred_at", "needs a UTC offset, e.g. Z")]
 
 
-@pytest.mark.parametrize(
-    "occurred_at", ["2025-01-01T13:00:01Z", "2030-01-01T00:00:00Z", "1999-12-31T23:59:59Z"]
-)
-def test_validate_click_refuses_an_implausible_time(
+@pytest.mark.parametrize("occurred_at", ["2025-01-01T13:00:01Z", "2030-01-01T00:00:00Z"])
+def test_validate_click_states_the_rule_for_a_future_time(
     click: dict[str, Any], occurred_at: str
 ) -> None:
     click["occurred_at"] = occurred_at
-    assert _problems(click) == [Problem("occurred_at", "is not a plausible click time")]
+    rule = "must be at most 1 hour after now (2025-01-01T12:00:00Z)"
+    assert _problems(click) == [Problem("occurred_at", rule)]
+
+
+def test_validate_click_states_the_rule_for_a_time_before_2000(click: dict[str, Any]) -> None:
+    click["occurred_at"] = "1999-12-31T23:59:59Z"
+    assert _problems(click) == [Problem("occurred_at", "must be at or after 2000-01-01T00:00:00Z")]
+
+
+def test_validate_click_of_an_empty_object_names_each_required_field() -> None:
+    assert _problems({}, default_id="evt_new") == [
+        Problem("type", "is required"),
+        Problem("account_id", "is required"),
+        Problem("occurred_at", "is required"),
+        Problem("link", "is required"),
+    ]
+
+
+def test_validate_click_lists_each_problem_of_a_bad_link(click: dict[str, Any]) -> None:
+    click["link"] = {"id": "", "domain": 5, "tags": ["ok", 7, "x" * 201]}
+    assert _problems(click) == [
+        Problem("link.id", "Expected `str` of length >= 1"),
+        Problem("link.domain", "Expected `str | null`, got `int`"),
+        Problem("link.tags[1]", "Expected `str`, got `int`"),
+        Problem("link.tags[2]", "Expected `str` of length <= 200"),
+    ]
+
+
+def test_validate_click_lists_type_problems_and_rule_problems_together(
+    click: dict[str, Any],
+) -> None:
+    click["type"] = 5
+    click["occurred_at"] = "2030-01-01T00:00:00Z"
+    del click["link"]["id"]
+    assert [p.field for p in _problems(click, index=4)] == ["type", "link.id", "occurred_at"]
+    assert {p.index for p in _problems(click, index=4)} == {4}
+
+
+def test_validate_click_reports_a_wrongly_typed_id_once(click: dict[str, Any]) -> None:
+    click["id"] = 7
+    assert _problems(click) == [Problem("id", "Expected `str | null`, got `int`")]
+
+
+def msgspec_first_path(obj: dict[str, Any]) -> str | None:
+    """The field msgspec names when it refuses ``obj`` as ClickFields (it names only one)."""
+    try:
+        msgspec.convert(obj, ClickFields, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        at = text.partition(" - at `$")[2].rstrip("`").lstrip(".")
+        missing = text.partition("missing required field `")[2].partition("`")[0]
+        return ".".join(part for part in (at, missing) if part)
+    return None
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "account_id", "occurred_at", "link", "id"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=3),
+            st.just("2024-01-01T00:00:00Z"),
+            st.fixed_dictionaries({}, optional={"id": st.one_of(st.integers(), st.text())}),
+        ),
+    )
+)
+@settings(max_examples=300)
+def test_validate_click_names_the_field_msgspec_names_among_all_it_finds(
+    obj: dict[str, Any],
+) -> None:
+    """msgspec (the oracle for each type) stops at one problem; that one is always among ours."""
+    first = msgspec_first_path(obj)
+    if first is None:
+        return
+    fields = {p.field for p in _problems(obj, default_id="evt_x")}
+    assert first in fields, (first, fields)
 
 
 @pytest.mark.parametrize("occurred_at", ["2025-01-01T13:00:00Z", "2000-01-01T00:00:00Z"])

@@ -23,6 +23,7 @@ from shared.model.routing import (
     classify_status,
     parse_retry_after_s,
     route_after_attempt,
+    signals_down,
 )
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -170,39 +171,29 @@ def test_route_exhausted_wins_over_retry_after() -> None:
     assert route == DeadLettered("exhausted")
 
 
-@pytest.mark.parametrize(
-    ("current_tier", "retry_after_s", "tier"),
-    [
-        (-1, 100.0, 3),
-        (-1, 30.0, 1),
-        (-1, 0.0, 0),
-        (1, 10.0, 2),
-        (0, 1800.0, 4),
-        (0, 10_000.0, 4),
-    ],
-)
-def test_route_retry_after_picks_the_first_covering_tier(
-    current_tier: int, retry_after_s: float, tier: int
+@pytest.mark.parametrize(("current_tier", "retry_after_s"), [(-1, 100.0), (1, 10.0), (0, 1e4)])
+def test_route_retry_after_waits_that_long_for_the_next_attempt(
+    current_tier: int, retry_after_s: float
 ) -> None:
     route = route_after_attempt(
         "http_429", current_tier=current_tier, schedule_s=SCHEDULE, retry_after_s=retry_after_s
     )
-    assert route == RetryLater(tier)
+    assert route == RetryLater(current_tier + 1, at_least_s=retry_after_s)
 
 
 def test_route_retry_after_applies_to_a_503() -> None:
     route = route_after_attempt("http_5xx", current_tier=-1, schedule_s=SCHEDULE, retry_after_s=45)
-    assert route == RetryLater(2)
+    assert route == RetryLater(0, at_least_s=45)
 
 
 @pytest.mark.parametrize("outcome", ["timeout", "http_429"])
-def test_route_overload_without_retry_after_waits_a_minute(outcome: Outcome) -> None:
+@pytest.mark.parametrize("current_tier", [-1, 2])
+def test_route_overload_without_retry_after_waits_a_minute_and_uses_one_attempt(
+    outcome: Outcome, current_tier: int
+) -> None:
     assert OVERLOADED_MIN_DELAY_S == 60.0
-    assert route_after_attempt(outcome, current_tier=-1, schedule_s=SCHEDULE) == RetryLater(2)
-
-
-def test_route_overload_from_a_long_tier_moves_one_tier() -> None:
-    assert route_after_attempt("timeout", current_tier=2, schedule_s=SCHEDULE) == RetryLater(3)
+    route = route_after_attempt(outcome, current_tier=current_tier, schedule_s=SCHEDULE)
+    assert route == RetryLater(current_tier + 1, at_least_s=60.0)
 
 
 @pytest.mark.parametrize(
@@ -232,8 +223,32 @@ def test_route_retries_only_forward_and_inside_the_schedule(
         outcome, current_tier=current_tier, schedule_s=tuple(schedule), retry_after_s=retry_after_s
     )
     if isinstance(route, RetryLater):
-        assert current_tier < route.tier < len(schedule)
+        assert route.tier == current_tier + 1 < len(schedule)  # one attempt at a time
     elif isinstance(route, DeadLettered):
         assert route.reason == "endpoint_gone" or current_tier == len(schedule) - 1
     else:
         assert outcome == "success"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "down"),
+    [
+        ("timeout", None, True),
+        ("connect_error", None, True),
+        ("tls_error", None, True),
+        ("http_5xx", 502, True),
+        ("http_5xx", 503, True),
+        ("http_5xx", 504, True),
+        ("http_5xx", 500, False),
+        ("http_4xx", 400, False),
+        ("http_429", 429, False),
+        ("gone", 410, False),
+        ("refused_destination", None, False),
+        ("error", None, False),
+        ("success", 200, False),
+    ],
+)
+def test_only_no_answer_or_unavailable_says_the_endpoint_is_down(
+    outcome: Outcome, status: int | None, down: bool
+) -> None:
+    assert signals_down(outcome, status) is down

@@ -9,12 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.model.schedule import (
+    DEFERRAL_STEPS,
+    MAX_JITTER_S,
+    deferral_delays,
     duration_label,
     jittered_delay_s,
     nearest_tier,
     parse_duration_s,
     parse_schedule,
-    tier_for_min_delay,
+    shortest_wait_s,
 )
 
 SCHEDULE = (5.0, 300.0, 1800.0, 7200.0)
@@ -110,8 +113,12 @@ def test_duration_label_round_trips_through_parse(count: int, unit: str) -> None
     assert duration_label(parse_duration_s(label)) == label
 
 
-def test_jitter_reaches_at_most_ten_percent() -> None:
-    assert jittered_delay_s(300.0, _TopOfRange()) == pytest.approx(330.0)
+def test_jitter_reaches_at_most_ten_percent_of_a_short_delay() -> None:
+    assert jittered_delay_s(2.0, _TopOfRange()) == pytest.approx(2.2)
+
+
+def test_jitter_of_a_long_delay_is_capped_so_it_cannot_reorder_a_tier_by_more() -> None:
+    assert jittered_delay_s(300.0, _TopOfRange()) == pytest.approx(300.0 + MAX_JITTER_S)
 
 
 def test_jitter_is_reproducible_with_a_seeded_generator() -> None:
@@ -122,7 +129,7 @@ def test_jitter_spreads_a_burst() -> None:
     rng = random.Random(42)
     delays = {jittered_delay_s(100.0, rng) for _ in range(50)}
     assert len(delays) == 50
-    assert max(delays) > 105.0
+    assert max(delays) - min(delays) > MAX_JITTER_S / 2
 
 
 @settings(max_examples=200, deadline=None)
@@ -130,47 +137,69 @@ def test_jitter_spreads_a_burst() -> None:
     delay_s=st.floats(min_value=0.001, max_value=1e7, allow_nan=False),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-def test_jitter_stays_within_delay_and_ten_percent_more(delay_s: float, seed: int) -> None:
+def test_jitter_stays_within_ten_percent_and_the_cap(delay_s: float, seed: int) -> None:
     jittered = jittered_delay_s(delay_s, random.Random(seed))
-    assert delay_s <= jittered <= delay_s * 1.1
+    assert delay_s <= jittered <= delay_s + min(delay_s * 0.1, MAX_JITTER_S)
 
 
 @pytest.mark.parametrize(
-    ("start", "min_delay_s", "tier"),
+    ("first_s", "longest_s", "delays"),
     [
-        (0, 0.0, 0),
-        (0, 5.0, 0),
-        (0, 6.0, 1),
-        (0, 60.0, 1),
-        (2, 60.0, 2),
-        (1, 1801.0, 3),
-        (0, 100_000.0, 3),
-        (3, 100_000.0, 3),
+        (60.0, 1800.0, (60.0, 120.0, 240.0, 480.0, 960.0, 1800.0)),
+        (60.0, 60.0, (60.0,)),
+        (2.0, 8.0, (2.0, 4.0, 8.0)),
+        (1.0, 5.0, (1.0, 2.0, 4.0, 5.0)),
+        (3.0, 1800.0, (3.0, 6.0, 12.0, 24.0, 48.0, 1800.0)),
     ],
 )
-def test_tier_for_min_delay_picks_the_first_covering_tier(
-    start: int, min_delay_s: float, tier: int
+def test_deferral_waits_double_up_to_the_longest(
+    first_s: float, longest_s: float, delays: tuple[float, ...]
 ) -> None:
-    assert tier_for_min_delay(SCHEDULE, start, min_delay_s) == tier
+    assert deferral_delays(first_s, longest_s) == delays
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    data=st.data(),
-    schedule=st.lists(st.floats(min_value=0.001, max_value=1e6), min_size=1, max_size=8),
-    min_delay_s=st.floats(min_value=0.0, max_value=2e6),
+    first_s=st.floats(min_value=0.001, max_value=1e5, allow_nan=False),
+    growth=st.floats(min_value=1.0, max_value=1e4, allow_nan=False),
+    wait_s=st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
 )
-def test_tier_for_min_delay_never_goes_back_and_covers_when_it_can(
-    data: st.DataObject, schedule: list[float], min_delay_s: float
+def test_a_deferral_lasts_until_the_probe_or_the_longest_wait(
+    first_s: float, growth: float, wait_s: float
 ) -> None:
-    start = data.draw(st.integers(min_value=0, max_value=len(schedule) - 1))
-    tier = tier_for_min_delay(tuple(schedule), start, min_delay_s)
-    assert start <= tier < len(schedule)
-    if any(delay >= min_delay_s for delay in schedule[start:]):
-        assert schedule[tier] >= min_delay_s
-        assert all(delay < min_delay_s for delay in schedule[start:tier])
+    delays = deferral_delays(first_s, first_s * growth)
+    assert list(delays) == sorted(set(delays))
+    assert len(delays) <= DEFERRAL_STEPS
+    chosen = shortest_wait_s(delays, wait_s)
+    assert chosen >= wait_s or chosen == delays[-1]
+
+
+def test_a_deferral_wait_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        deferral_delays(0.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("at_least_s", "wait_s"),
+    [(0.0, 5.0), (5.0, 5.0), (6.0, 300.0), (60.0, 300.0), (1801.0, 7200.0), (1e5, 7200.0)],
+)
+def test_the_shortest_wait_that_lasts_long_enough(at_least_s: float, wait_s: float) -> None:
+    assert shortest_wait_s(SCHEDULE, at_least_s) == wait_s
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    delays=st.lists(st.floats(min_value=0.001, max_value=1e6), min_size=1, max_size=12),
+    at_least_s=st.floats(min_value=0.0, max_value=2e6),
+)
+def test_a_wait_is_a_tier_that_lasts_or_the_longest(delays: list[float], at_least_s: float) -> None:
+    chosen = shortest_wait_s(tuple(delays), at_least_s)
+    assert chosen in delays
+    if any(delay >= at_least_s for delay in delays):
+        assert chosen >= at_least_s
+        assert all(delay < at_least_s or delay >= chosen for delay in delays)
     else:
-        assert tier == len(schedule) - 1
+        assert chosen == max(delays)
 
 
 @pytest.mark.parametrize(("tier", "nearest"), [(-3, 0), (0, 0), (2, 2), (3, 3), (9, 3)])

@@ -12,6 +12,7 @@ from shared.delivery.http_client import GuardedResolver, WebhookClient
 from shared.delivery.sender import Sender
 from shared.model.errors import RefusedDestination
 from tests.support.endpoints import endpoint_to
+from tests.support.resolvers import answers
 
 
 class FakeResolver(AbstractResolver):
@@ -26,17 +27,7 @@ class FakeResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         addresses = self._answers[min(self.calls, len(self._answers) - 1)]
         self.calls += 1
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in addresses
-        ]
+        return answers(host, port, addresses)
 
     async def close(self) -> None:
         return None

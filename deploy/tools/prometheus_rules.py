@@ -1,0 +1,74 @@
+"""Write deploy/monitoring/clickhook-rules.yaml: the alerts of the PrometheusRule as a plain
+Prometheus rules file, for a Prometheus without the Operator (``rule_files:`` in
+prometheus.yml).
+
+Usage (repository root): .venv/bin/python deploy/tools/prometheus_rules.py [--check]
+  --check: exit 1 when the file differs from what would be written (make test's
+  tests/deploy/test_monitoring.py checks the same).
+
+deploy/k8s/components/monitoring/prometheusrule.yaml stays the one source of the alerts; this
+file is its ``spec`` with a header, so the two never differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "deploy" / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
+TARGET = ROOT / "deploy" / "monitoring" / "clickhook-rules.yaml"
+HEADER = """\
+# clickhook's alerts for Prometheus without the Operator: add this file to `rule_files:` in
+# prometheus.yml. The scrape jobs must be named clickhook-ingest, clickhook-dispatcher and
+# clickhook-retry (the PodMonitor's job names). Runbooks: README.md, "Alerts".
+# Generated from deploy/k8s/components/monitoring/prometheusrule.yaml by
+# deploy/tools/prometheus_rules.py: edit that file, then run the tool.
+"""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line expressions as literal blocks, as they are written in the PrometheusRule."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def rules_file(prometheus_rule: dict[str, Any]) -> str:
+    """The rules file for a PrometheusRule object: its ``spec`` (``groups``), as YAML."""
+    body = yaml.dump(
+        {"groups": prometheus_rule["spec"]["groups"]},
+        Dumper=_Dumper,
+        sort_keys=False,
+        width=1_000_000,  # one expression, one line: never folded
+        allow_unicode=True,
+    )
+    return HEADER + body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+    args = parser.parse_args()
+    wanted = rules_file(yaml.safe_load(SOURCE.read_text()))
+    if args.check:
+        current = TARGET.read_text() if TARGET.exists() else ""
+        if current != wanted:
+            print(f"{TARGET.relative_to(ROOT)} is out of date: run {Path(__file__).name}")
+            return 1
+        return 0
+    TARGET.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

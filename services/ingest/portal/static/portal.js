@@ -1,0 +1,40 @@
+// clickhook portal: the little script the pages use. No framework, no build step.
+"use strict";
+
+// Live refresh: an element with data-refresh="<url>" gets its content fetched again every
+// data-every seconds (3 by default), while the page is visible and, if data-live names a
+// checkbox, while that box is ticked. The server renders (and escapes) the fragment.
+for (const element of document.querySelectorAll("[data-refresh]")) {
+  const everyMs = Number(element.dataset.every || 3) * 1000;
+  const toggle = element.dataset.live ? document.getElementById(element.dataset.live) : null;
+  const tick = async () => {
+    if (!document.hidden && (!toggle || toggle.checked)) {
+      try {
+        const response = await fetch(element.dataset.refresh, {
+          credentials: "same-origin",
+          headers: { accept: "text/html" },
+        });
+        if (response.ok) {
+          element.innerHTML = await response.text();
+        }
+      } catch (error) {
+        // Offline or the server restarting: try again at the next tick.
+      }
+    }
+    setTimeout(tick, everyMs);
+  };
+  setTimeout(tick, everyMs);
+}
+
+// Destructive buttons ask first.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
+
+// A revealed secret is selected when focused, ready to copy.
+for (const input of document.querySelectorAll("input.secret")) {
+  input.addEventListener("focus", () => input.select());
+}

@@ -1,0 +1,174 @@
+"""/v1/endpoints/{id}/replay: start, watch and cancel a replay of an endpoint's dead letters.
+
+A replay is a job (``shared.kafka.replay``) that runs as a task of the ingest instance that
+took the POST; its progress is in the ``webhook.replays`` topic, so any instance answers GET
+and DELETE, and a restart shows it as ``interrupted`` (what it had sent is delivered; a new
+replay of the same window skips the letters it covered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.ingest.api_types import ReplayRequest, ReplayStatus
+from services.ingest.endpoints_api import EndpointApi
+from services.ingest.responses import ApiError, read_json_body, struct_response
+from shared.kafka.replay import ReplayJobs, ReplayRun, new_job, now_ms
+from shared.model.errors import Problem
+from shared.model.messages import Endpoint, ReplayJob
+from shared.ops.settings import Settings
+from shared.ops.supervision import Supervisor
+
+log = structlog.get_logger(__name__)
+
+# Each running replay reads the DLQ with a consumer of its own on the API's event loop.
+MAX_RUNNING = 2
+BUSY_RETRY_AFTER_S = "30"
+CANCEL_WAIT_S = 10.0
+
+
+def _owner() -> str:
+    """This process, as named on the jobs it runs."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def replay_status(job: ReplayJob) -> ReplayStatus:
+    return ReplayStatus(
+        id=job.id,
+        endpoint_id=job.endpoint_id,
+        state=job.state_at(now_ms()),
+        since=_time(job.since_ms),
+        until=_time(job.until_ms),
+        matched=job.matched,
+        replayed=job.replayed,
+        already_replayed=job.already_replayed,
+        started_at=_time(job.started_at_ms),
+        updated_at=_time(job.updated_at_ms),
+        finished_at=_time(job.finished_at_ms) if job.finished_at_ms is not None else None,
+        error=job.error,
+    )
+
+
+def _time(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def window_problems(body: ReplayRequest, now: datetime) -> list[Problem]:
+    if body.since.tzinfo is None or (body.until is not None and body.until.tzinfo is None):
+        field = "since" if body.since.tzinfo is None else "until"
+        return [Problem(field, "needs a UTC offset, e.g. Z")]
+    until = body.until or now
+    if until <= body.since:
+        return [Problem("until", "must be after since")]
+    return []
+
+
+class ReplayApi:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: EndpointApi,
+        producer: AIOKafkaProducer,
+        supervisor: Supervisor,
+    ) -> None:
+        self._settings = settings
+        self._endpoints = endpoints
+        self._producer = producer
+        self._supervisor = supervisor
+        self._owner = _owner()
+        self.jobs = ReplayJobs(settings, producer)
+        self._tasks: dict[str, asyncio.Task[ReplayJob]] = {}  # job id -> its run, here
+
+    async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: follow the jobs topic; at shutdown, stop the runs here."""
+        await self.jobs.start()
+        self._supervisor.start("replay_follower", self.jobs.follow())
+        try:
+            yield
+        finally:
+            running = [task for task in self._tasks.values() if not task.done()]
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            await self._supervisor.cancel("replay_follower")
+            await self.jobs.stop()
+
+    async def start(self, request: web.Request) -> web.Response:
+        endpoint = self._endpoints.owned(request)
+        body = await read_json_body(request, ReplayRequest, "invalid replay")
+        job = await self.start_job(endpoint, body)
+        return struct_response(replay_status(job), status=202)
+
+    async def start_job(self, endpoint: Endpoint, body: ReplayRequest) -> ReplayJob:
+        """Start a replay of ``endpoint``'s dead letters (the API's and the portal's way)."""
+        now = datetime.now(UTC)
+        problems = window_problems(body, now)
+        if problems:
+            raise ApiError(422, "invalid_request", "invalid replay window", problems)
+        if not endpoint.enabled:
+            raise ApiError(409, "endpoint_disabled", "enable the endpoint before a replay")
+        await self.jobs.loaded.wait()
+        if self.jobs.running(endpoint.id) is not None:
+            raise ApiError(409, "replay_running", "this endpoint's replay is still running")
+        if sum(not task.done() for task in self._tasks.values()) >= MAX_RUNNING:
+            raise ApiError(
+                503,
+                "busy",
+                "too many replays running here; try again later",
+                headers={"retry-after": BUSY_RETRY_AFTER_S},
+            )
+        until = body.until or now
+        job = await new_job(
+            self._settings,
+            endpoint.id,
+            endpoint.account_id,
+            int(body.since.timestamp() * 1000),
+            int(until.timestamp() * 1000),
+            owner=self._owner,
+        )
+        await self.jobs.put(job)
+        run = ReplayRun(self._settings, self._producer, self.jobs, job)
+        self._tasks[job.id] = asyncio.create_task(run.run(), name=f"replay-{job.id}")
+        log.info("replay_started", endpoint_id=endpoint.id, job_id=job.id)
+        return job
+
+    async def status(self, request: web.Request) -> web.Response:
+        endpoint = self._endpoints.owned(request)
+        return struct_response(replay_status(self._latest(endpoint)))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """Stop sending letters; those already sent are still delivered."""
+        endpoint = self._endpoints.owned(request)
+        job = await self.cancel_job(self._latest(endpoint))
+        return struct_response(replay_status(job))
+
+    async def cancel_job(self, job: ReplayJob) -> ReplayJob:
+        if job.state_at(now_ms()) != "running":
+            raise ApiError(409, "not_running", f"the replay has ended: {job.state}")
+        local = self._tasks.get(job.id)
+        if local is not None and not local.done():
+            local.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await local
+        else:
+            # Another instance runs it: it stops at its next heartbeat.
+            await self.jobs.put(msgspec.structs.replace(job, cancel_requested=True))
+            await self.jobs.ended(job.id, CANCEL_WAIT_S)
+        return self.jobs.get(job.id) or job
+
+    def _latest(self, endpoint: Endpoint) -> ReplayJob:
+        jobs = self.jobs.of_endpoint(endpoint.id)
+        if not jobs:
+            raise ApiError(404, "not_found", "this endpoint has never been replayed")
+        return jobs[-1]

@@ -1,0 +1,119 @@
+"""The delivery log's index on its own (SQLite in a temporary directory, no broker): caps,
+percentiles, cursors and record ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.delivery_log.api import decode_cursor, encode_cursor
+from services.ingest.delivery_log.store import (
+    ATTEMPT_ID_PREFIX,
+    AttemptFilter,
+    Fetched,
+    LogReader,
+    LogWriter,
+    attempt_id,
+    bucket_upper_ms,
+    duration_bucket,
+    parse_record_id,
+    percentile_ms,
+    position,
+)
+from shared.model.messages import encode
+from tests.support.attempts import attempt, now_ms
+
+
+@pytest.fixture(name="index")
+def fixture_index(tmp_path: Path) -> tuple[LogWriter, LogReader]:
+    path = tmp_path / "log.sqlite3"
+    return LogWriter(path, per_endpoint=100), LogReader(path)
+
+
+def fetched(offset: int, value: bytes, partition: int = 0) -> Fetched:
+    return Fetched(partition, offset, value)
+
+
+def test_an_endpoint_keeps_only_its_newest_attempts(index: tuple[LogWriter, LogReader]) -> None:
+    writer, reader = index
+    base = now_ms() - 60_000
+    records = [encode(attempt("ep_1", f"evt_{i}", at_ms=base + i)) for i in range(150)]
+    other = [encode(attempt("ep_2", f"evt_{i}", at_ms=base + i)) for i in range(5)]
+    writer.add_attempts([fetched(i, v) for i, v in enumerate(records + other)], now_ms())
+
+    kept = reader.attempts("ep_1", AttemptFilter(), 1000)
+    assert [a.event_id for a in kept] == [f"evt_{i}" for i in reversed(range(50, 150))]
+    assert len(reader.attempts("ep_2", AttemptFilter(), 1000)) == 5
+
+
+def test_the_day_figures_count_every_attempt_whatever_the_cap(
+    index: tuple[LogWriter, LogReader],
+) -> None:
+    writer, reader = index
+    now = now_ms()
+    records = [encode(attempt("ep_1", f"evt_{i}", at_ms=now - 1_000)) for i in range(150)]
+    writer.add_attempts([fetched(i, v) for i, v in enumerate(records)], now)
+    _, day, _ = reader.health("ep_1", [], now)
+    assert day.attempts == 150
+
+
+def test_unreadable_records_are_counted_and_skipped(index: tuple[LogWriter, LogReader]) -> None:
+    writer, reader = index
+    good = encode(attempt("ep_1", "evt_ok"))
+    assert writer.add_attempts([fetched(0, b"{not json"), fetched(1, good)], now_ms()) == 1
+    assert writer.unreadable == 1
+    assert [a.event_id for a in reader.attempts("ep_1", AttemptFilter(), 10)] == ["evt_ok"]
+
+
+def test_expire_drops_what_the_topic_no_longer_holds(index: tuple[LogWriter, LogReader]) -> None:
+    writer, reader = index
+    now = now_ms()
+    old = encode(attempt("ep_1", "evt_old", at_ms=now - 8 * 86_400_000))
+    new = encode(attempt("ep_1", "evt_new", at_ms=now - 1_000))
+    writer.add_attempts([fetched(0, old), fetched(1, new)], now)
+    writer.expire(now)
+    assert [a.event_id for a in reader.attempts("ep_1", AttemptFilter(), 10)] == ["evt_new"]
+
+
+def test_percentiles_come_from_the_bucket_holding_the_rank() -> None:
+    durations = [10.0] * 98 + [900.0, 15_000.0]
+    histogram: dict[int, int] = {}
+    for duration in durations:
+        bucket = duration_bucket(duration)
+        histogram[bucket] = histogram.get(bucket, 0) + 1
+    pairs = list(histogram.items())
+    p50 = percentile_ms(pairs, 0.5)
+    p99 = percentile_ms(pairs, 0.99)
+    assert p50 is not None
+    assert 10.0 <= p50 <= 10.0 * 2 ** (1 / 8)
+    assert p99 is not None
+    assert 900.0 <= p99 <= 900.0 * 2 ** (1 / 8)
+    assert percentile_ms([], 0.5) is None
+
+
+@given(st.floats(min_value=0.002, max_value=3_600_000.0))
+def test_a_duration_is_at_most_its_buckets_upper_bound_and_above_the_one_before(
+    duration: float,
+) -> None:
+    bucket = duration_bucket(duration)
+    assert bucket_upper_ms(bucket - 1) < duration * (1 + 1e-9)
+    assert duration <= bucket_upper_ms(bucket) * (1 + 1e-9)
+
+
+@given(st.integers(min_value=0, max_value=2**22), st.integers(min_value=0, max_value=2**40 - 1))
+def test_record_ids_round_trip(partition: int, offset: int) -> None:
+    text = attempt_id(position(partition, offset))
+    assert parse_record_id(text, ATTEMPT_ID_PREFIX) == (partition, offset)
+
+
+@pytest.mark.parametrize("text", ["att_", "att_1", "att_x_1", "att_1_-1", "dlq_1_1", "1_1"])
+def test_malformed_record_ids_are_none(text: str) -> None:
+    assert parse_record_id(text, ATTEMPT_ID_PREFIX) is None
+
+
+@given(st.integers(min_value=0, max_value=2**50), st.integers(min_value=0, max_value=2**62))
+def test_cursors_round_trip(at_ms: int, pos: int) -> None:
+    assert decode_cursor(encode_cursor(at_ms, pos)) == (at_ms, pos)
