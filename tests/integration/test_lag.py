@@ -74,7 +74,14 @@ async def test_dispatcher_lag_is_end_minus_commit_and_counts_uncommitted_from_th
 async def test_retry_lag_splits_due_from_waiting_in_every_tier_topic(
     kafka_bootstrap: str, prefix: str
 ) -> None:
-    settings = make_settings(kafka_bootstrap, prefix, retry_schedule_s=(60.0,))
+    # One tier: the schedule's delay is also the breaker's only deferral wait.
+    settings = make_settings(
+        kafka_bootstrap,
+        prefix,
+        retry_schedule_s=(60.0,),
+        breaker_cooldown_s=60.0,
+        breaker_max_cooldown_s=60.0,
+    )
     old_tier = f"{prefix}webhook.retry.5h"  # of an older schedule: found by the pattern
     await ensure_topics(settings, [NewTopic(old_tier, 1, 1)])
     await ensure_topics(settings)
