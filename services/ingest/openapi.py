@@ -543,6 +543,8 @@ def _schemas() -> dict[str, Any]:
     endpoint["properties"]["version"].pop("default", None)
     endpoint["required"] = [*endpoint.get("required", []), "version"]
     generated.pop("EndpointSecret", None)
+    # GET /v1/endpoints/{id} adds the delivery log's summary (not a stored field).
+    endpoint["properties"]["delivery"] = _ref("DeliverySummary")
     generated["CreatedEndpoint"] = {
         "allOf": [
             _ref("Endpoint"),
@@ -567,7 +569,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "clickhook ingest API",
             "version": "1",
-            "description": "Click intake and endpoint registry of clickhook.",
+            "description": "Click intake, the endpoint registry and the delivery log of clickhook.",
         },
         "components": {
             "schemas": _schemas(),

@@ -1,8 +1,19 @@
 """Per-endpoint caps on concurrency and rate, so one receiver only spends its own share.
 
-A delivery over an endpoint's caps waits a short, bounded time (a burst to a fast receiver
-drains in that time); past it, or past the short queue, the caller shunts it to the first
-retry tier rather than hold a partition back behind one slow receiver.
+A delivery over an endpoint's caps waits its turn for at most ``max_wait_s``; past that, or
+past the queue's length, the caller defers it to the first retry tier rather than hold a
+partition back behind one slow receiver.
+
+Whether a newcomer would get its turn in time is judged from the pace the endpoint has shown
+since all its slots became busy, not from how long its attempts seem to take: on a busy event
+loop every attempt looks slow (taking in a burst of a thousand records holds the loop for
+tens of milliseconds, during which no answer is read), and judging by that deferred most of a
+healthy endpoint's burst. So a busy lane lets in as many waiters as it finished attempts in
+the last ``max_wait_s`` ("a turn within the wait"), and before it has been busy that long, as
+many as its pace so far promises, but only once the loop has read other endpoints' answers
+meanwhile: until then a slow endpoint and a busy loop look the same, and the burst queues
+(the wait bounds it). An attempt that has been running for longer than the wait is evidence
+no busy loop explains: then the queue is cut to what the running attempts' age allows.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from dataclasses import dataclass, field
 
 from shared.ops.settings import Settings
 
-# Weight of the newest attempt in an endpoint's typical attempt duration.
-SMOOTHING = 0.2
+# Completions are counted over the last ``max_wait_s`` in this many slices of it.
+COUNT_SLICES = 10
+# A lane busy for less than this share of the wait has shown no pace worth judging.
+EARLIEST_JUDGEMENT_SHARE = 0.1
 
 
 @dataclass(slots=True)
@@ -48,24 +61,84 @@ class TokenBucket:
 
 
 @dataclass(slots=True)
+class RecentCount:
+    """Events in the last ``window_s`` (to within one slice of it); time comes in as an
+    argument, so it is pure."""
+
+    window_s: float
+    counts: list[int] = field(default_factory=lambda: [0] * COUNT_SLICES)
+    slice_at: int = 0  # the absolute number of the slice the newest count is in
+
+    def add(self, now_s: float) -> None:
+        self._advance(now_s)
+        self.counts[self.slice_at % COUNT_SLICES] += 1
+
+    def total(self, now_s: float) -> int:
+        self._advance(now_s)
+        return sum(self.counts)
+
+    def _advance(self, now_s: float) -> None:
+        current = int(now_s * COUNT_SLICES / self.window_s)
+        for passed in range(self.slice_at + 1, min(current, self.slice_at + COUNT_SLICES) + 1):
+            self.counts[passed % COUNT_SLICES] = 0
+        self.slice_at = max(self.slice_at, current)
+
+
+@dataclass(slots=True)
 class _Lane:
     slots: asyncio.Semaphore
+    finished: RecentCount
     queued: int = 0
     bucket: TokenBucket | None = None
-    # Start times of the attempts in flight, oldest first, and a moving average of how long
-    # attempts take: together they estimate how long a newcomer would wait.
-    started_s: deque[float] = field(default_factory=deque)
-    typical_s: float = 0.0
+    started_s: deque[float] = field(default_factory=deque)  # attempts in flight, oldest first
+    # Since when every slot has been taken or someone has been waiting; what this lane, and
+    # every lane of the gate, had finished by then and since.
+    busy_since_s: float | None = None
+    finished_since_busy: int = 0
+    all_finished_at_busy: int = 0
 
     @property
     def active(self) -> int:
         return len(self.started_s)
 
-    def expected_wait_s(self, now_s: float, max_in_flight: int) -> float:
-        """Roughly how long the next queued delivery would wait for a slot."""
-        oldest_age_s = now_s - self.started_s[0] if self.started_s else 0.0
-        per_attempt_s = max(self.typical_s, oldest_age_s)
-        return (self.queued + 1) * per_attempt_s / max_in_flight
+    def became_busy(self, now_s: float, all_finished: int) -> None:
+        self.busy_since_s = now_s
+        self.finished_since_busy = 0
+        self.all_finished_at_busy = all_finished
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_in_flight: int
+    max_wait_s: float
+
+    def turns(self, lane: _Lane, now_s: float, all_finished: int) -> int | None:
+        """How many waiters can expect a slot within the wait; None: no evidence yet (let
+        them queue, the wait bounds them)."""
+        found = [
+            turns
+            for turns in (self._by_age(lane, now_s), self._by_pace(lane, now_s, all_finished))
+            if turns is not None
+        ]
+        return min(found) if found else None
+
+    def _by_age(self, lane: _Lane, now_s: float) -> int | None:
+        oldest_age_s = now_s - lane.started_s[0] if lane.started_s else 0.0
+        if oldest_age_s <= self.max_wait_s:
+            return None
+        # Attempts outlast the wait: at best each slot frees once per oldest age.
+        return int(self.max_in_flight * self.max_wait_s / oldest_age_s)
+
+    def _by_pace(self, lane: _Lane, now_s: float, all_finished: int) -> int | None:
+        if lane.busy_since_s is None:
+            return None
+        busy_s = now_s - lane.busy_since_s
+        if busy_s >= self.max_wait_s:
+            return lane.finished.total(now_s)
+        others_finished = all_finished - lane.all_finished_at_busy - lane.finished_since_busy
+        if busy_s < self.max_wait_s * EARLIEST_JUDGEMENT_SHARE or others_finished <= 0:
+            return None
+        return int(lane.finished_since_busy * self.max_wait_s / busy_s)
 
 
 class EndpointGate:
@@ -76,28 +149,34 @@ class EndpointGate:
         max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._max_in_flight = max_in_flight
+        self._limits = _Limits(max_in_flight, max_wait_s)
         self._max_queued = max_queued
-        self._max_wait_s = max_wait_s
         self._clock = clock
         self._lanes: dict[str, _Lane] = {}
+        self._finished = 0  # attempts finished by every lane: shows that answers get read
 
     async def enter(self, endpoint_id: str, rate_per_s: float | None) -> bool:
-        """Wait (briefly) for the endpoint's rate and a slot; False: shunt the delivery.
+        """Wait (briefly) for the endpoint's rate and a slot; False: defer the delivery.
 
-        A delivery is shunted at once, without queueing, when the endpoint's attempts are so
-        slow that it could not get a slot within the wait limit anyway: a hung receiver then
-        holds no clicks back, while a burst to a fast one still queues and drains.
+        A delivery is deferred at once, without queueing, when the queue is full or when the
+        endpoint's pace says it would not get a slot within the wait anyway: a hung receiver
+        then holds no clicks back, while a burst to a fast one queues and drains.
         On True the caller must ``leave`` once the attempt is over.
         """
         lane = self._lanes.get(endpoint_id)
         if lane is None:
-            lane = self._lanes[endpoint_id] = _Lane(asyncio.Semaphore(self._max_in_flight))
-        if lane.slots.locked() and (
-            lane.queued >= self._max_queued
-            or lane.expected_wait_s(self._clock(), self._max_in_flight) > self._max_wait_s
-        ):
-            return False
+            lane = _Lane(
+                asyncio.Semaphore(self._limits.max_in_flight),
+                RecentCount(self._limits.max_wait_s),
+            )
+            self._lanes[endpoint_id] = lane
+        if lane.slots.locked():
+            now_s = self._clock()
+            if lane.busy_since_s is None:
+                lane.became_busy(now_s, self._finished)
+            turns = self._limits.turns(lane, now_s, self._finished)
+            if lane.queued >= self._max_queued or (turns is not None and lane.queued >= turns):
+                return False
         lane.queued += 1
         try:
             return await self._wait_turn(lane, rate_per_s)
@@ -106,29 +185,38 @@ class EndpointGate:
             self._forget_if_idle(endpoint_id, lane)
 
     async def _wait_turn(self, lane: _Lane, rate_per_s: float | None) -> bool:
+        max_wait_s = self._limits.max_wait_s
         if rate_per_s is not None:
             now_s = self._clock()
             if lane.bucket is None or lane.bucket.rate_per_s != rate_per_s:
                 lane.bucket = TokenBucket(rate_per_s, max(1.0, rate_per_s), now_s)
-            wait_s = lane.bucket.reserve(now_s, self._max_wait_s)
+            wait_s = lane.bucket.reserve(now_s, max_wait_s)
             if wait_s is None:
                 return False
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-        try:
-            async with asyncio.timeout(self._max_wait_s):
-                await lane.slots.acquire()
-        except TimeoutError:
-            return False
+        if lane.slots.locked():
+            try:
+                async with asyncio.timeout(max_wait_s):
+                    await lane.slots.acquire()
+            except TimeoutError:
+                return False
+        else:
+            await lane.slots.acquire()  # free: no timer needed
         lane.started_s.append(self._clock())
         return True
 
     def leave(self, endpoint_id: str) -> None:
         lane = self._lanes[endpoint_id]
-        # Attempts end in any order; taking the oldest start is close enough for an estimate.
-        duration_s = self._clock() - lane.started_s.popleft()
-        lane.typical_s += SMOOTHING * (duration_s - lane.typical_s)
+        now_s = self._clock()
+        # Attempts end in any order; only their number in flight and the oldest start matter.
+        lane.started_s.popleft()
+        lane.finished.add(now_s)
+        lane.finished_since_busy += 1
+        self._finished += 1
         lane.slots.release()
+        if lane.queued == 0 and lane.active < self._limits.max_in_flight:
+            lane.busy_since_s = None  # room to spare: the next burst starts afresh
         self._forget_if_idle(endpoint_id, lane)
 
     def in_flight(self, endpoint_id: str) -> int:
@@ -137,7 +225,7 @@ class EndpointGate:
 
     def _forget_if_idle(self, endpoint_id: str, lane: _Lane) -> None:
         # Rate-limited lanes keep their bucket; others are dropped to bound memory (their
-        # duration estimate with them: an idle endpoint starts afresh).
+        # recent pace with them: an idle endpoint starts afresh).
         if lane.active == 0 and lane.queued == 0 and lane.bucket is None:
             self._lanes.pop(endpoint_id, None)
 

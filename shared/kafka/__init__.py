@@ -5,12 +5,14 @@ May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
 - ``clients``: producer and consumer factories, topic creation, durable produce, setting a
   record aside.
 - ``partition_worker``: the consume loop (many records in flight, watermark commits, drains).
-- ``window``: reading a topic up to the end offsets seen at the start.
+- ``window``: reading a topic up to the end offsets seen at the start; ``follower``: a small
+  topic read to its end, then followed.
 - ``endpoint_store``: the compacted endpoints topic, materialised, followed, written as
   compare-and-set (``update``, ``delete`` and ``create``, each in a fencing transaction).
 - ``metadata``: waiting for a topic's metadata (a topic created a moment ago).
 - ``service_base``: what every service starts with (topics, producer, endpoint store,
   broker probe, readiness).
 - ``lag``: consumer lag of a service's own group, exported as metrics.
-- ``dead_letters``: reading dead letters back, and replaying them.
+- ``replay``: replay jobs, an endpoint's dead letters streamed back into delivery and
+  recorded in ``webhook.replays``.
 """

@@ -4,6 +4,15 @@ Records are handled concurrently; per partition only the watermark (lowest offse
 flight) is committed, so a crash at any instant re-reads, and never skips, unfinished work.
 On revoke the in-flight work of the lost partitions is awaited and committed before the
 rebalance goes on; on stop, fetching ends and in-flight work drains within a grace period.
+
+A record may have to wait before it starts (a retry tier's envelope before its due time,
+``not_before_ms``). Its partition's records are in (nearly) due order, so the worker holds
+that head and the records fetched behind it, and pauses the partition until the head is due;
+then it starts what is due and fetches on from where it was. A head due only later
+(``PARK_AFTER_S``) is kept alone: the records behind it are dropped, to be fetched again when
+it is due, so that a long wait costs no memory. (Seeking back to the head and dropping the
+rest at every head, as before, made the retry service fetch and parse each record many times
+over while a tier drained.)
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -25,9 +36,10 @@ from shared.model.watermark import PartitionWatermark, encode_finished
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Record], Awaitable[None]]
-# Called for each fetched record before it is started; False holds the rest of that
-# partition's batch back (the gate has already sought/paused the partition).
-Gate = Callable[[TopicPartition, Record], bool]
+# When a record may start (unix ms); None: at once.
+NotBefore = Callable[[Record], int | None]
+# Told, once per loop, which partitions wait for their head record.
+HeldReport = Callable[[Collection[TopicPartition]], None]
 
 COMMIT_INTERVAL_S = 0.5
 HANDLER_RETRY_MAX_S = 30.0
@@ -36,6 +48,21 @@ DRAIN_TIMEOUT_FINISH_S = 5.0
 # Fetching resumes once in-flight work is down to this share of the bound: resuming at the
 # first free slot would pause and resume (and re-fetch) after every finished record.
 RESUME_AT_SHARE = 0.75
+# A held head due later than this is kept alone (the records behind it are fetched again).
+PARK_AFTER_S = 1.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A paused partition waiting for its head: the head first, then what was fetched
+    behind it."""
+
+    records: deque[Record]
+    due_ms: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class PartitionWorker:
@@ -46,19 +73,18 @@ class PartitionWorker:
         *,
         max_in_flight: int,
         drain_grace_s: float,
-        gate: Gate | None = None,
-        next_wakeup_s: Callable[[], float | None] | None = None,
-        on_poll: Callable[[], None] | None = None,
+        not_before_ms: NotBefore | None = None,
+        on_held: HeldReport | None = None,
         on_drain_timeout: Callable[[], None] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._max_in_flight = max_in_flight
         self._drain_grace_s = drain_grace_s
-        self._gate = gate
-        self._next_wakeup_s = next_wakeup_s
-        self._on_poll = on_poll
+        self._not_before_ms = not_before_ms
+        self._on_held = on_held
         self._on_drain_timeout = on_drain_timeout
+        self._held: dict[TopicPartition, _Held] = {}
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
         # Offsets the partition's previous owner finished above its commit: not done again.
@@ -74,15 +100,20 @@ class PartitionWorker:
     async def run(self, stop: asyncio.Event) -> None:
         last_commit = time.monotonic()
         while not stop.is_set():
-            if self._on_poll is not None:
-                self._on_poll()
             if self._saturated():
                 await self._wait_for_room(self._poll_timeout_ms() / 1000)
+            else:
+                self._release_held()
             self._apply_backpressure()
+            if self._on_held is not None:
+                self._on_held(self._held.keys())
             # Saturated, poll without waiting: polling keeps the consumer in its group, and
             # the waiting was done in ``_wait_for_room``, which wakes as soon as work finishes.
             timeout_ms = 0 if self._backpressure else self._poll_timeout_ms()
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+            # Never more records than there is room for: the bound is what caps memory and
+            # what the per-endpoint queues are sized against.
+            room = max(1, self._max_in_flight - len(self._tasks))
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batches.items():
                 self._take(tp, records)
             if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
@@ -135,22 +166,62 @@ class PartitionWorker:
         self._committed.update(offsets)
 
     def _take(self, tp: TopicPartition, records: list[Record]) -> None:
+        now_ms = _now_ms()
+        for index, record in enumerate(records):
+            due_ms = self._due_ms(record)
+            if due_ms is not None and due_ms > now_ms:
+                self._hold(tp, deque(records[index:]), due_ms)
+                return
+            self._start(tp, record)
+
+    def _start(self, tp: TopicPartition, record: Record) -> None:
         watermark = self._watermarks.setdefault(tp, PartitionWatermark())
         finished_before = self._finished_before.get(tp)
-        for record in records:
-            if finished_before and record.offset in finished_before:
-                finished_before.discard(record.offset)
-                watermark.start(record.offset)
-                watermark.finish(record.offset)
-                continue
-            if self._gate is not None and not self._gate(tp, record):
-                return
+        if finished_before and record.offset in finished_before:
+            finished_before.discard(record.offset)
             watermark.start(record.offset)
-            task = asyncio.create_task(self._handle(tp, watermark, record))
-            partition_tasks = self._tasks_by_tp.setdefault(tp, set())
-            self._tasks.add(task)
-            partition_tasks.add(task)
-            task.add_done_callback(functools.partial(self._finished, partition_tasks))
+            watermark.finish(record.offset)
+            return
+        watermark.start(record.offset)
+        task = asyncio.create_task(self._handle(tp, watermark, record))
+        partition_tasks = self._tasks_by_tp.setdefault(tp, set())
+        self._tasks.add(task)
+        partition_tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, partition_tasks))
+
+    def _due_ms(self, record: Record) -> int | None:
+        return None if self._not_before_ms is None else self._not_before_ms(record)
+
+    def _hold(self, tp: TopicPartition, records: deque[Record], due_ms: int) -> None:
+        """Keep the partition's head, and what came behind it, paused until it is due; only
+        the head when that is far off."""
+        self._consumer.pause(tp)
+        if due_ms - _now_ms() > PARK_AFTER_S * 1000 and len(records) > 1:
+            head = records.popleft()
+            # Everything behind the head is fetched again once the head is due.
+            self._consumer.seek(tp, records[0].offset)
+            records = deque([head])
+        self._held[tp] = _Held(records, due_ms)
+
+    def _release_held(self) -> None:
+        """Start the held records that are due; a partition with nothing left held is
+        fetched again, from where it was."""
+        if not self._held:
+            return
+        now_ms = _now_ms()
+        for tp, held in list(self._held.items()):
+            if held.due_ms > now_ms:
+                continue
+            del self._held[tp]
+            records = held.records
+            while records:
+                due_ms = self._due_ms(records[0])
+                if due_ms is not None and due_ms > now_ms:
+                    self._hold(tp, records, due_ms)
+                    break
+                self._start(tp, records.popleft())
+            if tp not in self._held and not self._backpressure:
+                self._consumer.resume(tp)
 
     def _finished(self, partition_tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -206,16 +277,14 @@ class PartitionWorker:
         if saturated:
             self._consumer.pause(*assignment)
         else:
-            self._consumer.resume(*assignment)
+            self._consumer.resume(*(tp for tp in assignment if tp not in self._held))
         log.debug("backpressure", on=saturated, in_flight=len(self._tasks))
 
     def _poll_timeout_ms(self) -> int:
-        if self._next_wakeup_s is None:
+        if not self._held:
             return IDLE_POLL_MS
-        wakeup = self._next_wakeup_s()
-        if wakeup is None:
-            return IDLE_POLL_MS
-        return max(1, min(IDLE_POLL_MS, int(wakeup * 1000)))
+        wakeup_ms = min(held.due_ms for held in self._held.values()) - _now_ms()
+        return max(1, min(IDLE_POLL_MS, wakeup_ms))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         lost = {tp for tp in revoked if tp in self._watermarks}
@@ -224,6 +293,9 @@ class PartitionWorker:
             log.info("revoke_waiting", partitions=len(lost), in_flight=len(pending))
             await asyncio.wait(pending, timeout=self._drain_grace_s)
         await self.commit(lost)
+        for tp in revoked:
+            # Never started, so never committed: the next owner reads them again.
+            self._held.pop(tp, None)
         for tp in lost:
             self._watermarks.pop(tp, None)
             self._committed.pop(tp, None)
@@ -233,6 +305,8 @@ class PartitionWorker:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
         self._backpressure = False
+        for tp in assigned:
+            self._held.pop(tp, None)  # read again from the committed offset
         for tp in assigned:
             self._committed.pop(tp, None)
         try:
