@@ -4,7 +4,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install up test lint format kafka-start kafka-stop kafka-status clean bench bench-quick
+.PHONY: install up test lint format kafka-start kafka-stop kafka-status clean bench bench-quick screenshot
 
 install: $(VENV)/.installed
 
@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	uv sync --frozen --quiet
 	@touch $@
 
+# make up DATA=~/clickhook-data keeps the broker's data, the tokens and the demo endpoint there.
 up: install
-	$(VENV)/bin/python deploy/local/up.py
+	$(VENV)/bin/python deploy/local/up.py $(if $(DATA),--data "$(DATA)")
 
 test: install
 	bash deploy/local/test.sh
@@ -41,10 +42,18 @@ kafka-status:
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# The benchmark (issue 10): its own broker on a free port, the services as processes, a
-# loopback receiver; prints the table and writes docs/benchmarks/ (quick: .../quick/).
+# The benchmark (issues 10, 15, 18): its own broker on a free port, the services as processes,
+# a loopback receiver; then the scale and delivery-log benches (each with its own broker).
+# Prints the table and writes docs/benchmarks/ (about 20 minutes on 2 cores: run it on a quiet
+# machine). bench-quick: one short run of each of its own scenarios (about 3 minutes), in
+# docs/benchmarks/quick/; `python -m tests.bench --quick --only NAME ...` runs a few.
 bench: install
 	$(VENV)/bin/python -m tests.bench
 
 bench-quick: install
 	$(VENV)/bin/python -m tests.bench --quick
+
+# The portal's screenshot in docs/ (issue 16): a throwaway broker, the pipeline, and the browser
+# story test, which saves the endpoint page with a failing receiver's log.
+screenshot: install
+	bash deploy/local/screenshot.sh docs/portal.png

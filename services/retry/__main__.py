@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer
 
-from services.retry.service import SERVICE, RetryService
+from services.retry.service import PARTITION_FETCH_BYTES, SERVICE, RetryService
 from shared.delivery.deliverer import Deliverer
 from shared.delivery.worker import run_delivery_worker
 from shared.kafka.clients import create_consumer
@@ -28,23 +28,21 @@ def build_worker(
     settings = base.settings
     topics = Topics(settings.topic_prefix)
     consumer = create_consumer(
-        settings, group_id=topics.group(RETRY_GROUP), fetch_max_wait_ms=RESUME_FETCH_WAIT_MS
+        settings,
+        group_id=topics.group(RETRY_GROUP),
+        fetch_max_wait_ms=RESUME_FETCH_WAIT_MS,
+        partition_fetch_bytes=PARTITION_FETCH_BYTES,
     )
     service = RetryService(
-        settings,
-        consumer=consumer,
-        producer=base.producer,
-        endpoints=base.endpoints,
-        deliverer=deliverer,
+        settings, producer=base.producer, endpoints=base.endpoints, deliverer=deliverer
     )
     worker = PartitionWorker(
         consumer,
         service.handle,
         max_in_flight=settings.max_in_flight,
         drain_grace_s=settings.drain_grace_s,
-        gate=service.admit,
-        next_wakeup_s=service.next_wakeup_s,
-        on_poll=service.resume_due,
+        not_before_ms=service.due_at_ms,
+        on_held=service.count_waiting,
     )
     # A pattern, not the current schedule's list: tiers of an older schedule still drain.
     consumer.subscribe(pattern=topics.retry_pattern, listener=worker.listener)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Collection
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
-from services.retry.due import DueTimes, due_at_ms_from_headers
+from services.retry.due import due_at_ms_from_headers
 from shared.delivery.deliverer import Deliverer
 from shared.delivery.endpoint_gate import gate_for
 from shared.kafka.clients import Record, set_aside
@@ -23,6 +24,11 @@ from shared.ops.settings import Settings
 SERVICE = "retry"
 log = structlog.get_logger(__name__)
 
+WAITING_GAUGE_INTERVAL_S = 1.0
+# Fetched bytes per partition: a partition paused until its head is due drops what the client
+# fetched beyond the records handed over; small fetches keep that small.
+PARTITION_FETCH_BYTES = 1024 * 1024
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -33,45 +39,35 @@ class RetryService:
         self,
         settings: Settings,
         *,
-        consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         endpoints: EndpointStore,
         deliverer: Deliverer,
     ) -> None:
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
-        self._consumer = consumer
         self._producer = producer
         self._endpoints = endpoints
         self._deliverer = deliverer
-        self._held: DueTimes[TopicPartition] = DueTimes()
+        self._waiting_counted_s = 0.0
         self._gate = gate_for(settings)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
 
     # --- hooks for the partition worker ---------------------------------------------------
 
-    def admit(self, tp: TopicPartition, record: Record) -> bool:
-        """Start a record only when due; else rewind and pause its partition until then."""
-        due_ms = due_at_ms_from_headers(record.headers)
-        if due_ms is None or due_ms <= _now_ms():
-            return True
-        self._consumer.seek(tp, record.offset)
-        self._consumer.pause(tp)
-        self._held.hold(tp, due_ms)
-        return False
+    @staticmethod
+    def due_at_ms(record: Record) -> int | None:
+        """When a record may be redelivered: never before its due time."""
+        return due_at_ms_from_headers(record.headers)
 
-    def resume_due(self) -> None:
-        assigned = self._consumer.assignment()
-        self._held.forget([tp for tp in self._held.held() if tp not in assigned])
-        ready = [tp for tp in self._held.release_due(_now_ms()) if tp in assigned]
-        if ready:
-            self._consumer.resume(*ready)
-        waiting = Counter(tp.topic for tp in self._held.held())
-        for topic in self._topics.retry_tiers(self._settings.retry_schedule_s):
+    def count_waiting(self, held: Collection[TopicPartition]) -> None:
+        """The partitions paused until their head is due, per tier (at most once a second)."""
+        now_s = time.monotonic()
+        if now_s - self._waiting_counted_s < WAITING_GAUGE_INTERVAL_S:
+            return
+        self._waiting_counted_s = now_s
+        waiting = Counter(tp.topic for tp in held)
+        for topic in self._topics.retry_tiers(self._settings.tier_delays_s):
             metrics.RETRY_WAITING.labels(topic=topic).set(waiting.get(topic, 0))
-
-    def next_wakeup_s(self) -> float | None:
-        return self._held.next_wakeup_s(_now_ms())
 
     # --- one record -----------------------------------------------------------------------
 

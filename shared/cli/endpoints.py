@@ -30,7 +30,7 @@ async def endpoint_store(settings: Settings) -> AsyncIterator[EndpointStore]:
     """The store, read to the end of the topic and following it while the command runs."""
     # The store writes with producers of its own; this one is never started.
     producer = create_producer(settings)
-    store = EndpointStore(settings, producer)
+    store = EndpointStore(settings)
     try:
         await store.start()
         follower = asyncio.create_task(store.follow(), name="endpoint-follower")

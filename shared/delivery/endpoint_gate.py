@@ -84,12 +84,24 @@ class RecentCount:
         self.slice_at = max(self.slice_at, current)
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    deadline: float  # event-loop time
+    turn: asyncio.Future[bool]
+
+
 @dataclass(slots=True)
 class _Lane:
-    slots: asyncio.Semaphore
     finished: RecentCount
     queued: int = 0
     bucket: TokenBucket | None = None
+    # Slots taken: attempts in flight, and slots handed to a waiter that has yet to run. Not
+    # an asyncio.Semaphore with a timeout per waiter: its locked() walks every waiter, and a
+    # timer each for a burst of a thousand cost a fifth more CPU per delivery. Waiters are
+    # first in, first out, so their deadlines are in order: one timer, for the first.
+    taken: int = 0
+    waiters: deque[_Waiter] = field(default_factory=deque)
+    expiry: asyncio.TimerHandle | None = None
     started_s: deque[float] = field(default_factory=deque)  # attempts in flight, oldest first
     # Since when every slot has been taken or someone has been waiting; what this lane, and
     # every lane of the gate, had finished by then and since.
@@ -100,6 +112,39 @@ class _Lane:
     @property
     def active(self) -> int:
         return len(self.started_s)
+
+    def full(self, max_in_flight: int) -> bool:
+        return self.taken >= max_in_flight or bool(self.waiters)
+
+    def release(self) -> None:
+        """A slot is free: it goes to the longest waiter still waiting, else back."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.turn.done():  # one that gave up (cancelled) is skipped
+                waiter.turn.set_result(True)
+                return
+        self.taken -= 1
+
+    def wait(self, deadline: float) -> asyncio.Future[bool]:
+        """A place in the queue: True when a slot is handed over, False at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[bool] = loop.create_future()
+        self.waiters.append(_Waiter(deadline, turn))
+        if self.expiry is None:
+            self.expiry = loop.call_at(deadline, self._expire)
+        return turn
+
+    def _expire(self) -> None:
+        """Tell the waiters whose deadline passed; the timer moves on to the next one."""
+        self.expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.waiters and self.waiters[0].deadline <= now:
+            turn = self.waiters.popleft().turn
+            if not turn.done():
+                turn.set_result(False)
+        if self.waiters:
+            self.expiry = loop.call_at(self.waiters[0].deadline, self._expire)
 
     def became_busy(self, now_s: float, all_finished: int) -> None:
         self.busy_since_s = now_s
@@ -165,12 +210,8 @@ class EndpointGate:
         """
         lane = self._lanes.get(endpoint_id)
         if lane is None:
-            lane = _Lane(
-                asyncio.Semaphore(self._limits.max_in_flight),
-                RecentCount(self._limits.max_wait_s),
-            )
-            self._lanes[endpoint_id] = lane
-        if lane.slots.locked():
+            lane = self._lanes[endpoint_id] = _Lane(RecentCount(self._limits.max_wait_s))
+        if lane.full(self._limits.max_in_flight):
             now_s = self._clock()
             if lane.busy_since_s is None:
                 lane.became_busy(now_s, self._finished)
@@ -195,14 +236,17 @@ class EndpointGate:
                 return False
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-        if lane.slots.locked():
+        if lane.full(self._limits.max_in_flight):
+            turn = lane.wait(asyncio.get_running_loop().time() + max_wait_s)
             try:
-                async with asyncio.timeout(max_wait_s):
-                    await lane.slots.acquire()
-            except TimeoutError:
-                return False
+                if not await turn:
+                    return False
+            except BaseException:
+                if turn.done() and not turn.cancelled() and turn.result():
+                    lane.release()  # handed a slot, but cancelled before using it
+                raise
         else:
-            await lane.slots.acquire()  # free: no timer needed
+            lane.taken += 1
         lane.started_s.append(self._clock())
         return True
 
@@ -214,8 +258,8 @@ class EndpointGate:
         lane.finished.add(now_s)
         lane.finished_since_busy += 1
         self._finished += 1
-        lane.slots.release()
-        if lane.queued == 0 and lane.active < self._limits.max_in_flight:
+        lane.release()
+        if lane.queued == 0 and lane.taken < self._limits.max_in_flight:
             lane.busy_since_s = None  # room to spare: the next burst starts afresh
         self._forget_if_idle(endpoint_id, lane)
 
@@ -226,7 +270,7 @@ class EndpointGate:
     def _forget_if_idle(self, endpoint_id: str, lane: _Lane) -> None:
         # Rate-limited lanes keep their bucket; others are dropped to bound memory (their
         # recent pace with them: an idle endpoint starts afresh).
-        if lane.active == 0 and lane.queued == 0 and lane.bucket is None:
+        if lane.taken == 0 and lane.queued == 0 and lane.bucket is None:
             self._lanes.pop(endpoint_id, None)
 
 

@@ -124,14 +124,9 @@ class WriteContended(EndpointWriteError):
 class EndpointStore:
     """Reads ``webhook.endpoints`` from the beginning, then follows it; writes go through it."""
 
-    def __init__(
-        self, settings: Settings, producer: AIOKafkaProducer, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
         self._settings = settings
         self._topic = Topics(settings.topic_prefix).endpoints
-        # Kept for callers that built the store with the service's producer; writes use
-        # their own transactional producers.
-        self._producer = producer
         self._consumer: AIOKafkaConsumer = create_consumer(
             settings, group_id=None, fetch_max_wait_ms=FOLLOW_FETCH_WAIT_MS
         )
@@ -268,8 +263,28 @@ class EndpointStore:
                 # Read-your-writes: the write is in the table before the caller answers.
                 self.table.apply(endpoint_id, decision, meta.offset)
                 self._update_gauge()
+                await self._wait_for_commit_marker(
+                    TopicPartition(meta.topic, meta.partition), meta.offset
+                )
                 return self.table.get(endpoint_id)
         raise WriteContended(endpoint_id, MAX_WRITE_ATTEMPTS)
+
+    async def _wait_for_commit_marker(self, tp: TopicPartition, offset: int) -> None:
+        """Wait until the write's commit marker is in the log, seen by our own follower.
+
+        A commit returns once the coordinator has decided, before the markers are written;
+        until they are, no reader of committed records sees the write. A caller that answers
+        at once lets its client publish a click that a dispatcher may read before the
+        endpoint (seen on a fresh broker, whose first markers took seconds): the click went
+        to the endpoints of the old table. Once the marker is in the log, every follower's
+        waiting fetch returns it at once.
+        """
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                while await self._consumer.position(tp) <= offset:  # noqa: ASYNC110
+                    await asyncio.sleep(READ_POLL_S)
+        except TimeoutError:
+            log.warning("endpoint_write_not_yet_visible", partition=tp.partition, offset=offset)
 
     def _transactional_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._settings.publish_timeout_s * 1000)

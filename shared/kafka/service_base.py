@@ -83,7 +83,7 @@ async def service_base(settings: Settings) -> AsyncIterator[ServiceBase]:
     await _ensure_topics_when_reachable(settings)
     producer = create_producer(settings)
     await producer.start()
-    endpoints = EndpointStore(settings, producer)
+    endpoints = EndpointStore(settings)
     probe = BrokerProbe(producer)
     # Unready from the moment a stop is asked for, not once the drain is over: the drain takes
     # up to CLICKHOOK_DRAIN_GRACE, and nothing new should be routed here meanwhile.

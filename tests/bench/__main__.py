@@ -1,5 +1,6 @@
-"""python -m tests.bench [--quick] [--out DIR]: run the scenarios, print the table, write
-results.json, results.md and bench.png."""
+"""python -m tests.bench [--quick] [--only NAME ...] [--out DIR]: run the scenarios, print the
+table, write results.json, results.md and bench.png (and, in the full run, the scale and
+delivery-log benches' files, whose figures join results.json)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench import machine, report, scenarios
-from tests.bench.figures import figures
+from tests.bench import external, machine, recovery, report, scenarios, semantics
+from tests.bench.figures import Figure, figures
 from tests.bench.scenarios import FULL, QUICK, Bench, Plan
 from tests.bench.stack import Broker, ReceiverProcess
 
@@ -24,20 +25,33 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("receiver alone", scenarios.receiver_alone),
     ("ingest", scenarios.ingest),
     ("deliveries", scenarios.deliveries),
+    ("retry backlog", scenarios.retry_backlog),
     ("latency", scenarios.latency),
     ("retry timing", scenarios.retry_timing),
+    ("deferred lateness", semantics.deferred_lateness),
     ("isolation", scenarios.isolation),
+    ("stalled neighbour", scenarios.stalled_neighbour),
+    ("recovery", recovery.recovery),
+    ("outage", semantics.outage_growth),
+    ("replay", semantics.replay_memory),
 )
+EXTERNAL = ("scale", "delivery log")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
     parser.add_argument("--out", type=Path, default=None, help="where the results go")
+    names = [name for name, _ in SCENARIOS] + list(EXTERNAL)
+    parser.add_argument(
+        "--only", nargs="+", choices=names, metavar="NAME", help=f"among: {', '.join(names)}"
+    )
     return parser.parse_args()
 
 
-async def run_scenarios(plan: Plan, log_dir: Path) -> dict[str, list[float]]:
+async def run_scenarios(
+    plan: Plan, log_dir: Path, chosen: list[tuple[str, Scenario]]
+) -> dict[str, list[float]]:
     broker = Broker(log_dir)
     receiver = ReceiverProcess(log_dir / "receiver.log")
     try:
@@ -48,7 +62,7 @@ async def run_scenarios(plan: Plan, log_dir: Path) -> dict[str, list[float]]:
             receiver.start()
             await receiver.wait_ready(session)
             bench = Bench(plan, bootstrap, receiver, session, log_dir)
-            for name, scenario in SCENARIOS:
+            for name, scenario in chosen:
                 started = time.monotonic()
                 await scenario(bench)
                 print(f"{name}: {time.monotonic() - started:.0f}s", flush=True)
@@ -58,19 +72,40 @@ async def run_scenarios(plan: Plan, log_dir: Path) -> dict[str, list[float]]:
         broker.stop()
 
 
+def run_external(
+    plan: Plan, out: Path, only: list[str] | None
+) -> tuple[list[Figure], dict[str, list[float]]]:
+    """The scale and delivery-log benches, after ours (each starts its own broker)."""
+    wanted = [name for name in EXTERNAL if (only is None and plan.external) or name in (only or ())]
+    quick = plan.name == "quick"
+    scale: list[Figure] = []
+    delivery_log: dict[str, list[float]] = {}
+    if "scale" in wanted:
+        started = time.monotonic()
+        scale = external.run_scale(out, quick=quick)
+        print(f"scale: {time.monotonic() - started:.0f}s", flush=True)
+    if "delivery log" in wanted:
+        started = time.monotonic()
+        delivery_log = external.run_delivery_log(out, quick=quick)
+        print(f"delivery log: {time.monotonic() - started:.0f}s", flush=True)
+    return scale, delivery_log
+
+
 def main() -> None:
     args = parse_args()
     plan = QUICK if args.quick else FULL
     out: Path = args.out or Path("docs/benchmarks") / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
+    chosen = [(n, s) for n, s in SCENARIOS if args.only is None or n in args.only]
     meta = {"bench": plan.name, "started_at": datetime.now(UTC).isoformat(), **machine.describe()}
     log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-"))
     print(f"clickhook bench ({plan.name}, {plan.repeats} run(s) each); logs in {log_dir}")
     started = time.monotonic()
-    samples = asyncio.run(run_scenarios(plan, log_dir))
+    samples = asyncio.run(run_scenarios(plan, log_dir, chosen)) if chosen else {}
+    scale, delivery_log = run_external(plan, out, args.only)
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
-    measured = figures(samples)
+    measured = figures({**samples, **delivery_log}) + scale
     print()
     print(report.text_table(measured))
     report.write_json(out / "results.json", meta, measured)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 RATES = (100, 500, 1000)
-PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("max", 100.0))
+PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9), ("max", 100.0))
 RETRY_SCHEDULE = (2.0, 3.0)
 SERVICES = ("ingest", "dispatcher", "retry")
 FANOUTS = (1, 10, 100)
+# The stalled-neighbour scenario's click rates, and the light-load rate through ingest's API.
+NEIGHBOUR_RATES = (50, 500)
+HTTP_RATE = 200
+# Issue 15: a tier scaled down to 10 s, written through the deliverer with its jitter.
+LATENESS_TIER_S = 10.0
+ENDPOINT_MAX_IN_FLIGHT = 10  # the default per-endpoint cap (CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT)
+DELIVERING_SERVICES = 2  # dispatcher and retry: each holds an endpoint to its caps
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +36,8 @@ class Target:
     def describe(self) -> str:
         if self.times_median_of is not None:
             return f"{self.op} {self.value:g} x {self.times_median_of}"
-        return f"{self.op} {self.value:,.0f}"
+        every = " (every run)" if self.on == "max" else ""
+        return f"{self.op} {self.value:,.{0 if self.value >= 10 else 2}f}{every}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,29 +48,161 @@ class Spec:
     target: Target | None = None
 
 
-def _specs() -> list[Spec]:
+def _latency_specs(
+    prefix: str, label: str, targets: Mapping[str, Target] | None = None
+) -> list[Spec]:
+    """Percentiles (with their targets), then the share that had not arrived when the bench
+    stopped waiting."""
+    targets = targets or {}
+    specs = [
+        Spec(f"{prefix}.{name}", label.format(_shown(name)), "ms", targets.get(name))
+        for name, _ in PERCENTILES
+    ]
+    specs.append(Spec(f"{prefix}.missing", label.format("missing"), "%"))
+    return specs
+
+
+def _shown(percentile_name: str) -> str:
+    return "p99.9" if percentile_name == "p999" else percentile_name
+
+
+def _ceiling_specs() -> list[Spec]:
+    return [
+        Spec("ceiling.sender.dps", "ceiling: bare sender (client + signing, no Kafka)", "/s"),
+        Spec(
+            "delivery.fan1.ratio_to_ceiling",
+            "deliveries to 1 endpoint / bare sender",
+            "x",
+            Target(">=", 0.75),
+        ),
+        Spec("ceiling.producer.eps", "ceiling: bare aiokafka producer, ingest's settings", "/s"),
+        Spec(
+            "ingest.batch.ratio_to_ceiling",
+            "ingest batches of 100 / bare producer",
+            "x",
+            Target(">=", 0.6),
+        ),
+    ]
+
+
+def _recovery_specs() -> list[Spec]:
+    twice_baseline = Target("<=", 2, times_median_of="recovery.baseline.p99")
+    return [
+        Spec("recovery.backlog", "recovery: deliveries waiting when the endpoint recovers", ""),
+        Spec("recovery.drain_s", "recovery: recovery until the backlog is delivered", "s"),
+        Spec("recovery.drain99_s", "recovery: recovery until 99 % of it is delivered", "s"),
+        Spec("recovery.undelivered", "recovery: not delivered when the bench stopped waiting", ""),
+        Spec("recovery.redeliveries_per_s", "recovery: backlog deliveries/s in the drain", "/s"),
+        Spec(
+            "recovery.early_attempts",
+            "recovery: attempts before their due time",
+            "",
+            Target("<=", 0),
+        ),
+        Spec(
+            "recovery.max_in_flight",
+            "recovery: most requests at once at the endpoint",
+            "",
+            Target("<=", ENDPOINT_MAX_IN_FLIGHT * DELIVERING_SERVICES),
+        ),
+        Spec("recovery.duplicates", "recovery: deliveries received twice", ""),
+        Spec("recovery.attempt_log_dropped", "recovery: attempt-log records dropped", ""),
+        *_latency_specs("recovery.baseline", "recovery: others {} before the outage"),
+        *_latency_specs(
+            "recovery.others", "recovery: others {} during the drain", {"p99": twice_baseline}
+        ),
+        Spec("recovery.cpu.retry", "recovery: retry CPU / 1k redeliveries in the drain", "s"),
+    ]
+
+
+def _throughput_specs() -> list[Spec]:
     specs = [
         Spec("receiver.rps", "receiver alone, 32 connections", "req/s"),
-        Spec("ingest.single.rps", "ingest, single-event requests", "req/s", Target(">=", 3000)),
-        Spec("ingest.batch.eps", "ingest, batches of 100", "events/s", Target(">=", 20000)),
+        Spec("ingest.single.rps", "ingest, single-event requests", "req/s"),
+        Spec("ingest.batch.eps", "ingest, batches of 100", "events/s"),
     ]
     for fanout in FANOUTS:
         label = "deliveries to 1 endpoint" if fanout == 1 else f"deliveries, fan-out to {fanout}"
-        target = Target(">=", 3000) if fanout == 1 else None
-        specs.append(Spec(f"delivery.fan{fanout}.dps", label, "/s", target))
+        specs.append(Spec(f"delivery.fan{fanout}.dps", label, "/s"))
     specs += [
-        Spec("delivery.capped.dps", "deliveries to 1 endpoint, default cap", "/s"),
-        Spec("delivery.capped.shunted", "  of which shunted to retry tier", "%"),
+        Spec(
+            "delivery.capped.dps",
+            "deliveries to 1 endpoint, default caps",
+            "/s",
+            Target(">=", 0.8, times_median_of="delivery.fan1.dps"),
+        ),
+        Spec("delivery.capped.deferred", "  of which deferred to a tier", "%", Target("<=", 5)),
+        Spec("retry.backlog.dps", "redeliveries to 1 endpoint, a due backlog", "/s"),
     ]
+    return specs
+
+
+def _latency_rate_specs() -> list[Spec]:
+    specs: list[Spec] = []
     for rate in RATES:
-        p99 = Target("<=", 50) if rate == 500 else None
-        specs += _latency_specs(f"latency.{rate}", f"latency {{}} at {rate} clicks/s", p99)
+        targets = {"p99": Target("<=", 50)} if rate == 500 else {}
+        if rate == 500:
+            targets["max"] = Target("<=", 250, on="max")
+        specs += _latency_specs(f"latency.{rate}", f"latency {{}} at {rate} clicks/s", targets)
+    http = {"p50": Target("<=", 5), "p99": Target("<=", 15)}
+    specs += _latency_specs(
+        f"latency.http{HTTP_RATE}", f"via ingest's API, {{}} at {HTTP_RATE} clicks/s", http
+    )
+    return specs
+
+
+def _isolation_specs() -> list[Spec]:
+    specs = _latency_specs(
+        "isolation",
+        "isolation: fast {}, 500/s + 1 hung",
+        {"p99": Target("<=", 2, times_median_of="latency.500.p99")},
+    )
+    for rate in NEIGHBOUR_RATES:
+        alone = f"neighbour.{rate}.alone"
+        specs += _latency_specs(alone, f"3 fast endpoints {{}} at {rate}/s")
+        specs += _latency_specs(
+            f"neighbour.{rate}.stalled",
+            f"  beside 1 stalled (30 s) {{}} at {rate}/s",
+            {"p99": Target("<=", 2, times_median_of=f"{alone}.p99")},
+        )
+    return specs
+
+
+def _retry_specs() -> list[Spec]:
+    specs: list[Spec] = []
     for delay in RETRY_SCHEDULE:
         label = f"retry lateness {{}}, {delay:g}s tier"
-        specs += _latency_specs(f"retry.{delay:g}s", label, Target("<=", 500))
-    isolation = Target("<=", 2, times_median_of="latency.500.p99")
-    specs += _latency_specs("isolation", "isolation: fast {}, 500/s + 1 hung", isolation)
-    specs += [
+        specs += _latency_specs(f"retry.{delay:g}s", label, {"p99": Target("<=", 500)})
+    specs += _latency_specs(
+        "lateness.deferred",
+        f"lateness {{}}, {LATENESS_TIER_S:g}s tier written by the deliverer",
+        {"p99": Target("<=", 500)},
+    )
+    return specs
+
+
+def _semantics_specs() -> list[Spec]:
+    """Issue 15: replay memory and growth during an outage."""
+    return [
+        Spec("replay.letters", "replay: dead letters in webhook.dlq", ""),
+        Spec("replay.write_per_s", "replay: dead letters written/s (setup)", "/s"),
+        Spec("replay.replayed", "replay: letters of the big endpoint replayed", ""),
+        Spec("replay.duration_s", "replay: the job's duration", "s"),
+        Spec("replay.letters_per_s", "replay: letters replayed/s", "/s"),
+        Spec("replay.rss.ingest", "replay: ingest peak RSS", "MB", Target("<=", 150, on="max")),
+        Spec("outage.minutes", "outage: endpoint refusing connections", "min"),
+        Spec("outage.records_per_click", "outage: tier records written per click", ""),
+        Spec("outage.max_rewrites", "outage: most rewrites of one delivery (writes - 1)", ""),
+        Spec("outage.bound", "outage: bound, log2(outage/cool-down) + outage/max", ""),
+        Spec("outage.rss_growth.dispatcher", "outage: dispatcher RSS, last minus first", "MB"),
+        Spec("outage.rss_growth.retry", "outage: retry RSS, last minus first", "MB"),
+        Spec("outage.rss.dispatcher", "outage: dispatcher RSS at the end", "MB"),
+        Spec("outage.rss.retry", "outage: retry RSS at the end", "MB"),
+    ]
+
+
+def _resource_specs() -> list[Spec]:
+    specs = [
         Spec(f"rss.{name}", f"peak RSS {name}", "MB", Target("<=", 150, on="max"))
         for name in SERVICES
     ]
@@ -72,23 +212,61 @@ def _specs() -> list[Spec]:
         Spec("cpu.dispatcher.fan1", "dispatcher CPU / 1k deliveries, backlog", "s"),
         Spec("cpu.dispatcher.fan100", "dispatcher CPU / 1k deliveries, fan-out 100", "s"),
         Spec("cpu.dispatcher.rate500", "dispatcher CPU / 1k deliveries, 500/s", "s"),
-        Spec("cpu.retry", "retry CPU / 1k redeliveries", "s"),
+        Spec("cpu.retry.backlog", "retry CPU / 1k redeliveries, backlog", "s"),
+        Spec(
+            "cpu.retry_vs_dispatcher",
+            "retry CPU / 1k in the recovery drain / dispatcher's, backlog",
+            "x",
+            Target("<=", 1.5),
+        ),
+        Spec("cpu.retry", "retry CPU / 1k redeliveries, 400/s falling due", "s"),
     ]
     return specs
 
 
-def _latency_specs(prefix: str, label: str, p99: Target | None) -> list[Spec]:
-    """Percentiles (the p99 with its target), then the share that had not arrived when the
-    bench stopped waiting."""
-    specs = [
-        Spec(f"{prefix}.{name}", label.format(name), "ms", p99 if name == "p99" else None)
-        for name, _ in PERCENTILES
+def _delivery_log_specs() -> list[Spec]:
+    """Issue 16's bench (tests/bench/delivery_log.py), run by ``make bench``."""
+    return [
+        Spec("delivery_log.records", "delivery log: attempt records indexed", ""),
+        Spec("delivery_log.index_s", "delivery log: fresh ingest indexes them", "s"),
+        Spec(
+            "delivery_log.first_page_ms.p95",
+            "delivery log: first page p95, indexed",
+            "ms",
+            Target("<=", 300),
+        ),
+        Spec(
+            "delivery_log.first_page_ms_during_indexing.p95",
+            "delivery log: first page p95, while indexing",
+            "ms",
+        ),
+        Spec(
+            "delivery_log.ingest_peak_rss_mb",
+            "delivery log: ingest peak RSS",
+            "MB",
+            Target("<=", 150, on="max"),
+        ),
+        Spec("delivery_log.index_file_mb", "delivery log: index file", "MB"),
     ]
-    specs.append(Spec(f"{prefix}.missing", label.format("missing"), "%"))
-    return specs
+
+
+def _specs() -> list[Spec]:
+    return [
+        *_ceiling_specs(),
+        *_recovery_specs(),
+        *_throughput_specs(),
+        *_latency_rate_specs(),
+        *_isolation_specs(),
+        *_retry_specs(),
+        *_semantics_specs(),
+        *_resource_specs(),
+        *_delivery_log_specs(),
+    ]
 
 
 SPECS = _specs()
+# Figures computed from others' medians once everything ran: (key, numerator, denominator).
+RATIOS = (("cpu.retry_vs_dispatcher", "recovery.cpu.retry", "cpu.dispatcher.fan1"),)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -120,9 +298,14 @@ class Figure:
         return max(self.samples)
 
 
-def figures(samples: dict[str, list[float]]) -> list[Figure]:
-    """The figures that were measured, in report order."""
-    return [Figure(spec, tuple(samples[spec.key])) for spec in SPECS if samples.get(spec.key)]
+def figures(samples: dict[str, list[float]], specs: Sequence[Spec] = SPECS) -> list[Figure]:
+    """The figures that were measured, in report order, with the ratios of their medians."""
+    samples = dict(samples)
+    for key, numerator, denominator in RATIOS:
+        top, bottom = samples.get(numerator), samples.get(denominator)
+        if top and bottom and statistics.median(bottom):
+            samples[key] = [statistics.median(top) / statistics.median(bottom)]
+    return [Figure(spec, tuple(samples[spec.key])) for spec in specs if samples.get(spec.key)]
 
 
 def bound(target: Target, by_key: dict[str, Figure]) -> float | None:

@@ -11,17 +11,47 @@ import sys
 import msgspec
 import uvloop
 
-from tests.bench.httpload import run_http_load
-from tests.bench.produce import produce_clicks, produce_envelopes
-from tests.bench.wire import ClickLoad, HttpLoad, HttpResult, Job, ProduceResult
+from tests.bench.ceilings import run_producer_load, run_sender_load
+from tests.bench.httpload import run_http_load, run_http_stream
+from tests.bench.produce import (
+    produce_clicks,
+    produce_dead_letters,
+    produce_deferrals,
+    produce_envelopes,
+)
+from tests.bench.wire import (
+    ClickLoad,
+    DeadLetterLoad,
+    DeferLoad,
+    EnvelopeLoad,
+    HttpLoad,
+    HttpResult,
+    HttpStream,
+    Job,
+    ProduceResult,
+    ProducerLoad,
+    SenderLoad,
+)
 
 
 async def run_job(job: Job) -> HttpResult | ProduceResult:
-    if isinstance(job, HttpLoad):
-        return await run_http_load(job)
-    if isinstance(job, ClickLoad):
-        return await produce_clicks(job)
-    return await produce_envelopes(job)
+    match job:
+        case HttpLoad():
+            return await run_http_load(job)
+        case HttpStream():
+            return await run_http_stream(job)
+        case ClickLoad():
+            return await produce_clicks(job)
+        case EnvelopeLoad():
+            return await produce_envelopes(job)
+        case DeferLoad():
+            return await produce_deferrals(job)
+        case SenderLoad():
+            return await run_sender_load(job)
+        case ProducerLoad():
+            return await run_producer_load(job)
+        case DeadLetterLoad():
+            return await produce_dead_letters(job)
 
 
 def main() -> None:

@@ -31,3 +31,11 @@ def _cpu_s(pid: int) -> float:
     # The command name (field 2) may hold spaces; utime and stime are fields 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def current_rss_mb(pid: int) -> float:
+    """VmRSS: resident memory now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -16,6 +16,9 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from tests.bench.figures import (
+    HTTP_RATE,
+    LATENESS_TIER_S,
+    NEIGHBOUR_RATES,
     PERCENTILES,
     RATES,
     RETRY_SCHEDULE,
@@ -26,15 +29,24 @@ from tests.bench.figures import (
 )
 
 COLUMNS = ("figure", "median", "min", "max", "unit", "target", "")
-PERCENTILE_COLOURS = ("#4c72b0", "#55a868", "#dd8452", "#c44e52")
+PERCENTILE_COLOURS = ("#4c72b0", "#55a868", "#dd8452", "#c44e52", "#8172b3")
 THROUGHPUT_KEYS = (
     "receiver.rps",
+    "ceiling.producer.eps",
     "ingest.single.rps",
     "ingest.batch.eps",
+    "ceiling.sender.dps",
     "delivery.fan1.dps",
     "delivery.fan10.dps",
     "delivery.fan100.dps",
     "delivery.capped.dps",
+    "retry.backlog.dps",
+)
+# Figures against targets relative to something measured in the same run.
+RATIO_KEYS = (
+    "delivery.fan1.ratio_to_ceiling",
+    "ingest.batch.ratio_to_ceiling",
+    "cpu.retry_vs_dispatcher",
 )
 
 
@@ -113,11 +125,13 @@ def write_json(path: Path, meta: dict[str, Any], figures: Sequence[Figure]) -> N
 
 def draw_chart(path: Path, figures: Sequence[Figure], title: str) -> None:
     by_key = {figure.spec.key: figure for figure in figures}
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    _latency_panel(axes[0][0], by_key)
-    _throughput_panel(axes[0][1], by_key)
-    _retry_panel(axes[1][0], by_key)
-    _rss_panel(axes[1][1], by_key)
+    fig, axes = plt.subplots(3, 2, figsize=(16, 15))
+    _ratio_panel(axes[0][0], by_key)
+    _recovery_panel(axes[0][1], by_key)
+    _latency_panel(axes[1][0], by_key)
+    _throughput_panel(axes[1][1], by_key)
+    _retry_panel(axes[2][0], by_key)
+    _rss_panel(axes[2][1], by_key)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -135,11 +149,12 @@ def _percentile_bars(
             figure = by_key.get(f"{prefix}.{name}")
             if figure is None:
                 continue
-            xs.append(g_index + (p_index - 1.5) * width)
+            xs.append(g_index + (p_index - (len(PERCENTILES) - 1) / 2) * width)
             heights.append(figure.median)
             low.append(figure.median - figure.low)
             high.append(figure.high - figure.median)
-        ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=name,
+        label = "p99.9" if name == "p999" else name
+        ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=label,
                color=PERCENTILE_COLOURS[p_index])  # fmt: skip
     ax.set_xticks(
         range(len(groups)), [_group_label(label, prefix, by_key) for label, prefix in groups]
@@ -159,22 +174,71 @@ def _group_label(label: str, prefix: str, by_key: dict[str, Figure]) -> str:
 
 
 def _latency_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
-    groups = [(f"{rate:,} clicks/s", f"latency.{rate}") for rate in RATES]
-    groups.append(("500/s + 1 hung\n(fast endpoints)", "isolation"))
+    groups = [(f"{rate:,}/s", f"latency.{rate}") for rate in RATES]
+    groups.append((f"{HTTP_RATE}/s\nvia API", f"latency.http{HTTP_RATE}"))
+    groups.append(("500/s\n+1 hung", "isolation"))
+    for rate in NEIGHBOUR_RATES:
+        groups.append((f"{rate}/s\n3 fast", f"neighbour.{rate}.alone"))
+        groups.append((f"{rate}/s 3 fast\n+1 stalled", f"neighbour.{rate}.stalled"))
     _percentile_bars(ax, by_key, groups, log=True)
-    ax.axhline(50, color="black", linestyle="--", linewidth=1)
-    ax.text(-0.4, 55, "target: p99 ≤ 50 ms at 500/s", fontsize=8)
+    for limit, text in ((50, "p99 ≤ 50 ms at 500/s"), (250, "max ≤ 250 ms at 500/s")):
+        ax.axhline(limit, color="black", linestyle="--", linewidth=1)
+        ax.text(-0.4, limit * 1.08, f"target: {text}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_title("Click occurred_at → receiver arrival (median of runs, whiskers min to max)")
-    ax.legend(loc="upper left", fontsize=8, ncols=4)
+    ax.legend(loc="upper left", fontsize=8, ncols=5)
 
 
 def _retry_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
     groups = [(f"{delay:g}s tier", f"retry.{delay:g}s") for delay in RETRY_SCHEDULE]
+    groups.append((f"{LATENESS_TIER_S:g}s tier, written\nby the deliverer", "lateness.deferred"))
     _percentile_bars(ax, by_key, groups, log=False)
     ax.axhline(500, color="black", linestyle="--", linewidth=1)
     ax.text(-0.4, 510, "target: p99 ≤ 500 ms", fontsize=8)
     ax.set_title("Retry lateness: receiver arrival minus due time")
-    ax.legend(loc="upper left", fontsize=8, ncols=4)
+    ax.legend(loc="upper left", fontsize=8, ncols=5)
+
+
+def _ratio_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    """Each ratio with its target: measured against a ceiling or figure of the same run."""
+    shown = [by_key[key] for key in RATIO_KEYS if key in by_key]
+    capped, backlog = by_key.get("delivery.capped.dps"), by_key.get("delivery.fan1.dps")
+    rows = [(figure.spec.label, figure.median, figure.spec.target) for figure in shown]
+    if capped is not None and backlog is not None:
+        ratio = capped.median / backlog.median
+        rows.insert(2, ("default caps / uncapped, one endpoint", ratio, capped.spec.target))
+    ys = range(len(rows))
+    ax.barh(ys, [value for _, value, _ in rows], color="#4c72b0")
+    for y, (_, value, goal) in zip(ys, rows, strict=True):
+        ax.text(value + 0.02, y, f"{value:.2f}", va="center", fontsize=9)
+        if goal is not None:
+            ax.plot([goal.value] * 2, [y - 0.4, y + 0.4], color="#c44e52", linewidth=2)
+    ax.set_yticks(list(ys), [label for label, _, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (red tick: target; CPU: lower is better)")
+    ax.set_title("Ratios measured in one run, on one machine")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _recovery_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
+    groups = [("others before\nthe outage", "recovery.baseline"),
+              ("others during\nthe drain", "recovery.others")]  # fmt: skip
+    _percentile_bars(ax, by_key, groups, log=True)
+    notes = [
+        (key, text)
+        for key, text in (
+            ("recovery.backlog", "{:,.0f} deliveries waiting at recovery"),
+            ("recovery.drain_s", "delivered {:.0f} s after recovery"),
+            ("recovery.redeliveries_per_s", "at {:,.0f}/s"),
+            ("recovery.max_in_flight", "at most {:.0f} at once at the endpoint"),
+            ("recovery.early_attempts", "{:.0f} attempts before their due time"),
+        )
+        if key in by_key
+    ]
+    text = "\n".join(template.format(by_key[key].median) for key, template in notes)
+    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    ax.set_title("Recovery: 503 for a minute at 500 clicks/s, then the drain")
+    ax.legend(loc="upper left", fontsize=8, ncols=5)
 
 
 def _throughput_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
@@ -186,8 +250,9 @@ def _throughput_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
     for y, figure in zip(ys, shown, strict=True):
         ax.text(figure.high * 1.08, y, _throughput_note(figure, by_key), va="center", fontsize=8)
         target = figure.spec.target
-        if target is not None:
-            ax.plot([target.value] * 2, [y - 0.4, y + 0.4], color="#c44e52", linewidth=2)
+        limit = bound(target, by_key) if target is not None else None
+        if limit is not None:
+            ax.plot([limit] * 2, [y - 0.4, y + 0.4], color="#c44e52", linewidth=2)
     ax.set_yticks(list(ys), [figure.spec.label for figure in shown])
     ax.invert_yaxis()
     ax.set_xscale("log")
@@ -203,9 +268,9 @@ def _throughput_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
 
 def _throughput_note(figure: Figure, by_key: dict[str, Figure]) -> str:
     note = f"{number(figure.median)} {figure.spec.unit}"
-    shunted = by_key.get("delivery.capped.shunted")
-    if figure.spec.key == "delivery.capped.dps" and shunted is not None:
-        note += f", {shunted.median:.0f}% of the backlog shunted"
+    deferred = by_key.get("delivery.capped.deferred")
+    if figure.spec.key == "delivery.capped.dps" and deferred is not None:
+        note += f", {deferred.median:.1f}% of the backlog deferred"
     return note
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from tests.bench.procstat import Usage, usage
+from tests.bench.procstat import Usage, current_rss_mb, usage
 from tests.bench.wire import GroupLedger, Job
 from tests.support.services import ROOT, ServiceProcess, free_port, service_env
 
@@ -161,9 +161,15 @@ class Stack:
         return process is not None and process.poll() is None
 
     def usage(self, name: str) -> Usage:
+        return usage(self.pid(name))
+
+    def rss_mb(self, name: str) -> float:
+        return current_rss_mb(self.pid(name))
+
+    def pid(self, name: str) -> int:
         process = self.services[name].process
         assert process is not None
-        return usage(process.pid)
+        return process.pid
 
     async def create_endpoint(self, url: str, account_id: str, **fields: Any) -> str:
         async with self.session.post(

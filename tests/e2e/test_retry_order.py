@@ -54,7 +54,7 @@ async def write_through_the_deliverer(
     producer: AIOKafkaProducer = create_producer(settings)
     await producer.start()
     client = WebhookClient((), timeout_s=1.0)
-    store = EndpointStore(settings, producer)  # not started: deferring reads no endpoint
+    store = EndpointStore(settings)  # not started: deferring reads no endpoint
     try:
         deliverer = Deliverer(
             settings,

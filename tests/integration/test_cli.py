@@ -314,7 +314,7 @@ def test_the_console_script_runs_the_cli() -> None:
 async def fixture_store(
     cli_settings: Settings, producer: AIOKafkaProducer
 ) -> AsyncIterator[EndpointStore]:
-    store = EndpointStore(cli_settings, producer)
+    store = EndpointStore(cli_settings)
     await store.start()
     follower = asyncio.create_task(store.follow())
     await store.loaded.wait()

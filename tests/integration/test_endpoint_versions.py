@@ -295,7 +295,7 @@ async def test_a_store_started_after_racing_writes_builds_the_same_table(
         )
     await base.endpoints.read_to_end()
 
-    late = EndpointStore(settings, base.producer)
+    late = EndpointStore(settings)
     await late.start()
     follower = asyncio.create_task(late.follow())
     try:

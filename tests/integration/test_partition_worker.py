@@ -1,13 +1,15 @@
 """The partition worker against the real broker: bounded work in flight, still making progress
-while saturated, and a watermark commit of everything finished."""
+while saturated, a watermark commit of everything finished, and records held until due."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from shared.kafka.clients import Record, create_consumer, ensure_topics
@@ -146,3 +148,84 @@ async def test_the_next_owner_skips_what_finished_above_the_committed_offset(
     assert sorted(finished) == list(range(1, 50))
     assert redone == [0]
     assert committed == 50
+
+
+# --- records that must wait: held until due, each fetched and started once -------------------
+
+
+def _due_ms(record: Record) -> int | None:
+    """These tests' records carry their due time (unix ms) as their value."""
+    return int(record.value) if record.value else None
+
+
+async def _run_until(
+    worker: PartitionWorker, consumer: AIOKafkaConsumer, done: Callable[[], bool]
+) -> None:
+    stop = asyncio.Event()
+    await consumer.start()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while not done():  # noqa: ASYNC110 - the handlers report as they start
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await running
+
+
+async def test_held_records_start_once_each_and_never_before_they_are_due(
+    settings: Settings,
+) -> None:
+    topic = settings.topic_prefix + "due"
+    await ensure_topics(settings, [NewTopic(topic, 1, 1)])
+    now_ms = int(time.time() * 1000)
+    # Due soon, 10 ms apart (held behind the head, started as they fall due); then one due
+    # after the park threshold (alone, the rest fetched again later); then more behind it.
+    due = [now_ms + 500 + 10 * n for n in range(100)]
+    due += [due[-1] + 2500 + 10 * n for n in range(100)]
+    await produce(settings.kafka_bootstrap, topic, [b"%d" % at for at in due])
+    started: list[tuple[int, int]] = []
+
+    async def handle(record: Record) -> None:
+        started.append((record.offset, int(time.time() * 1000)))
+
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "holders")
+    worker = PartitionWorker(
+        consumer, handle, max_in_flight=1000, drain_grace_s=1, not_before_ms=_due_ms
+    )
+    consumer.subscribe([topic], listener=worker.listener)
+    try:
+        await _run_until(worker, consumer, lambda: len(started) >= len(due))
+        committed = await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+    assert [offset for offset, _ in started] == list(range(len(due)))
+    assert [offset for offset, at_ms in started if at_ms < due[offset]] == []
+    assert committed == len(due)
+
+
+async def test_a_partition_waiting_for_its_head_holds_no_other_back(settings: Settings) -> None:
+    topic = settings.topic_prefix + "apart"
+    await ensure_topics(settings, [NewTopic(topic, 2, 1)])
+    later_ms = int(time.time() * 1000) + 60_000
+    waiting, ready = b"%d" % later_ms, b"0"
+    # The two keys fall in different partitions (murmur2, as Kafka's Java client).
+    await produce(settings.kafka_bootstrap, topic, [waiting] * 10, key=b"waits")
+    await produce(settings.kafka_bootstrap, topic, [ready] * 200, key=b"ready")
+    started: list[bytes] = []
+
+    async def handle(record: Record) -> None:
+        started.append(record.value)
+
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "apart")
+    worker = PartitionWorker(
+        consumer, handle, max_in_flight=1000, drain_grace_s=1, not_before_ms=_due_ms
+    )
+    consumer.subscribe([topic], listener=worker.listener)
+    try:
+        await _run_until(worker, consumer, lambda: len(started) >= 200)
+    finally:
+        await consumer.stop()
+
+    assert started == [ready] * 200

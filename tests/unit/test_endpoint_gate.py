@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.delivery.endpoint_gate import EndpointGate, TokenBucket
+from shared.delivery.endpoint_gate import EndpointGate, RecentCount, TokenBucket
 
 
 def full_bucket(rate_per_s: float, now_s: float = 100.0) -> TokenBucket:
@@ -186,3 +186,96 @@ async def test_gate_forgets_idle_endpoints_without_a_rate() -> None:
 
     assert gate._lanes == {}
     assert gate.in_flight("ep_1") == 0
+
+
+# --- judging a busy endpoint by its pace (issue 18: healthy bursts go direct) --------------
+
+
+async def _entering(gate: EndpointGate, endpoint_id: str, count: int) -> list[asyncio.Task[bool]]:
+    """``count`` deliveries asking for a slot, each past its decision to queue or defer."""
+    tasks = [asyncio.create_task(gate.enter(endpoint_id, None)) for _ in range(count)]
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def _cancel(tasks: list[asyncio.Task[bool]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _deferred(tasks: list[asyncio.Task[bool]]) -> int:
+    return sum(task.done() and task.result() is False for task in tasks)
+
+
+async def test_gate_queues_a_burst_while_no_answer_was_read_anywhere() -> None:
+    clock = FakeClock()
+    gate = EndpointGate(max_in_flight=10, max_queued=1000, max_wait_s=1.0, clock=clock)
+    burst = await _entering(gate, "ep_burst", 500)
+    clock.now_s += 0.5  # taking the burst in held the loop: its attempts look slow
+    more = await _entering(gate, "ep_burst", 400)
+
+    try:
+        assert _deferred(burst + more) == 0
+    finally:
+        await _cancel(burst + more)
+
+
+async def test_gate_defers_early_when_other_endpoints_answers_were_read_meanwhile() -> None:
+    clock = FakeClock()
+    gate = EndpointGate(max_in_flight=2, max_queued=1000, max_wait_s=1.0, clock=clock)
+    stalled = await _entering(gate, "ep_stalled", 3)  # two attempts, one waiting
+    clock.now_s += 0.2
+    assert await gate.enter("ep_fast", None)
+    gate.leave("ep_fast")  # the loop reads answers: the stalled endpoint gave none
+
+    newcomer = await gate.enter("ep_stalled", None)
+
+    try:
+        assert newcomer is False
+    finally:
+        await _cancel(stalled)
+
+
+async def test_gate_lets_in_as_many_as_the_endpoint_finished_in_the_last_wait() -> None:
+    clock = FakeClock()
+    gate = EndpointGate(max_in_flight=1, max_queued=1000, max_wait_s=1.0, clock=clock)
+    first = await _entering(gate, "ep_slow", 4)  # one attempt, three waiting
+    for _ in range(2):  # two attempts finish in the next 0.6 s
+        clock.now_s += 0.3
+        gate.leave("ep_slow")
+        await asyncio.sleep(0)
+    clock.now_s += 0.5  # busy for 1.1 s, two attempts finished within the last second
+
+    admitted = await _entering(gate, "ep_slow", 1)  # one waiting: a second may queue
+    refused = await _entering(gate, "ep_slow", 1)  # two waiting: a third would wait too long
+
+    try:
+        assert _deferred(admitted) == 0
+        assert _deferred(refused) == 1
+    finally:
+        await _cancel(first + admitted)
+
+
+async def test_gate_takes_back_a_slot_handed_to_a_waiter_cancelled_before_it_ran() -> None:
+    gate = EndpointGate(max_in_flight=1, max_queued=10, max_wait_s=5.0)
+    assert await gate.enter("ep_1", None)
+    waiter = asyncio.create_task(gate.enter("ep_1", None))
+    await asyncio.sleep(0)
+
+    gate.leave("ep_1")  # the slot goes to the waiter...
+    waiter.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+    assert await asyncio.wait_for(gate.enter("ep_1", None), 1.0) is True
+
+
+def test_recent_count_counts_within_its_window() -> None:
+    count = RecentCount(window_s=1.0)
+    for at_s in (10.0, 10.2, 10.5):
+        count.add(at_s)
+
+    assert count.total(10.6) == 3
+    assert count.total(11.15) == 2
+    assert count.total(12.0) == 0

@@ -1,0 +1,243 @@
+"""The delivery log under load (issue 16): 1,000,000 attempt records in ``webhook.attempts``
+across 1,000 endpoints; a fresh ingest indexes them; then the first page of
+``GET /v1/endpoints/{id}/attempts`` is asked for many times.
+
+Figures: time for the fresh ingest to index everything, first-page latency (p50/p95/p99) while
+it indexes and once it has, its peak RSS, and the index's size on disk. Targets: p95 <= 300 ms,
+RSS <= 150 MB.
+
+    python -m tests.bench.delivery_log [--records 1000000] [--endpoints 1000] [--requests 2000]
+
+It starts its own broker (deploy/local/kafka.sh) unless ``--bootstrap`` names one, and writes
+``docs/benchmarks/delivery_log.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from shared.kafka.clients import ensure_topics
+from shared.model.messages import AttemptRecord, Endpoint, EndpointSecret, encode
+from shared.model.signing import generate_secret, webhook_id
+from shared.ops.settings import load_settings
+from tests.bench.figures import percentile
+from tests.bench.stack import ADMIN_TOKEN, Broker, Stack
+from tests.support.services import ROOT
+
+ACCOUNT = "acc_bench"
+DAY_MS = 86_400_000
+CONCURRENCY = 4
+POLL_S = 0.25
+INDEX_TIMEOUT_S = 900.0
+PRODUCE_CHUNK = 20_000
+OUTPUT = ROOT / "docs" / "benchmarks" / "delivery_log.json"
+REQUEST_BODY = '{"type":"link.clicked","timestamp":"2026-11-27T11:00:00.123Z","data":{' + (
+    '"link":{"id":"lnk_9","domain":"example.com","key":"abc","url":"https://example.com/x"},'
+    '"click":{"ip":"203.0.113.9","country":"JP","user_agent":"Mozilla/5.0"}}}'
+)
+
+
+def endpoint_ids(count: int) -> list[str]:
+    return [f"ep_bench{n:05}" for n in range(count)]
+
+
+def attempt_record(rng: random.Random, endpoint_id: str, n: int, now_ms: int) -> AttemptRecord:
+    """A realistic mix: mostly successes, some 5xx and timeouts waiting to retry, a few
+    deferrals; spread over the last 24 hours."""
+    event_id = f"evt_{n:012x}"
+    at_ms = now_ms - rng.randrange(DAY_MS)
+    roll = rng.random()
+    fields: dict[str, Any] = {"outcome": "success", "status": 200, "response_body": "ok"}
+    if roll < 0.05:
+        fields = {"outcome": "http_5xx", "status": 503, "response_body": "upstream unavailable",
+                  "next_attempt_at_ms": at_ms + 300_000}  # fmt: skip
+    elif roll < 0.08:
+        fields = {"outcome": "timeout", "status": None, "error": "read timed out after 15s",
+                  "next_attempt_at_ms": at_ms + 300_000}  # fmt: skip
+    elif roll < 0.10:
+        fields = {"outcome": "deferred", "status": None, "deferred_because": "endpoint_busy",
+                  "next_attempt_at_ms": at_ms + 60_000}  # fmt: skip
+    wid = webhook_id(event_id, endpoint_id)
+    return AttemptRecord(
+        webhook_id=wid,
+        event_id=event_id,
+        endpoint_id=endpoint_id,
+        account_id=ACCOUNT,
+        attempt=1,
+        at_ms=at_ms,
+        duration_ms=0.0 if fields["outcome"] == "deferred" else rng.lognormvariate(3.5, 0.8),
+        breaker="closed",
+        service="dispatcher",
+        request_headers={
+            "webhook-id": wid,
+            "webhook-timestamp": str(at_ms // 1000),
+            "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+            "content-type": "application/json",
+            "user-agent": "clickhook/0.1",
+        },
+        request_body=REQUEST_BODY,
+        **fields,
+    )
+
+
+async def produce_everything(bootstrap: str, prefix: str, records: int, endpoints: int) -> float:
+    """The endpoints, then the attempt records; returns the seconds the records took."""
+    settings = load_settings(
+        {"CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap, "CLICKHOOK_TOPIC_PREFIX": prefix}
+    )
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        now = datetime.now(UTC)
+        ids = endpoint_ids(endpoints)
+        for endpoint_id in ids:
+            endpoint = Endpoint(id=endpoint_id, account_id=ACCOUNT, url="https://hooks.example.com/x",
+                                secrets=[EndpointSecret(generate_secret())], created_at=now,
+                                updated_at=now)  # fmt: skip
+            await producer.send(
+                prefix + "webhook.endpoints", key=endpoint_id.encode(), value=encode(endpoint)
+            )
+        await producer.flush()
+        rng = random.Random(16)
+        now_ms = int(time.time() * 1000)
+        started = time.monotonic()
+        for chunk_start in range(0, records, PRODUCE_CHUNK):
+            futures = []
+            for n in range(chunk_start, min(records, chunk_start + PRODUCE_CHUNK)):
+                endpoint_id = ids[n % endpoints]
+                value = encode(attempt_record(rng, endpoint_id, n, now_ms))
+                futures.append(
+                    await producer.send(
+                        prefix + "webhook.attempts", key=endpoint_id.encode(), value=value
+                    )
+                )
+            await asyncio.gather(*futures)
+        return time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def broker(bootstrap: str | None, log_dir: Path) -> AsyncIterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    own = Broker(log_dir)
+    address = await asyncio.to_thread(own.start)
+    try:
+        yield address
+    finally:
+        await asyncio.to_thread(own.stop)
+
+
+class Client:
+    def __init__(self, stack: Stack, ids: list[str]) -> None:
+        self._stack = stack
+        self._ids = ids
+        self._headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def first_page(self, rng: random.Random) -> tuple[float, dict[str, Any]]:
+        url = self._stack.url("ingest", f"/v1/endpoints/{rng.choice(self._ids)}/attempts")
+        started = time.perf_counter()
+        async with self._stack.session.get(url, headers=self._headers) as response:
+            body: dict[str, Any] = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"GET {url}: {response.status} {body}")
+        return (time.perf_counter() - started) * 1000, body
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
+    state_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
+    async with broker(args.bootstrap, log_dir) as bootstrap, aiohttp.ClientSession() as session:
+        stack = Stack(
+            bootstrap, log_dir, session, extra_env={"CLICKHOOK_STATE_DIR": str(state_dir)}
+        )
+        produce_s = await produce_everything(bootstrap, stack.prefix, args.records, args.endpoints)
+        print(f"produced {args.records:,} attempt records in {produce_s:.1f} s", flush=True)
+        client = Client(stack, endpoint_ids(args.endpoints))
+        rng = random.Random(1)
+
+        started = time.monotonic()
+        await stack.start("ingest")
+        during: list[float] = []
+        while True:
+            latency_ms, body = await client.first_page(rng)
+            during.append(latency_ms)
+            if body["index"]["caught_up"] and body["index"]["behind"] == 0:
+                break
+            if time.monotonic() - started > INDEX_TIMEOUT_S:
+                raise RuntimeError(f"not indexed after {INDEX_TIMEOUT_S} s: {body['index']}")
+            await asyncio.sleep(POLL_S)
+        index_s = time.monotonic() - started
+        print(f"indexed in {index_s:.1f} s (ready included)", flush=True)
+
+        after: list[float] = []
+
+        async def worker() -> None:
+            while len(after) < args.requests:
+                after.append((await client.first_page(rng))[0])
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        used = stack.usage("ingest")
+        index_bytes = await asyncio.to_thread(_size_of, state_dir)
+        await stack.stop("ingest")
+    return {
+        "records": args.records,
+        "endpoints": args.endpoints,
+        "produce_s": round(produce_s, 1),
+        "index_s": round(index_s, 1),
+        "index_records_per_s": round(args.records / index_s),
+        "requests_during_indexing": len(during),
+        "first_page_ms_during_indexing": _percentiles(during),
+        "requests": len(after),
+        "concurrency": CONCURRENCY,
+        "first_page_ms": _percentiles(after),
+        "ingest_peak_rss_mb": round(used.peak_rss_mb, 1),
+        "ingest_cpu_s": round(used.cpu_s, 1),
+        "index_file_mb": round(index_bytes / 1024 / 1024, 1),
+        "targets": {"first_page_p95_ms": 300, "peak_rss_mb": 150},
+    }
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    return {f"p{p}": round(percentile(samples, p), 1) for p in (50, 95, 99)}
+
+
+def _size_of(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.iterdir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--endpoints", type=int, default=1_000)
+    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--bootstrap", help="an existing broker instead of a throwaway one")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
+    print(msgspec.json.format(msgspec.json.encode(figures)).decode())
+
+
+if __name__ == "__main__":
+    main()

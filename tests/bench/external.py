@@ -1,0 +1,58 @@
+"""The other benches ``make bench`` runs, each as its own process with its own broker:
+issue 18's scale-out figures (``python -m tests.bench.scale``: workers, endpoints, cluster)
+and issue 16's delivery log (``python -m tests.bench.delivery_log``). Their files are written
+beside results.json as they would be alone; their figures join results.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.bench.figures import Figure, figures
+from tests.bench.scale import FULL as SCALE_FULL
+from tests.bench.scale import QUICK as SCALE_QUICK
+from tests.bench.scale import specs_for
+from tests.support.services import ROOT
+
+# The delivery log's figures, from its JSON: key in results.json → path in its file.
+DELIVERY_LOG_KEYS = {
+    "delivery_log.records": ("records",),
+    "delivery_log.index_s": ("index_s",),
+    "delivery_log.first_page_ms.p95": ("first_page_ms", "p95"),
+    "delivery_log.first_page_ms_during_indexing.p95": ("first_page_ms_during_indexing", "p95"),
+    "delivery_log.ingest_peak_rss_mb": ("ingest_peak_rss_mb",),
+    "delivery_log.index_file_mb": ("index_file_mb",),
+}
+QUICK_DELIVERY_LOG = ["--records", "100000", "--endpoints", "100", "--requests", "200"]
+
+
+def run_scale(out_dir: Path, *, quick: bool) -> list[Figure]:
+    out = out_dir / "scale.json"
+    _run(["tests.bench.scale", "--out", str(out), *(["--quick"] if quick else [])])
+    entries = json.loads(out.read_text())["figures"]
+    samples = {entry["key"]: entry["samples"] for entry in entries}
+    return figures(samples, specs_for(SCALE_QUICK if quick else SCALE_FULL))
+
+
+def run_delivery_log(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
+    out = out_dir / "delivery_log.json"
+    _run(["tests.bench.delivery_log", "--output", str(out), *(QUICK_DELIVERY_LOG if quick else [])])
+    found: dict[str, Any] = json.loads(out.read_text())
+    samples: dict[str, list[float]] = {}
+    for key, path in DELIVERY_LOG_KEYS.items():
+        value: Any = found
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            samples[key] = [float(value)]
+    return samples
+
+
+def _run(module_and_args: list[str]) -> None:
+    """Run a bench module; its output goes to ours as it comes."""
+    done = subprocess.run([sys.executable, "-m", *module_and_args], cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module_and_args[0]} failed with exit status {done.returncode}")
