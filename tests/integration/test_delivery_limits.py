@@ -12,7 +12,7 @@ import ipaddress
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -21,6 +21,7 @@ from shared.delivery.http_client import RESPONSE_BODY_CAP_BYTES, WebhookClient
 from shared.delivery.sender import AttemptResult, Sender
 from tests.support.endpoints import endpoint_to
 from tests.support.loopback import read_http_request
+from tests.support.raw_server import RawServer
 
 TIMEOUT_S = 1.0
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -29,60 +30,27 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawReceiver"], Awaitable[None]]
 
 
-@dataclass
-class RawReceiver:
-    """A TCP server on 127.0.0.1 that reads one HTTP request per connection, then misbehaves."""
+@dataclass(kw_only=True)
+class RawReceiver(RawServer):
+    """Reads one HTTP request per connection, then misbehaves as ``behaviour`` says."""
 
     behaviour: Behaviour
     read_request: bool = True
-    connections: int = 0
     requests: int = 0
     bytes_sent: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.stopping.set()  # behaviours that wait forever end now, without being cancelled
-        for writer in self._writers:
-            writer.close()
-        if self._handlers:
-            await asyncio.wait(self._handlers, timeout=5)
-        await self._server.wait_closed()
 
     async def write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
         await writer.drain()
         self.bytes_sent += len(data)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.append(writer)
-        self.connections += 1
-        try:
-            if self.read_request:
-                await read_http_request(reader)
-                self.requests += 1
-            await self.behaviour(reader, writer, self)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client hung up: what these tests expect of it
-        finally:
-            writer.close()
-            self.closed.set()
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
+        if self.read_request:
+            await read_http_request(reader)
+            self.requests += 1
+        await self.behaviour(reader, writer, self)
 
 
 StartReceiver = Callable[..., Awaitable[RawReceiver]]
@@ -93,7 +61,7 @@ async def fixture_start_receiver() -> AsyncIterator[StartReceiver]:
     started: list[RawReceiver] = []
 
     async def start(behaviour: Behaviour, *, read_request: bool = True) -> RawReceiver:
-        receiver = RawReceiver(behaviour, read_request=read_request)
+        receiver = RawReceiver(behaviour=behaviour, read_request=read_request)
         await receiver.start()
         started.append(receiver)
         return receiver
@@ -211,7 +179,7 @@ async def test_endless_body_connection_is_closed_not_pooled(
 
     await attempt(receiver.url())
     async with asyncio.timeout(2):
-        await receiver.closed.wait()
+        await receiver.closed[1].wait()
 
     assert receiver.bytes_sent < 16 * 1024 * 1024
 
