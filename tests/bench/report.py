@@ -47,6 +47,7 @@ RATIO_KEYS = (
     "delivery.fan1.ratio_to_ceiling",
     "ingest.batch.ratio_to_ceiling",
     "cpu.retry_vs_dispatcher",
+    "cpu.retry_vs_dispatcher.backlog",
 )
 
 
@@ -143,6 +144,7 @@ def _percentile_bars(
 ) -> None:
     """Bars of p50/p95/p99/max per group (label, key prefix); whiskers span min to max."""
     width = 0.8 / len(PERCENTILES)
+    drawn = False
     for p_index, (name, _) in enumerate(PERCENTILES):
         xs, heights, low, high = [], [], [], []
         for g_index, (_, prefix) in enumerate(groups):
@@ -151,6 +153,7 @@ def _percentile_bars(
                 continue
             xs.append(g_index + (p_index - (len(PERCENTILES) - 1) / 2) * width)
             heights.append(figure.median)
+            drawn = drawn or figure.median > 0
             low.append(figure.median - figure.low)
             high.append(figure.high - figure.median)
         label = "p99.9" if name == "p999" else name
@@ -159,7 +162,7 @@ def _percentile_bars(
     ax.set_xticks(
         range(len(groups)), [_group_label(label, prefix, by_key) for label, prefix in groups]
     )
-    if log:
+    if log and drawn:  # a log axis with nothing on it (a run of some scenarios) cannot scale
         ax.set_yscale("log")
     ax.set_ylabel("ms (log scale)" if log else "ms")
     ax.grid(axis="y", which="both", alpha=0.3)
@@ -255,8 +258,8 @@ def _throughput_panel(ax: Axes, by_key: dict[str, Figure]) -> None:
             ax.plot([limit] * 2, [y - 0.4, y + 0.4], color="#c44e52", linewidth=2)
     ax.set_yticks(list(ys), [figure.spec.label for figure in shown])
     ax.invert_yaxis()
-    ax.set_xscale("log")
     if shown:
+        ax.set_xscale("log")
         # Bars on a log axis start at its left edge: the decade below the smallest figure
         # keeps their lengths comparable.
         left = 10 ** math.floor(math.log10(min(f.low for f in shown)))

@@ -94,7 +94,7 @@ FULL = Plan(
     "full",
     3,
     closed_loop_s=5,
-    backlog_deliveries=6_000,
+    backlog_deliveries=20_000,
     stream_s=6,
     grace_s=10,
     recovery_outage_s=60,
