@@ -78,7 +78,7 @@ async def _wait_for_turn(index: int, rate_per_s: float, started: float) -> None:
 
 
 def envelope(job: EnvelopeLoad, tier: int, endpoint_id: str, due_ms: int, n: int) -> bytes:
-    """A delivery that failed once and now waits in ``tier``, as the courier writes it."""
+    """A delivery that failed once and now waits in ``tier``, as the deliverer writes it."""
     event = click_event(f"evt_retry_{tier}_{n}_{uuid.uuid4().hex[:8]}", job.account_id, "lnk_r")
     event["bench_due_ms"] = due_ms  # the receiver measures lateness against this
     return encode(
@@ -106,7 +106,8 @@ async def produce_envelopes(job: EnvelopeLoad) -> ProduceResult:
             endpoints = itertools.cycle(tier.endpoint_ids)
             step_ms = job.spread_s * 1000 / job.per_tier
             for n in range(job.per_tier):
-                # In due order, as the courier writes a tier: the retry service relies on it.
+                # In exact due order, without the deliverer's jitter: the tier mechanism alone
+                # (the deferred-lateness scenario writes through the real deliverer).
                 due_ms = int(scheduled_ms + tier.delay_s * 1000 + n * step_ms)
                 endpoint_id = next(endpoints)
                 value = envelope(job, tier.index, endpoint_id, due_ms, n)

@@ -343,7 +343,7 @@ async def _endpoint_table(run: Run, table: str, count: int, group: str) -> None:
         run.record("endpoints.write.eps", written / (time.monotonic() - started))
 
     # One at a time, so that each has the machine to itself; the dispatcher stays up, its
-    # caps lifted: a click burst slower than the caps allow would be shunted to the retry
+    # caps lifted: a click burst slower than the caps allow would be deferred to the retry
     # tier (no retry service runs here) and the figure would miss those clicks.
     for name in ("ingest", "retry", "dispatcher"):
         process = run.service(name, settings, **(UNCAPPED if name == "dispatcher" else {}))

@@ -58,6 +58,26 @@ async def test_a_slow_endpoint_does_not_delay_the_fast_ones(
     assert p95 < 1.0, f"fast p95 {p95:.3f}s (median {statistics.median(latencies):.3f}s)"
 
 
+async def test_a_click_published_right_after_the_201_reaches_the_new_endpoint(
+    start_pipeline: StartPipeline, receiver: Receiver
+) -> None:
+    # A write's commit returns before its markers are in the log; answering then let a click
+    # published at once reach the dispatcher before the endpoint did (every time on a fresh
+    # broker). Each round: a new endpoint for a new link, then at once a click on that link.
+    pipeline = await start_pipeline()
+    rounds = 20
+    for n in range(rounds):
+        await pipeline.create_endpoint(receiver.url(f"/new{n}"), filters={"link_ids": [f"lnk_{n}"]})
+        await pipeline.post_clicks(
+            make_click(f"evt_new_{n}", account_id=ACCOUNT_ID, link_id=f"lnk_{n}")
+        )
+
+    await receiver.wait_for(rounds, timeout_s=20)
+    assert sorted(pairs(receiver.received)) == sorted(
+        (f"/new{n}", f"evt_new_{n}") for n in range(rounds)
+    )
+
+
 async def test_fan_out_respects_filters_accounts_and_disabled_endpoints(
     start_pipeline: StartPipeline, receiver: Receiver
 ) -> None:
@@ -140,7 +160,7 @@ async def test_kill_9_mid_stream_loses_nothing(
     restarted = pipeline.spawn("dispatcher", "restarted")
     await restarted.wait_ready()
     expected = {(f"/ep{n}", e["id"]) for n in range(3) for e in events}
-    # Deliveries shunted by both dispatchers drain through the retry tier, three endpoints at
+    # Deliveries deferred by both dispatchers drain through the retry tier, three endpoints at
     # ten in flight each: 20-60 s on the 2-core machine.
     await receiver.wait_until(lambda: set(pairs(receiver.received)) >= expected, timeout_s=120)
 

@@ -218,7 +218,7 @@ def assert_delivery_lines_carry_their_ids(pipeline: Pipeline, gone_endpoint_id: 
         missing = [key for key in DELIVERY_IDS if key not in line]
         assert not missing, f"{line['event']} without {missing}: {line}"
         assert line["event_id"] == "evt_obs_1"
-    # The courier names only the endpoint here: the rest comes from the bound context.
+    # The deliverer names only the endpoint here: the rest comes from the bound context.
     (disabled,) = [line for line in lines if line["event"] == "endpoint_disabled"]
     assert disabled["endpoint_id"] == gone_endpoint_id
     assert disabled["attempt"] == 1

@@ -91,7 +91,7 @@ async def test_gate_lets_a_waiter_in_when_a_slot_frees_within_the_wait() -> None
     assert gate.in_flight("ep_1") == 1
 
 
-async def test_gate_shunts_a_waiter_after_the_longest_wait() -> None:
+async def test_gate_defers_a_waiter_after_the_longest_wait() -> None:
     gate = EndpointGate(max_in_flight=1, max_queued=5, max_wait_s=0.05)
     assert await gate.enter("ep_1", None)
 
@@ -101,7 +101,7 @@ async def test_gate_shunts_a_waiter_after_the_longest_wait() -> None:
     assert gate.in_flight("ep_1") == 1
 
 
-async def test_gate_shunts_when_the_queue_is_full() -> None:
+async def test_gate_defers_when_the_queue_is_full() -> None:
     gate = EndpointGate(max_in_flight=1, max_queued=1, max_wait_s=5.0)
     assert await gate.enter("ep_1", None)
     waiter = asyncio.create_task(gate.enter("ep_1", None))
@@ -114,7 +114,7 @@ async def test_gate_shunts_when_the_queue_is_full() -> None:
     assert await asyncio.wait_for(waiter, 1.0) is True
 
 
-async def test_gate_shunts_at_once_when_the_endpoint_hangs() -> None:
+async def test_gate_defers_at_once_when_the_endpoint_hangs() -> None:
     clock = FakeClock()
     gate = EndpointGate(max_in_flight=2, max_queued=100, max_wait_s=1.0, clock=clock)
     assert await gate.enter("ep_hung", None)
