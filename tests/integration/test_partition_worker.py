@@ -205,6 +205,50 @@ async def test_held_records_start_once_each_and_never_before_they_are_due(
     assert committed == len(due)
 
 
+async def test_held_records_due_while_the_bound_is_full_wait_their_turn_in_order(
+    settings: Settings,
+) -> None:
+    topic = settings.topic_prefix + "due_full"
+    await ensure_topics(settings, [NewTopic(topic, 2, 1)])
+    now_ms = int(time.time() * 1000)
+    # One partition's records fall due 5 ms apart over 2 s and are held a batch at a time; the
+    # other's are due now and keep the bound full (ten at a time, 50 ms each, for about 5 s): held
+    # records fall due while there is no room, and must start later, in order, once each, never
+    # more than the bound at once.
+    held = [now_ms + 1500 + 5 * n for n in range(400)]
+    await produce(settings.kafka_bootstrap, topic, [b"%d" % at for at in held], key=b"waits")
+    await produce(settings.kafka_bootstrap, topic, [b"0"] * 1000, key=b"ready")
+    started: dict[int, list[tuple[int, int, int]]] = {0: [], 1: []}
+    in_flight = 0
+    most_in_flight = 0
+
+    async def handle(record: Record) -> None:
+        nonlocal in_flight, most_in_flight
+        due_ms = _due_ms(record) or 0
+        started[record.partition].append((record.offset, due_ms, int(time.time() * 1000)))
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "full")
+    worker = PartitionWorker(
+        consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=1, not_before_ms=_due_ms
+    )
+    consumer.subscribe([topic], listener=worker.listener)
+    try:
+        await _run_until(worker, consumer, lambda: sum(map(len, started.values())) >= 1400)
+    finally:
+        await consumer.stop()
+
+    for partition_started in started.values():
+        offsets = [offset for offset, _, _ in partition_started]
+        assert offsets == list(range(len(offsets)))
+        assert [o for o, due_ms, at_ms in partition_started if at_ms < due_ms] == []
+    assert sorted(map(len, started.values())) == [400, 1000]
+    assert most_in_flight <= MAX_IN_FLIGHT
+
+
 async def test_a_partition_waiting_for_its_head_holds_no_other_back(settings: Settings) -> None:
     topic = settings.topic_prefix + "apart"
     await ensure_topics(settings, [NewTopic(topic, 2, 1)])
