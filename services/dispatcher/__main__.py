@@ -6,6 +6,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.dispatcher.service import SERVICE, Dispatcher
 from shared.delivery.deliverer import Deliverer
+from shared.delivery.endpoint_gate import EndpointGate
 from shared.delivery.worker import run_delivery_worker
 from shared.kafka.clients import create_consumer
 from shared.kafka.lag import dispatcher_lag_scope
@@ -16,12 +17,16 @@ from shared.ops.process import run
 
 
 def build_worker(
-    base: ServiceBase, deliverer: Deliverer
+    base: ServiceBase, deliverer: Deliverer, gate: EndpointGate
 ) -> tuple[AIOKafkaConsumer, PartitionWorker]:
     settings = base.settings
     topics = Topics(settings.topic_prefix)
     dispatcher = Dispatcher(
-        settings, producer=base.producer, endpoints=base.endpoints, deliverer=deliverer
+        settings,
+        producer=base.producer,
+        endpoints=base.endpoints,
+        deliverer=deliverer,
+        gate=gate,
     )
     consumer = create_consumer(settings, group_id=topics.group(DISPATCHER_GROUP))
     worker = PartitionWorker(

@@ -9,7 +9,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from shared.delivery.deliverer import Deliverer
-from shared.delivery.endpoint_gate import gate_for
+from shared.delivery.endpoint_gate import EndpointGate
 from shared.kafka.clients import Record, set_aside
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.envelopes import first_envelope
@@ -33,13 +33,14 @@ class Dispatcher:
         producer: AIOKafkaProducer,
         endpoints: EndpointStore,
         deliverer: Deliverer,
+        gate: EndpointGate,
     ) -> None:
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
         self._producer = producer
         self._endpoints = endpoints
         self._deliverer = deliverer
-        self._gate = gate_for(settings)
+        self._gate = gate
         self._deliveries = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
         self._attempts: set[asyncio.Future[None]] = set()

@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.retry.service import PARTITION_FETCH_BYTES, SERVICE, RetryService
 from shared.delivery.deliverer import Deliverer
+from shared.delivery.endpoint_gate import EndpointGate
 from shared.delivery.worker import run_delivery_worker
 from shared.kafka.clients import create_consumer
 from shared.kafka.lag import retry_lag_scope
@@ -23,7 +24,7 @@ RESUME_FETCH_WAIT_MS = 50
 
 
 def build_worker(
-    base: ServiceBase, deliverer: Deliverer
+    base: ServiceBase, deliverer: Deliverer, gate: EndpointGate
 ) -> tuple[AIOKafkaConsumer, PartitionWorker]:
     settings = base.settings
     topics = Topics(settings.topic_prefix)
@@ -34,7 +35,11 @@ def build_worker(
         partition_fetch_bytes=PARTITION_FETCH_BYTES,
     )
     service = RetryService(
-        settings, producer=base.producer, endpoints=base.endpoints, deliverer=deliverer
+        settings,
+        producer=base.producer,
+        endpoints=base.endpoints,
+        deliverer=deliverer,
+        gate=gate,
     )
     worker = PartitionWorker(
         consumer,

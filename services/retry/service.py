@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.retry.due import due_at_ms_from_headers
 from shared.delivery.deliverer import Deliverer
-from shared.delivery.endpoint_gate import gate_for
+from shared.delivery.endpoint_gate import EndpointGate
 from shared.kafka.clients import Record, set_aside
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.messages import DeliveryEnvelope, decode_envelope
@@ -42,6 +42,7 @@ class RetryService:
         producer: AIOKafkaProducer,
         endpoints: EndpointStore,
         deliverer: Deliverer,
+        gate: EndpointGate,
     ) -> None:
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
@@ -49,7 +50,7 @@ class RetryService:
         self._endpoints = endpoints
         self._deliverer = deliverer
         self._waiting_counted_s = 0.0
-        self._gate = gate_for(settings)
+        self._gate = gate
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
 
     # --- hooks for the partition worker ---------------------------------------------------

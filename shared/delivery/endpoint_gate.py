@@ -14,6 +14,13 @@ many as its pace so far promises, but only once the loop has read other endpoint
 meanwhile: until then a slow endpoint and a busy loop look the same, and the burst queues
 (the wait bounds it). An attempt that has been running for longer than the wait is evidence
 no busy loop explains: then the queue is cut to what the running attempts' age allows.
+
+The caps are the endpoint's across every process of the deployment: this gate applies only this
+process's ``Share`` of them (``shared.model.caps``: why and how; the share comes from the caps
+consumer group, ``shared.kafka.caps_membership``). A gate built without a share source holds
+the whole of every cap, as a process alone does. A delivery first takes one of the process's
+in-flight slots, then waits for one of its rate slots: holding the in-flight slot while waiting
+means nothing else can make it late for its rate slot, so requests leave at their slot times.
 """
 
 from __future__ import annotations
@@ -24,40 +31,25 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shared.model.caps import Share, SlotReservations, endpoint_offset, missed_slot, slot_time_s
 from shared.ops.settings import Settings
 
 # Completions are counted over the last ``max_wait_s`` in this many slices of it.
 COUNT_SLICES = 10
 # A lane busy for less than this share of the wait has shown no pace worth judging.
 EARLIEST_JUDGEMENT_SHARE = 0.1
+# Rate slots a delivery may try for when the event loop wakes it too late for one (or the
+# share moved meanwhile) before it is deferred.
+SLOT_TRIES = 3
+
+# This process's share of every endpoint's caps, as it stands now.
+ShareSource = Callable[[], Share]
+_WHOLE = Share.whole()
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    """A token bucket with reservations; time comes in as an argument, so it is pure.
-
-    ``reserve`` may take a token that is not there yet (the balance goes negative) and says
-    how long to wait for it, like Go's ``rate.Limiter.Reserve``.
-    """
-
-    rate_per_s: float
-    tokens: float
-    updated_s: float
-
-    @property
-    def burst(self) -> float:
-        return max(1.0, self.rate_per_s)
-
-    def reserve(self, now_s: float, max_wait_s: float) -> float | None:
-        """Seconds to wait before sending, or None when that would exceed ``max_wait_s``."""
-        elapsed = max(0.0, now_s - self.updated_s)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate_per_s)
-        self.updated_s = max(now_s, self.updated_s)
-        wait_s = max(0.0, (1.0 - self.tokens) / self.rate_per_s)
-        if wait_s > max_wait_s:
-            return None
-        self.tokens -= 1.0
-        return wait_s
+def alone() -> Share:
+    """The share of a process alone: the whole of every cap."""
+    return _WHOLE
 
 
 @dataclass(slots=True)
@@ -94,7 +86,7 @@ class _Waiter:
 class _Lane:
     finished: RecentCount
     queued: int = 0
-    bucket: TokenBucket | None = None
+    slots: SlotReservations | None = None
     # Slots taken: attempts in flight, and slots handed to a waiter that has yet to run. Not
     # an asyncio.Semaphore with a timeout per waiter: its locked() walks every waiter, and a
     # timer each for a burst of a thousand cost a fifth more CPU per delivery. Waiters are
@@ -116,9 +108,10 @@ class _Lane:
     def full(self, max_in_flight: int) -> bool:
         return self.taken >= max_in_flight or bool(self.waiters)
 
-    def release(self) -> None:
-        """A slot is free: it goes to the longest waiter still waiting, else back."""
-        while self.waiters:
+    def release(self, max_in_flight: int) -> None:
+        """A slot is free: it goes to the longest waiter still waiting, else back (also when
+        the process's share shrank below what is taken)."""
+        while self.waiters and self.taken <= max_in_flight:
             waiter = self.waiters.popleft()
             if not waiter.turn.done():  # one that gave up (cancelled) is skipped
                 waiter.turn.set_result(True)
@@ -193,10 +186,20 @@ class EndpointGate:
         max_queued: int,
         max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        share: ShareSource = alone,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._limits = _Limits(max_in_flight, max_wait_s)
+        self._max_in_flight = max_in_flight
+        self._max_wait_s = max_wait_s
         self._max_queued = max_queued
         self._clock = clock
+        # Rate slots are on the wall clock: the one clock every process of the deployment
+        # shares (to NTP's precision).
+        self._wall_clock = wall_clock
+        self._share = share
+        self._limits_share: Share | None = None
+        self._limits = _Limits(max_in_flight, max_wait_s)
         self._lanes: dict[str, _Lane] = {}
         self._finished = 0  # attempts finished by every lane: shows that answers get read
 
@@ -205,61 +208,96 @@ class EndpointGate:
 
         A delivery is deferred at once, without queueing, when the queue is full or when the
         endpoint's pace says it would not get a slot within the wait anyway: a hung receiver
-        then holds no clicks back, while a burst to a fast one queues and drains.
+        then holds no clicks back, while a burst to a fast one queues and drains. A process
+        that holds no share of the caps defers every delivery.
         On True the caller must ``leave`` once the attempt is over.
         """
+        share = self._share()
+        limits = self._limits_for(share)
+        if limits.max_in_flight == 0:
+            return False
         lane = self._lanes.get(endpoint_id)
         if lane is None:
-            lane = self._lanes[endpoint_id] = _Lane(RecentCount(self._limits.max_wait_s))
-        if lane.full(self._limits.max_in_flight):
+            lane = self._lanes[endpoint_id] = _Lane(RecentCount(limits.max_wait_s))
+        if lane.full(limits.max_in_flight):
             now_s = self._clock()
             if lane.busy_since_s is None:
                 lane.became_busy(now_s, self._finished)
-            turns = self._limits.turns(lane, now_s, self._finished)
+            turns = limits.turns(lane, now_s, self._finished)
             if lane.queued >= self._max_queued or (turns is not None and lane.queued >= turns):
                 return False
         lane.queued += 1
         try:
-            return await self._wait_turn(lane, rate_per_s)
+            return await self._wait_turn(endpoint_id, lane, rate_per_s)
         finally:
             lane.queued -= 1
             self._forget_if_idle(endpoint_id, lane)
 
-    async def _wait_turn(self, lane: _Lane, rate_per_s: float | None) -> bool:
-        max_wait_s = self._limits.max_wait_s
+    def _limits_for(self, share: Share) -> _Limits:
+        """The limits of the process's current share (recomputed only when it changed)."""
+        if share is not self._limits_share:
+            self._limits_share = share
+            self._limits = _Limits(share.concurrency(self._max_in_flight), self._max_wait_s)
+        return self._limits
+
+    async def _wait_turn(self, endpoint_id: str, lane: _Lane, rate_per_s: float | None) -> bool:
+        if not await self._take_slot(lane):
+            return False
         if rate_per_s is not None:
-            now_s = self._clock()
-            if lane.bucket is None or lane.bucket.rate_per_s != rate_per_s:
-                lane.bucket = TokenBucket(rate_per_s, max(1.0, rate_per_s), now_s)
-            wait_s = lane.bucket.reserve(now_s, max_wait_s)
-            if wait_s is None:
-                return False
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-        if lane.full(self._limits.max_in_flight):
-            turn = lane.wait(asyncio.get_running_loop().time() + max_wait_s)
             try:
-                if not await turn:
-                    return False
+                on_time = await self._wait_rate_slot(endpoint_id, lane, rate_per_s)
             except BaseException:
-                if turn.done() and not turn.cancelled() and turn.result():
-                    lane.release()  # handed a slot, but cancelled before using it
+                lane.release(self._limits.max_in_flight)
                 raise
-        else:
-            lane.taken += 1
+            if not on_time:
+                lane.release(self._limits.max_in_flight)
+                return False
         lane.started_s.append(self._clock())
         return True
+
+    async def _take_slot(self, lane: _Lane) -> bool:
+        """One of the process's in-flight slots for the endpoint, waiting at most the wait."""
+        if not lane.full(self._limits.max_in_flight):
+            lane.taken += 1
+            return True
+        turn = lane.wait(asyncio.get_running_loop().time() + self._max_wait_s)
+        try:
+            return await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled() and turn.result():
+                lane.release(self._limits.max_in_flight)  # handed a slot, cancelled before use
+            raise
+
+    async def _wait_rate_slot(self, endpoint_id: str, lane: _Lane, rate_per_s: float) -> bool:
+        """Sleep until one of the process's own rate slots; False: none within the allowed
+        wait. A slot the loop woke too late for, or that changed hands meanwhile (a
+        rebalance), is let go for a later one."""
+        if lane.slots is None or lane.slots.rate_per_s != rate_per_s:
+            lane.slots = SlotReservations(rate_per_s, endpoint_offset(endpoint_id))
+        for _ in range(SLOT_TRIES):
+            now_s = self._wall_clock()
+            slot = lane.slots.reserve(self._share(), now_s, self._max_wait_s)
+            if slot is None:
+                return False
+            wait_s = slot_time_s(slot, rate_per_s) - now_s
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            on_time = not missed_slot(slot, rate_per_s, self._wall_clock())
+            if on_time and self._share().owns_slot(slot, lane.slots.offset):
+                return True
+        return False
 
     def leave(self, endpoint_id: str) -> None:
         lane = self._lanes[endpoint_id]
         now_s = self._clock()
+        max_in_flight = self._limits_for(self._share()).max_in_flight
         # Attempts end in any order; only their number in flight and the oldest start matter.
         lane.started_s.popleft()
         lane.finished.add(now_s)
         lane.finished_since_busy += 1
         self._finished += 1
-        lane.release()
-        if lane.queued == 0 and lane.taken < self._limits.max_in_flight:
+        lane.release(max_in_flight)
+        if lane.queued == 0 and lane.taken < max_in_flight:
             lane.busy_since_s = None  # room to spare: the next burst starts afresh
         self._forget_if_idle(endpoint_id, lane)
 
@@ -268,15 +306,18 @@ class EndpointGate:
         return lane.active if lane else 0
 
     def _forget_if_idle(self, endpoint_id: str, lane: _Lane) -> None:
-        # Rate-limited lanes keep their bucket; others are dropped to bound memory (their
-        # recent pace with them: an idle endpoint starts afresh).
-        if lane.taken == 0 and lane.queued == 0 and lane.bucket is None:
+        # Rate-limited lanes keep their slot reservations (a slot is never handed out twice);
+        # others are dropped to bound memory (their recent pace with them: an idle endpoint
+        # starts afresh).
+        if lane.taken == 0 and lane.queued == 0 and lane.slots is None:
             self._lanes.pop(endpoint_id, None)
 
 
-def gate_for(settings: Settings) -> EndpointGate:
+def gate_for(settings: Settings, share: ShareSource = alone) -> EndpointGate:
+    """The gate of a delivering service, applying ``share`` of every endpoint's caps."""
     return EndpointGate(
         settings.endpoint_max_in_flight,
         max_queued=settings.endpoint_max_queued,
         max_wait_s=settings.endpoint_max_wait_s,
+        share=share,
     )

@@ -11,20 +11,25 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.delivery.attempt_log import AttemptLog
 from shared.delivery.deliverer import Deliverer
+from shared.delivery.endpoint_gate import EndpointGate, gate_for
 from shared.delivery.http_client import WebhookClient
 from shared.delivery.sender import Sender
+from shared.kafka.caps_membership import FIRST_SHARE_TIMEOUT_S, CapsMembership
 from shared.kafka.clients import create_audit_producer
 from shared.kafka.lag import LagScope, lag_reporting
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase, service_base
+from shared.model.errors import CapsShareUnavailable
 from shared.model.topics import Topics
 from shared.ops.health import start_ops_server
 from shared.ops.logging import configure_logging
 from shared.ops.process import close_quietly, stop_on_signals
 from shared.ops.settings import Settings, load_settings
 
-# Builds the service's consumer and its worker once the base and the deliverer exist.
-WorkerFactory = Callable[[ServiceBase, Deliverer], tuple[AIOKafkaConsumer, PartitionWorker]]
+# Builds the service's consumer and its worker once the base, the deliverer and the gate exist.
+WorkerFactory = Callable[
+    [ServiceBase, Deliverer, EndpointGate], tuple[AIOKafkaConsumer, PartitionWorker]
+]
 
 
 async def run_delivery_worker(
@@ -40,12 +45,13 @@ async def run_delivery_worker(
     async with (
         service_base(settings) as base,
         deliverer_for(base, service) as deliverer,
+        caps_share(base, service) as membership,
         ops_server(base, port(settings)),
         lag_reporting(settings, lag_scope(settings), base.supervisor),
     ):
         stop_on_signals(base.stop)
-        consumer, worker = build(base, deliverer)
-        await _consume(base, consumer, worker)
+        consumer, worker = build(base, deliverer, gate_for(settings, membership.share))
+        await _consume(base, consumer, worker, membership)
 
 
 @contextlib.asynccontextmanager
@@ -87,6 +93,22 @@ async def attempt_log_for(base: ServiceBase, service: str) -> AsyncIterator[Atte
 
 
 @contextlib.asynccontextmanager
+async def caps_share(base: ServiceBase, service: str) -> AsyncIterator[CapsMembership]:
+    """Membership of the caps group, for the whole life of the consume loop: the process's
+    share of every endpoint's caps. Left last, after the drain, so that the deliveries still
+    in flight keep their share, and the others take it over at once."""
+    membership = CapsMembership(base.settings, service)
+    await membership.start()
+    base.readiness.add("caps_share_assigned", membership.assigned.is_set)
+    base.supervisor.start("caps_membership", membership.run())
+    try:
+        yield membership
+    finally:
+        await base.supervisor.cancel("caps_membership")
+        await close_quietly("caps membership", membership.stop())
+
+
+@contextlib.asynccontextmanager
 async def ops_server(base: ServiceBase, port: int) -> AsyncIterator[None]:
     runner = await start_ops_server(base.readiness, base.settings.bind_host, port)
     try:
@@ -96,9 +118,17 @@ async def ops_server(base: ServiceBase, port: int) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def _consume(base: ServiceBase, consumer: AIOKafkaConsumer, worker: PartitionWorker) -> None:
-    """Consume once the endpoint table is loaded (so no click meets an empty table)."""
+async def _consume(
+    base: ServiceBase,
+    consumer: AIOKafkaConsumer,
+    worker: PartitionWorker,
+    membership: CapsMembership,
+) -> None:
+    """Consume once the endpoint table is loaded (so no click meets an empty table) and the
+    process has its share of the caps (so none is sent without one)."""
     if not await _ready_unless_stopped(base.stop, base.endpoints.loaded):
+        return
+    if not await _first_share_unless_stopped(base.stop, membership):
         return
     await consumer.start()
     try:
@@ -106,6 +136,15 @@ async def _consume(base: ServiceBase, consumer: AIOKafkaConsumer, worker: Partit
     finally:
         base.readiness.draining = True
         await close_quietly("consumer", consumer.stop())
+
+
+async def _first_share_unless_stopped(stop: asyncio.Event, membership: CapsMembership) -> bool:
+    """Wait for the process's first share of the caps, for a bounded time."""
+    try:
+        async with asyncio.timeout(FIRST_SHARE_TIMEOUT_S):
+            return await _ready_unless_stopped(stop, membership.assigned)
+    except TimeoutError:
+        raise CapsShareUnavailable(membership.topic, FIRST_SHARE_TIMEOUT_S) from None
 
 
 async def _ready_unless_stopped(stop: asyncio.Event, ready: asyncio.Event) -> bool:

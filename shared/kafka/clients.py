@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
+from shared.model.caps import CAPS_PARTITIONS
 from shared.model.topics import HEADER_REASON, HEADER_SOURCE, Topics
 from shared.model.watermark import decode_finished
 from shared.ops import metrics
@@ -118,6 +119,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         spec(topics.dlq, {**big, "retention.ms": str(30 * 86_400_000)}),
         spec(topics.attempts, {"retention.ms": str(7 * 86_400_000)}),
         spec(topics.replays, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, 1),
+        # Never written: only its partition count matters (the grain of the caps shares).
+        spec(topics.caps, {"retention.ms": str(3_600_000)}, CAPS_PARTITIONS),
         *(spec(name, big) for name in topics.retry_tiers(settings.tier_delays_s)),
     ]
 

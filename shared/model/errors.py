@@ -76,3 +76,13 @@ class ConnectionClosed(ConnectionError):
         what = "in the middle of the response head" if answered else "before answering"
         super().__init__(f"the receiver closed the connection {what}")
         self.answered = answered
+
+
+class CapsShareUnavailable(ClickhookError):
+    """A delivering process got no share of the endpoint caps in time (the caps consumer
+    group did not assign it one): it does not start, rather than send without a share."""
+
+    def __init__(self, topic: str, timeout_s: float) -> None:
+        super().__init__(f"no partition of {topic} assigned within {timeout_s:g}s")
+        self.topic = topic
+        self.timeout_s = timeout_s

@@ -14,9 +14,13 @@ RETRY_PREFIX = "webhook.retry."
 DLQ = "webhook.dlq"
 ATTEMPTS = "webhook.attempts"
 REPLAYS = "webhook.replays"
+# Never written: its partitions, shared out by the CAPS_GROUP, are each delivering process's
+# share of every endpoint's caps (shared/model/caps.py).
+CAPS = "webhook.caps"
 
 DISPATCHER_GROUP = "clickhook-dispatcher"
 RETRY_GROUP = "clickhook-retry"
+CAPS_GROUP = "clickhook-caps"
 
 HEADER_REASON = "clickhook-reason"
 HEADER_SOURCE = "clickhook-source"
@@ -65,6 +69,10 @@ class Topics:
     @property
     def replays(self) -> str:
         return self.prefix + REPLAYS
+
+    @property
+    def caps(self) -> str:
+        return self.prefix + CAPS
 
     @property
     def retry_pattern(self) -> str:

@@ -95,6 +95,12 @@ ATTEMPT_LOG_DROPPED = Counter(
     "broker was slow or away) or send_failed; deliveries are not affected",
     ["service", "reason"],
 )
+CAPS_SHARE = Gauge(
+    "clickhook_caps_share_ratio",
+    "This process's share of every endpoint's rate and concurrency caps (the webhook.caps "
+    "partitions it holds in the clickhook-caps group, of all): 0 until it has one",
+    ["service"],
+)
 BREAKERS = Gauge(
     "clickhook_circuit_breakers", "Endpoints whose breaker is not closed", ["service", "state"]
 )

@@ -6,58 +6,8 @@ import asyncio
 
 import pytest
 
-from shared.delivery.endpoint_gate import EndpointGate, RecentCount, TokenBucket
-
-
-def full_bucket(rate_per_s: float, now_s: float = 100.0) -> TokenBucket:
-    return TokenBucket(rate_per_s=rate_per_s, tokens=max(1.0, rate_per_s), updated_s=now_s)
-
-
-# --- TokenBucket ----------------------------------------------------------------------------
-
-
-def test_bucket_allows_a_burst_of_its_rate_then_asks_to_wait() -> None:
-    bucket = full_bucket(3.0)
-
-    waits = [bucket.reserve(100.0, max_wait_s=1.0) for _ in range(4)]
-
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    assert waits[3] == pytest.approx(1 / 3)
-
-
-def test_bucket_refuses_a_wait_longer_than_allowed() -> None:
-    bucket = full_bucket(1.0)
-
-    assert bucket.reserve(100.0, max_wait_s=0.5) == 0.0
-    assert bucket.reserve(100.0, max_wait_s=0.5) is None
-
-
-def test_bucket_reservations_queue_up_behind_each_other() -> None:
-    bucket = full_bucket(2.0)
-    for _ in range(2):
-        bucket.reserve(100.0, max_wait_s=10.0)
-
-    waits = [bucket.reserve(100.0, max_wait_s=10.0) for _ in range(3)]
-
-    assert waits == [pytest.approx(0.5), pytest.approx(1.0), pytest.approx(1.5)]
-
-
-def test_bucket_refills_with_time_up_to_its_burst() -> None:
-    bucket = full_bucket(2.0)
-    for _ in range(2):
-        bucket.reserve(100.0, max_wait_s=0.0)
-
-    assert bucket.reserve(100.5, max_wait_s=0.0) == 0.0
-    assert bucket.reserve(100.5, max_wait_s=0.0) is None
-    assert [bucket.reserve(1000.0, max_wait_s=0.0) for _ in range(3)] == [0.0, 0.0, None]
-
-
-def test_bucket_ignores_a_clock_that_goes_back() -> None:
-    bucket = full_bucket(1.0)
-
-    assert bucket.reserve(100.0, max_wait_s=0.0) == 0.0
-    assert bucket.reserve(50.0, max_wait_s=0.0) is None
-
+from shared.delivery.endpoint_gate import EndpointGate, RecentCount
+from shared.model.caps import Share
 
 # --- EndpointGate ---------------------------------------------------------------------------
 
@@ -155,15 +105,35 @@ async def test_gate_keeps_endpoints_apart() -> None:
     assert await gate.enter("ep_slow", None) is False
 
 
-async def test_gate_applies_the_rate_limit() -> None:
-    gate = EndpointGate(max_in_flight=10, max_queued=10, max_wait_s=0.2, clock=FakeClock())
+async def test_gate_spaces_a_rate_limited_endpoint_one_slot_apart_and_defers_past_the_wait() -> (
+    None
+):
+    # Rate 20/s: slots 50 ms apart, waits of 0, 50, 100 and 150 ms; 120 ms are allowed.
+    gate = EndpointGate(max_in_flight=10, max_queued=10, max_wait_s=0.12, wall_clock=FakeClock())
 
-    admitted = [await gate.enter("ep_1", 2.0) for _ in range(4)]
+    admitted = await asyncio.gather(*(gate.enter("ep_1", 20.0) for _ in range(4)))
 
-    assert admitted == [True, True, False, False]
+    assert admitted == [True, True, True, False]
 
 
-async def test_gate_waits_for_a_token_that_comes_within_the_wait() -> None:
+async def test_gate_with_no_share_defers_everything() -> None:
+    nothing = Share.of(set(), 60)
+    gate = EndpointGate(max_in_flight=10, max_queued=10, max_wait_s=1.0, share=lambda: nothing)
+
+    assert await gate.enter("ep_1", None) is False
+    assert await gate.enter("ep_1", 5.0) is False
+
+
+async def test_gate_applies_its_share_of_the_concurrency_cap() -> None:
+    quarter = Share.of(set(range(0, 60, 4)), 60)  # 15 of 60 partitions
+    gate = EndpointGate(max_in_flight=10, max_queued=0, max_wait_s=0.01, share=lambda: quarter)
+
+    admitted = [await gate.enter("ep_1", None) for _ in range(4)]
+
+    assert admitted == [True, True, False, False]  # floor(10 x 15 / 60) = 2
+
+
+async def test_gate_waits_for_a_rate_slot_that_comes_within_the_wait() -> None:
     gate = EndpointGate(max_in_flight=20, max_queued=10, max_wait_s=1.0, clock=FakeClock())
     for _ in range(10):
         assert await gate.enter("ep_1", 10.0)
