@@ -76,7 +76,7 @@ class CapsMembership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
     # --- the rebalance listener ---------------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self._consumer._coordinator.member_id == UNKNOWN_MEMBER_ID:
+        if self._share.held and self._consumer._coordinator.member_id == UNKNOWN_MEMBER_ID:
             self._hold(set())
             log.warning("caps_share_lost", held_before=len(revoked))
 
