@@ -102,7 +102,10 @@ INVALID_RECORDS = Counter(
 RETRY_LATENESS_SECONDS = Histogram(
     "clickhook_retry_lateness_seconds",
     "How long after its due time a retry was attempted",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+    # Past 60 s too: ClickhookRetryBacklog fires on a p99 above 60 s, and a quantile that falls
+    # in the +Inf bucket reads as the highest finite bound, so 60 s as the last bound would
+    # keep that alert silent however late retries ran.
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
 )
 RETRY_WAITING = Gauge(
     "clickhook_retry_waiting",
