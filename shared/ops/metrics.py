@@ -25,6 +25,8 @@ DELIVERING_SERVICES: tuple[Service, ...] = ("dispatcher", "retry")
 # for initialise() alike.
 IngestRejection = Literal["malformed", "invalid"]
 AttemptLogDropReason = Literal["full", "send_failed"]
+# Ingest's click route: the route label of clickhook_ingest_requests_total, spelled once.
+INGEST_CLICKS_ROUTE = "/v1/clicks"
 # The retry service sets an unreadable envelope aside in the dead-letter topic as it was.
 MALFORMED_ENVELOPE = "malformed_envelope"
 DeadLetterLabel = DeadLetterReason | Literal["malformed_envelope"]
@@ -190,6 +192,7 @@ def initialise(service: Service, settings: Settings) -> None:
 
 
 def _initialise_ingest(settings: Settings) -> None:
+    zero(INGEST_REQUESTS, route=[INGEST_CLICKS_ROUTE], status=["202"])
     zero(INGEST_EVENTS, result=["accepted"], reason=[""])
     zero(INGEST_EVENTS, result=["rejected"], reason=literal_values(IngestRejection))
     zero(PRODUCE_ERRORS, topic=[Topics(settings.topic_prefix).clicks])
