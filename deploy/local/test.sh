@@ -18,6 +18,9 @@ echo "== lint and types"
 echo "== browser (the portal's tests drive Debian's headless Chromium)"
 bash deploy/local/browser.sh
 
+echo "== prometheus (promtool tests the alerts; a real Prometheus scrapes the services)"
+bash deploy/local/prometheus.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)

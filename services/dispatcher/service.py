@@ -13,15 +13,16 @@ from shared.delivery.endpoint_gate import EndpointGate
 from shared.kafka.clients import Record, set_aside
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.envelopes import first_envelope
-from shared.model.errors import InvalidInput
+from shared.model.errors import InvalidClick
 from shared.model.filters import endpoint_wants
 from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
+from shared.ops.metrics import Service
 from shared.ops.settings import Settings
 
-SERVICE = "dispatcher"
+SERVICE: Service = "dispatcher"
 log = structlog.get_logger(__name__)
 
 
@@ -50,7 +51,7 @@ class Dispatcher:
         """Finish one ``clicks`` record: every delivery done or durably handed off."""
         try:
             event = decode_click(record.value, now=datetime.now(UTC))
-        except InvalidInput as exc:
+        except InvalidClick as exc:
             await self._set_aside(record, exc)
             return
         targets = self._targets(record, event)
@@ -118,11 +119,11 @@ class Dispatcher:
         for attempt in set(self._attempts):
             attempt.cancel()
 
-    async def _set_aside(self, record: Record, exc: InvalidInput) -> None:
+    async def _set_aside(self, record: Record, exc: InvalidClick) -> None:
         """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""
         reason = "; ".join(f"{p.field}: {p.problem}" for p in exc.problems)[:1000]
         source = await set_aside(
             self._producer, self._topics.clicks_invalid, record, f"{exc.message}: {reason}"
         )
-        metrics.INVALID_RECORDS.labels(reason=exc.message).inc()
+        metrics.INVALID_RECORDS.labels(reason=exc.reason).inc()
         log.warning("click_set_aside", source=source, reason=reason)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from services.ingest.app import create_app
 from shared.kafka.service_base import service_base
+from shared.ops import metrics
 from shared.ops.logging import configure_logging
 from shared.ops.process import run, stop_on_signals
 from shared.ops.settings import load_settings
@@ -14,6 +15,7 @@ from shared.ops.settings import load_settings
 async def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    metrics.initialise("ingest", settings)
     async with service_base(settings) as base:
         stop_on_signals(base.stop)
         runner = web.AppRunner(create_app(base), access_log=None)

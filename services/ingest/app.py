@@ -15,6 +15,7 @@ from services.ingest.portal.views import PortalDeps, add_portal
 from services.ingest.replay_api import ReplayApi
 from services.ingest.responses import error_middleware
 from shared.kafka.service_base import ServiceBase
+from shared.ops import metrics
 from shared.ops.health import add_ops_routes
 
 
@@ -26,7 +27,7 @@ def create_app(base: ServiceBase) -> web.Application:
     backfills = BackfillApi(settings, endpoints, base.endpoints, base.producer)
     replays = ReplayApi(settings, endpoints, base.producer, base.supervisor)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
-    app.router.add_post("/v1/clicks", clicks.post_clicks)
+    app.router.add_post(metrics.INGEST_CLICKS_ROUTE, clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
     app.router.add_get("/v1/endpoints", endpoints.list)
     app.router.add_get("/v1/endpoints/{endpoint_id}", endpoints.get)

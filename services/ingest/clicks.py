@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from services.ingest.api_types import Accepted
 from services.ingest.auth import Authenticator, insufficient_scope
@@ -73,6 +74,12 @@ class ClickIntake:
         self._auth = auth
         self._topic = Topics(settings.topic_prefix).clicks
         self._accepted = metrics.INGEST_EVENTS.labels(result="accepted", reason="")
+        self._malformed = self._rejected("malformed")
+        self._invalid = self._rejected("invalid")
+
+    @staticmethod
+    def _rejected(reason: metrics.IngestRejection) -> Counter:
+        return metrics.INGEST_EVENTS.labels(result="rejected", reason=reason)
 
     async def post_clicks(self, request: web.Request) -> web.Response:
         if not self._auth.authenticate(request).may_publish:
@@ -87,7 +94,7 @@ class ClickIntake:
         try:
             items = parse_body(raw, content_type)
         except InvalidInput as exc:
-            metrics.INGEST_EVENTS.labels(result="rejected", reason="malformed").inc()
+            self._malformed.inc()
             raise invalid(exc, status=400) from None
         if not items:
             raise ApiError(422, "invalid_request", "no events in the request")
@@ -100,7 +107,7 @@ class ClickIntake:
         try:
             events = validate_all(items, datetime.now(UTC))
         except InvalidInput as exc:
-            metrics.INGEST_EVENTS.labels(result="rejected", reason="invalid").inc(len(items))
+            self._invalid.inc(len(items))
             raise invalid(exc) from None
         await self._publish(events)
         self._accepted.inc(len(events))

@@ -19,9 +19,10 @@ from shared.model.messages import DeliveryEnvelope, decode_envelope
 from shared.model.topics import Topics
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
+from shared.ops.metrics import Service
 from shared.ops.settings import Settings
 
-SERVICE = "retry"
+SERVICE: Service = "retry"
 log = structlog.get_logger(__name__)
 
 WAITING_GAUGE_INTERVAL_S = 1.0
@@ -107,7 +108,7 @@ class RetryService:
     async def _set_aside(self, record: Record, reason: str) -> None:
         """An unreadable envelope is kept, as it was, in the dead-letter topic."""
         source = await set_aside(
-            self._producer, self._topics.dlq, record, f"malformed_envelope: {reason}"
+            self._producer, self._topics.dlq, record, f"{metrics.MALFORMED_ENVELOPE}: {reason}"
         )
-        metrics.DEAD_LETTERS.labels(service=SERVICE, reason="malformed_envelope").inc()
+        metrics.DEAD_LETTERS.labels(service=SERVICE, reason=metrics.MALFORMED_ENVELOPE).inc()
         log.error("retry_record_unreadable", source=source, error=reason)

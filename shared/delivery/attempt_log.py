@@ -17,6 +17,7 @@ from collections import deque
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
 
 from shared.model.messages import AttemptRecord, encode
 from shared.ops import metrics
@@ -44,10 +45,15 @@ class AttemptLog:
         self._queue: deque[AttemptRecord] = deque()
         self._waiting = asyncio.Event()
         self._failing = False  # logged once per run of failures, not once per record
-        self._dropped_full = metrics.ATTEMPT_LOG_DROPPED.labels(service=service, reason="full")
-        self._dropped_failed = metrics.ATTEMPT_LOG_DROPPED.labels(
-            service=service, reason="send_failed"
-        )
+        self._dropped_full = self._dropped(service, "full")
+        self._dropped_failed = self._dropped(service, "send_failed")
+        # A record that did not reach the broker is a failed produce too: it counts towards
+        # the ClickhookProduceErrors alert, which reads every topic's produce errors.
+        self._produce_errors = metrics.PRODUCE_ERRORS.labels(topic=topic)
+
+    @staticmethod
+    def _dropped(service: str, reason: metrics.AttemptLogDropReason) -> Counter:
+        return metrics.ATTEMPT_LOG_DROPPED.labels(service=service, reason=reason)
 
     def record(self, record: AttemptRecord) -> None:
         """Hand a record over; it is written later, or dropped and counted."""
@@ -86,7 +92,7 @@ class AttemptLog:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - an audit record never fails anything else
-            self._dropped_failed.inc()
+            self._count_send_failed()
             if not self._failing:
                 self._failing = True
                 log.warning("attempt_log_failing", error=repr(exc), queued=len(self._queue))
@@ -98,4 +104,8 @@ class AttemptLog:
 
     def _count_failure(self, sent: asyncio.Future[object]) -> None:
         if not sent.cancelled() and sent.exception() is not None:
-            self._dropped_failed.inc()
+            self._count_send_failed()
+
+    def _count_send_failed(self) -> None:
+        self._dropped_failed.inc()
+        self._produce_errors.inc()

@@ -21,8 +21,10 @@ from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.model.errors import CapsShareUnavailable
 from shared.model.topics import Topics
+from shared.ops import metrics
 from shared.ops.health import start_ops_server
 from shared.ops.logging import configure_logging
+from shared.ops.metrics import Service
 from shared.ops.process import close_quietly, stop_on_signals
 from shared.ops.settings import Settings, load_settings
 
@@ -33,7 +35,7 @@ WorkerFactory = Callable[
 
 
 async def run_delivery_worker(
-    service: str,
+    service: Service,
     build: WorkerFactory,
     *,
     port: Callable[[Settings], int],
@@ -42,6 +44,7 @@ async def run_delivery_worker(
     """Run a delivering service until SIGTERM, then drain and stop in reverse order."""
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    metrics.initialise(service, settings)
     async with (
         service_base(settings) as base,
         deliverer_for(base, service) as deliverer,

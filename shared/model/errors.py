@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 class ClickhookError(Exception):
@@ -41,6 +42,19 @@ class InvalidInput(ClickhookError):
         super().__init__(message)
         self.message = message
         self.problems = problems
+
+
+# Why a record of ``clicks`` cannot be delivered: the reason label of
+# clickhook_invalid_records_total, so a short fixed set (the message and problems say more).
+InvalidClickReason = Literal["null_value", "too_large", "malformed_json", "invalid_event"]
+
+
+class InvalidClick(InvalidInput):
+    """A ``clicks`` record that is not a deliverable click, with why in one word."""
+
+    def __init__(self, reason: InvalidClickReason, message: str, problems: list[Problem]) -> None:
+        super().__init__(message, problems)
+        self.reason: InvalidClickReason = reason
 
 
 class RefusedDestination(OSError):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
-from shared.model.errors import InvalidInput, Problem
+from shared.model.errors import InvalidClick, InvalidInput, Problem
 
 SCHEMA_VERSION = 1
 
@@ -269,12 +269,22 @@ def decode_json(raw: bytes) -> Any:
 
 
 def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
+    """A ``clicks`` record's value as a click; raises ``InvalidClick`` saying why it is not."""
     if raw is None:
-        raise InvalidInput("null record value", [Problem("$", "the record has no value")])
+        raise InvalidClick(
+            "null_value", "null record value", [Problem("$", "the record has no value")]
+        )
     if len(raw) > MAX_CLICK_BYTES:
         problem = f"is {len(raw)} bytes, more than {MAX_CLICK_BYTES}"
-        raise InvalidInput("click too large", [Problem("$", problem)])
-    return validate_click(decode_json(raw), now=now)
+        raise InvalidClick("too_large", "click too large", [Problem("$", problem)])
+    try:
+        obj = decode_json(raw)
+    except InvalidInput as exc:
+        raise InvalidClick("malformed_json", exc.message, exc.problems) from None
+    try:
+        return validate_click(obj, now=now)
+    except InvalidInput as exc:
+        raise InvalidClick("invalid_event", exc.message, exc.problems) from None
 
 
 # --- endpoints ----------------------------------------------------------------------------

@@ -1,8 +1,35 @@
-"""Prometheus metrics, named once. Label sets are bounded: never a label per event."""
+"""Prometheus metrics, named once. Label sets are bounded: never a label per event.
+
+Every labelled series an alert or a dashboard panel reads exists from the service's start, at
+zero (``initialise``): rate() and increase() need two samples, so a series born with its first
+error would hide that error, and an alert on it could not fire on it.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+from typing import Literal, get_args, get_origin
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from shared.model.errors import InvalidClickReason
+from shared.model.messages import BreakerState, DeadLetterReason, DeferralReason, Outcome
+from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
+from shared.ops.settings import Settings
+
+Service = Literal["ingest", "dispatcher", "retry"]
+DELIVERING_SERVICES: tuple[Service, ...] = ("dispatcher", "retry")
+# Label values that are not a model type of their own, named here for the code that counts and
+# for initialise() alike.
+IngestRejection = Literal["malformed", "invalid"]
+AttemptLogDropReason = Literal["full", "send_failed"]
+# Ingest's click route: the route label of clickhook_ingest_requests_total, spelled once.
+INGEST_CLICKS_ROUTE = "/v1/clicks"
+# The retry service sets an unreadable envelope aside in the dead-letter topic as it was.
+MALFORMED_ENVELOPE = "malformed_envelope"
+DeadLetterLabel = DeadLetterReason | Literal["malformed_envelope"]
 
 LATENCY_BUCKETS_S = (
     0.005,
@@ -77,7 +104,10 @@ INVALID_RECORDS = Counter(
 RETRY_LATENESS_SECONDS = Histogram(
     "clickhook_retry_lateness_seconds",
     "How long after its due time a retry was attempted",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+    # Past 60 s too: ClickhookRetryBacklog fires on a p99 above 60 s, and a quantile that falls
+    # in the +Inf bucket reads as the highest finite bound, so 60 s as the last bound would
+    # keep that alert silent however late retries ran.
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
 )
 RETRY_WAITING = Gauge(
     "clickhook_retry_waiting",
@@ -132,3 +162,75 @@ DELIVERY_LOG_UNREADABLE = Counter(
     "clickhook_delivery_log_unreadable_total",
     "Records the delivery log could not decode (left in the topic, not indexed)",
 )
+
+
+# --- zero from the start ----------------------------------------------------------------------
+
+
+def literal_values(kind: object) -> tuple[str, ...]:
+    """The strings a ``Literal`` (or a union of them) allows: a value added to the type is
+    initialised without anyone touching this module."""
+    if get_origin(kind) is Literal:
+        return tuple(str(value) for value in get_args(kind))
+    return tuple(value for member in get_args(kind) for value in literal_values(member))
+
+
+# An attempt's outcome; "deferred" is a delivery that waited without one (not an attempt).
+ATTEMPT_OUTCOMES = tuple(o for o in literal_values(Outcome) if o != "deferred")
+# The breaker gauge counts endpoints whose breaker is not closed.
+BREAKER_STATES_COUNTED = tuple(s for s in literal_values(BreakerState) if s != "closed")
+
+
+def zero(metric: MetricWrapperBase, **values: Iterable[str]) -> None:
+    """Create the child of every combination of ``values`` (labelname → its values)."""
+    names = list(values)
+    for combination in itertools.product(*values.values()):
+        metric.labels(**dict(zip(names, combination, strict=True)))
+
+
+def initialise(service: Service, settings: Settings) -> None:
+    """Create, at zero, each series ``service`` may ever write that ops read: every known
+    label value (outcome, reason, tier, topic, state). Call once at service start."""
+    if service == "ingest":
+        _initialise_ingest(settings)
+    else:
+        _initialise_delivery(service, settings)
+
+
+def _initialise_ingest(settings: Settings) -> None:
+    zero(INGEST_REQUESTS, route=[INGEST_CLICKS_ROUTE], status=["202"])
+    zero(INGEST_EVENTS, result=["accepted"], reason=[""])
+    zero(INGEST_EVENTS, result=["rejected"], reason=literal_values(IngestRejection))
+    zero(PRODUCE_ERRORS, topic=[Topics(settings.topic_prefix).clicks])
+
+
+def _initialise_delivery(service: Service, settings: Settings) -> None:
+    topics = Topics(settings.topic_prefix)
+    tiers = topics.retry_tiers(settings.tier_delays_s)
+    produced_to = [*tiers, topics.dlq]
+    dead_letter_reasons = literal_values(DeadLetterReason)
+    if service == "dispatcher":
+        group = topics.group(DISPATCHER_GROUP)
+        produced_to.append(topics.clicks_invalid)
+        zero(INVALID_RECORDS, reason=literal_values(InvalidClickReason))
+    else:
+        group = topics.group(RETRY_GROUP)
+        dead_letter_reasons = literal_values(DeadLetterLabel)
+        zero(RETRY_WAITING, topic=tiers)
+    if settings.attempt_log_enabled:
+        produced_to.append(topics.attempts)
+        zero(ATTEMPT_LOG_DROPPED, service=[service], reason=literal_values(AttemptLogDropReason))
+    only = [service]
+    zero(DELIVERY_ATTEMPTS, service=only, outcome=ATTEMPT_OUTCOMES)
+    zero(DELIVERY_ATTEMPT_SECONDS, service=only)
+    zero(DELIVERY_LATENCY_SECONDS, service=only)
+    zero(DELIVERIES_IN_FLIGHT, service=only)
+    zero(DELIVERIES_DEFERRED, service=only, reason=literal_values(DeferralReason))
+    # The tier label is the schedule position (0 is the first retry), as the deliverer counts.
+    zero(
+        RETRY_SCHEDULED, service=only, tier=[str(t) for t in range(len(settings.retry_schedule_s))]
+    )
+    zero(DEAD_LETTERS, service=only, reason=dead_letter_reasons)
+    zero(BREAKERS, service=only, state=BREAKER_STATES_COUNTED)
+    zero(PRODUCE_ERRORS, topic=produced_to)
+    zero(LAG_SAMPLE_ERRORS, group=[group])

@@ -15,6 +15,7 @@ import yaml
 
 from tests.deploy.manifests import Rendered
 from tests.deploy.test_consistency import exported_metric_names
+from tests.support.initial_metrics import SERVICES, initial_samples
 from tests.support.promql import (
     DASHBOARD_PATH,
     RULES_FILE_PATH,
@@ -68,6 +69,52 @@ def test_queries_read_only_metrics_clickhook_defines() -> None:
     assert not unknown, f"metrics not in shared/ops/metrics.py: {unknown}"
     missing = DASHBOARD_MUST_SHOW - set(clickhook_metric_names(DASHBOARD_QUERIES))
     assert not missing, f"the dashboard does not show {sorted(missing)}"
+
+
+# Measured, not zeroed: a lag of 0 before the first measurement would be a claim, not a count.
+# The services' first lag sample comes at start (tests/e2e/test_prometheus.py sees them).
+MEASURED = {"clickhook_kafka_consumer_lag", "clickhook_retry_envelopes", "clickhook_endpoints"}
+# Added by the scraper (Kubernetes), never by the services.
+SCRAPE_LABELS = {"namespace", "job", "pod", "instance"}
+
+
+def label_matchers(queries: list[Query]) -> set[tuple[str, str, str, str]]:
+    """(metric, label, op, value) of every label matcher on clickhook's own metrics."""
+    found: set[tuple[str, str, str, str]] = set()
+    for query in queries:
+
+        def visit(node: promql_parser.Expr) -> None:
+            if isinstance(node, promql_parser.VectorSelector) and (node.name or "").startswith(
+                "clickhook_"
+            ):
+                for m in node.matchers.matchers:
+                    found.add((str(node.name), m.name, str(m.op).rsplit(".", 1)[-1], m.value))
+
+        promql_parser.walk(parse(query.expr), visit)
+    return found
+
+
+def test_every_label_value_queried_is_one_a_service_exports_from_start() -> None:
+    """outcome="success", result="accepted", ...: a value no service writes from its start
+    would leave the alert or panel blind until (and after) that value's first event."""
+    exported: dict[tuple[str, str], set[str]] = {}
+    for service in SERVICES:
+        for name, labels, _ in initial_samples(service):
+            for label, value in labels.items():
+                exported.setdefault((name.removesuffix("_bucket"), label), set()).add(value)
+    for name, label, op, value in label_matchers(ALERTS + DASHBOARD_QUERIES):
+        if label in SCRAPE_LABELS or name in MEASURED:
+            continue
+        values = exported.get((name.removesuffix("_bucket"), label), set())
+        matches = value in values if op == "Equal" else any(re.fullmatch(value, v) for v in values)
+        assert matches, f"{name}{{{label} {op} {value!r}}}: exported {sorted(values)}"
+
+
+def test_every_metric_queried_is_exported_from_start_by_some_service() -> None:
+    exported = {name for service in SERVICES for name, _, _ in initial_samples(service)}
+    used = clickhook_metric_names(ALERTS + DASHBOARD_QUERIES)
+    missing = {name: sorted(where) for name, where in used.items() if name not in exported}
+    assert set(missing) <= MEASURED, f"no series until the first event: {missing}"
 
 
 def is_whole_group_gauge(node: promql_parser.Expr) -> bool:

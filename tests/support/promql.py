@@ -112,3 +112,17 @@ def clickhook_metric_names(queries: list[Query]) -> dict[str, set[str]]:
             if name.startswith("clickhook_"):
                 used.setdefault(name, set()).add(query.where)
     return used
+
+
+def selectors(queries: list[Query]) -> dict[str, set[str]]:
+    """Every series selector of the queries, as PromQL (``name{matchers}``) → where it is read;
+    what Prometheus must hold for the query to see anything."""
+    found: dict[str, set[str]] = {}
+    for query in queries:
+
+        def visit(node: promql_parser.Expr, where: str = query.where) -> None:
+            if isinstance(node, promql_parser.VectorSelector):
+                found.setdefault(str(node), set()).add(where)
+
+        promql_parser.walk(parse(query.expr), visit)
+    return found
