@@ -126,3 +126,28 @@ DELIVERY_LOG_UNREADABLE = Counter(
     "clickhook_delivery_log_unreadable_total",
     "Records the delivery log could not decode (left in the topic, not indexed)",
 )
+DELIVERY_LOG_UNAVAILABLE = Gauge(
+    "clickhook_delivery_log_unavailable",
+    "1 while this ingest instance's delivery log routes answer 503 (index full, corrupt or "
+    "being reopened), else 0; click intake and the endpoint API never depend on it",
+)
+DELIVERY_LOG_FAILURES = Counter(
+    "clickhook_delivery_log_failures_total",
+    "Failures of the delivery log's index, each followed by its own recovery: full (evicts "
+    "and retries), corrupt or error (rebuilt from the topics)",
+    ["reason"],
+)
+for _reason in ("full", "corrupt", "error"):
+    DELIVERY_LOG_FAILURES.labels(reason=_reason)
+DELIVERY_LOG_INDEX_BYTES = Gauge(
+    "clickhook_delivery_log_index_bytes",
+    "Bytes of the delivery log's index holding rows (at most CLICKHOOK_DELIVERY_LOG_MAX_BYTES)",
+)
+DELIVERY_LOG_BUDGET_BYTES = Gauge(
+    "clickhook_delivery_log_budget_bytes",
+    "The delivery log index's byte budget (CLICKHOOK_DELIVERY_LOG_MAX_BYTES)",
+)
+DELIVERY_LOG_EVICTED = Counter(
+    "clickhook_delivery_log_evicted_rows_total",
+    "Rows the delivery log evicted, oldest first, to stay within its byte budget",
+)
