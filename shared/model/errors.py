@@ -76,3 +76,14 @@ class ConnectionClosed(ConnectionError):
         what = "in the middle of the response head" if answered else "before answering"
         super().__init__(f"the receiver closed the connection {what}")
         self.answered = answered
+
+
+class DeliveryLogUnavailable(ClickhookError):
+    """The delivery log's index cannot answer now (its disk is full, it is corrupt and being
+    rebuilt, or it is not open yet). Only the log's routes answer 503; it recovers by itself,
+    so ``retry_after_s`` says when asking again is worth it."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(f"the delivery log is unavailable ({reason})")
+        self.reason = reason
+        self.retry_after_s = retry_after_s

@@ -71,6 +71,9 @@ class Settings:
     # letters) it keeps per endpoint, newest first, and how many bytes it may take in all
     # (3 GiB: the manifests give it a 4 GiB volume, the rest for its WAL and headroom).
     state_dir: str = field(default_factory=tempfile.gettempdir)
+    # Only a state directory chosen on purpose (CLICKHOOK_STATE_DIR) keeps the index across
+    # restarts: in the shared temp directory it is removed at stop, as a cache.
+    delivery_log_resumes: bool = False
     delivery_log_per_endpoint: int = 10_000
     delivery_log_max_bytes: int = DELIVERY_LOG_MAX_BYTES
     # The customer portal: the key its links and sessions are signed with (every ingest replica
@@ -207,6 +210,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         breaker_max_cooldown_s=breaker_max_cooldown_s,
         disable_after_s=_duration(env, "CLICKHOOK_DISABLE_AFTER", 5 * 86400.0),
         state_dir=env.get("CLICKHOOK_STATE_DIR") or tempfile.gettempdir(),
+        delivery_log_resumes=bool(env.get("CLICKHOOK_STATE_DIR")),
         delivery_log_per_endpoint=_int(
             env, "CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT", 10_000, minimum=100
         ),

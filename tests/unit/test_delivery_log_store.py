@@ -3,7 +3,6 @@ percentiles, cursors and record ids."""
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from services.ingest.delivery_log.store import (
 )
 from shared.model.messages import encode
 from tests.support.attempts import attempt, dead_letter, now_ms
+from tests.support.index_files import fill_to_the_limit
 
 
 @pytest.fixture(name="index")
@@ -189,17 +189,6 @@ def test_a_batch_that_cannot_fit_is_refused_whole(
         writer.add_attempts(attempts_of(["ep_1"], 0, 50, now_ms() - 60_000), now_ms())
     assert reader.attempts("ep_1", AttemptFilter(), 10) == []
     assert writer.positions() == {}
-
-
-def fill_to_the_limit(path: Path, max_pages: int) -> None:
-    """Another user of the disk takes every page the index has left."""
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute(f"PRAGMA max_page_count={max_pages}")
-    other.execute("CREATE TABLE filler (b BLOB)")
-    with contextlib.suppress(sqlite3.OperationalError):
-        while True:
-            other.execute("INSERT INTO filler VALUES (zeroblob(1000))")
-    other.close()
 
 
 def test_a_dead_letter_keeps_no_copy_of_the_answers_its_attempts_rows_hold(

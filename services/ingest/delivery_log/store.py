@@ -1,17 +1,24 @@
-"""The delivery log's index: an SQLite file rebuilt from the topics, written by one thread and
+"""The delivery log's index: an SQLite file built from the topics, written by one thread and
 read by others (WAL), so the event loop never waits on it.
 
 It is a cache, not a store: every row comes from ``webhook.attempts`` or ``webhook.dlq`` and is
-found again there after a restart, so nothing is synced to disk. What it keeps is bounded:
+found again there. It keeps the topic positions it has read in the same transactions as its
+rows, so a restart resumes from them. What it keeps is bounded, per endpoint and in total:
 
 - attempts of the last 7 days (the retention of ``webhook.attempts``), at most
   ``per_endpoint`` of each endpoint, newest first; without the request sent (headers and body,
-  4 KiB each), which is read back from the topic when one attempt is shown;
+  4 KiB each), which is read back from the topic when one attempt is shown; the receiver's
+  answer at most 1 KiB;
 - dead letters of the last 30 days (the retention of ``webhook.dlq``), at most ``per_endpoint``
-  of each endpoint, with their attempt history;
+  of each endpoint, with a compact history: each attempt's time, outcome and error, and only
+  the start of the last answer (the answers themselves are in the attempts rows, while kept);
 - per endpoint and minute of the last 25 hours: attempts by outcome class and a histogram of
   their durations, so the 1 h and 24 h figures stay exact whatever the cap;
-- per delivery (endpoint and webhook-id), where it stands: waiting, delivered or dead.
+- per delivery (endpoint and webhook-id), where it stands: waiting, delivered or dead (those
+  that ended, at most ``per_endpoint`` of each endpoint);
+- in all, at most ``max_bytes``: SQLite refuses to grow the file past it, and past 90 % of it
+  the oldest rows go first, whichever endpoint they belong to, down to 80 %;
+- nothing of a deleted endpoint (its tombstone purges it).
 
 Rows are ordered by time and then by their Kafka position (partition and offset), which is the
 same on every ingest replica: a cursor from one is valid on all.
@@ -85,6 +92,8 @@ WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # attempts rows, while they are kept.
 RESPONSE_BODY_CHARS = 1024
 LETTER_BODY_CHARS = 256
+# The layout of the file (PRAGMA user_version): a file of another one is built again.
+INDEX_VERSION = 2
 SQLITE_CORRUPT = 11
 SQLITE_FULL = 13
 SQLITE_NOTADB = 26
@@ -253,8 +262,10 @@ def connect(path: Path, cache_kib: int) -> sqlite3.Connection:
     # used by one thread at a time, and closed only once its thread has stopped.
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
-    # A cache rebuilt from Kafka on every start: a crash may lose it whole, so never fsync.
-    connection.execute("PRAGMA synchronous=OFF")
+    # WAL with NORMAL: a crash of the process loses nothing committed, one of the machine at
+    # most the last transactions, never the file's integrity (a restart resumes from it); the
+    # only fsyncs are at checkpoints.
+    connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA cache_size=-{cache_kib}")
     connection.execute("PRAGMA temp_store=MEMORY")
     return connection
@@ -355,6 +366,10 @@ class IndexFull(ClickhookError):
     the batch was written."""
 
 
+class IndexFormatChanged(ClickhookError):
+    """A file left by a build that wrote another layout: it is built again."""
+
+
 def is_full(exc: BaseException) -> bool:
     """SQLite's ``SQLITE_FULL`` (its page limit, or the disk), or the disk itself."""
     if isinstance(exc, sqlite3.Error):
@@ -401,7 +416,12 @@ class LogWriter:
 
     def __init__(self, path: Path, per_endpoint: int, max_bytes: int) -> None:
         self._db = connect(path, WRITER_CACHE_KIB)
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version not in (0, INDEX_VERSION):
+            self._db.close()
+            raise IndexFormatChanged(f"index version {version}, this build writes {INDEX_VERSION}")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={INDEX_VERSION}")
         (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
         # The hard limit: SQLite refuses to grow the file past it (SQLITE_FULL), so the file
         # never outgrows the budget whatever the eviction below does.
