@@ -168,7 +168,7 @@ class EndpointApi:
         self._auth = auth
         self._producer = producer
         # The delivery log's short health of an endpoint, shown by GET (set by create_app).
-        self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct]] | None = None
+        self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct | None]] | None = None
 
     def _principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
@@ -216,9 +216,11 @@ class EndpointApi:
         endpoint = await self.latest_endpoint_of(
             self._principal(request), request.match_info["endpoint_id"]
         )
-        if self.delivery_summary is None:
+        summary = (
+            None if self.delivery_summary is None else await self.delivery_summary(endpoint.id)
+        )
+        if summary is None:
             return _shown(endpoint)
-        summary = await self.delivery_summary(endpoint.id)
         return _shown(endpoint, delivery=msgspec.to_builtins(summary))
 
     async def patch(self, request: web.Request) -> web.Response:

@@ -283,9 +283,12 @@ def _paths() -> dict[str, Any]:
 
 LOG_NOTE = (
     "Served by every ingest instance from its own index of webhook.attempts and webhook.dlq, "
-    "rebuilt from the topics at start: `index` says how far behind it is. The log keeps 7 days "
-    "(the topic's retention) and at most CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT attempts per "
-    "endpoint, newest first; cursors are valid on every instance."
+    "built from the topics: `index` says how far behind it is. The log keeps 7 days "
+    "(the topic's retention), at most CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT attempts per "
+    "endpoint, newest first, and at most CLICKHOOK_DELIVERY_LOG_MAX_BYTES in all, the oldest "
+    "going first; cursors are valid on every instance. While the index cannot answer (its disk "
+    "full, its file being rebuilt) these routes answer 503 `delivery_log_unavailable` with "
+    "`Retry-After`; the log recovers by itself, and clicks and endpoints never depend on it."
 )
 EXAMPLE_INDEX = {"caught_up": True, "behind": 0}
 EXAMPLE_ATTEMPT = {
@@ -399,7 +402,7 @@ def _delivery_log_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     **_example(200, "AttemptPage", "a page of attempts", attempt_page),
-                    **_errors(401, 404, 422),
+                    **_errors(401, 404, 422, 503),
                 },
             },
         },
@@ -417,7 +420,7 @@ def _delivery_log_paths() -> dict[str, Any]:
                 "summary": "One attempt, with the request it sent (read back from the topic)",
                 "responses": {
                     **_example(200, "AttemptDetail", "the attempt", detail),
-                    **_errors(401, 404),
+                    **_errors(401, 404, 503),
                 },
             },
         },
@@ -431,7 +434,7 @@ def _delivery_log_paths() -> dict[str, Any]:
                 "parameters": [*PAGE_PARAMETERS, _query("account_id", "admin tokens only")],
                 "responses": {
                     **_example(200, "AttemptPage", "a page of attempts", attempt_page),
-                    **_errors(401, 422),
+                    **_errors(401, 422, 503),
                 },
             },
         },
@@ -440,10 +443,10 @@ def _delivery_log_paths() -> dict[str, Any]:
             "get": {
                 "summary": "Delivery health over the last hour and 24 hours",
                 "description": "The same, short, is `delivery` on GET /v1/endpoints/{id}"
-                " (schema DeliverySummary).",
+                " (schema DeliverySummary; left out while the delivery log is unavailable).",
                 "responses": {
                     **_example(200, "EndpointStats", "the figures", stats),
-                    **_errors(401, 404),
+                    **_errors(401, 404, 503),
                 },
             },
         },
@@ -455,7 +458,7 @@ def _delivery_log_paths() -> dict[str, Any]:
                 "parameters": PAGE_PARAMETERS,
                 "responses": {
                     **_example(200, "DeadLetterPage", "a page of dead letters", letters),
-                    **_errors(401, 404, 422),
+                    **_errors(401, 404, 422, 503),
                 },
             },
         },

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from services.ingest.api_types import Error, ErrorDetail, ErrorInfo
-from shared.model.errors import InvalidInput, Problem
+from shared.model.errors import DeliveryLogUnavailable, InvalidInput, Problem
 from shared.model.messages import decode_json
 from shared.ops import metrics
 
@@ -68,6 +68,17 @@ def broker_unavailable() -> ApiError:
     )
 
 
+def delivery_log_unavailable(exc: DeliveryLogUnavailable) -> ApiError:
+    """Only the delivery log's routes: clicks and endpoints never wait for it."""
+    return ApiError(
+        503,
+        "delivery_log_unavailable",
+        f"the delivery log is unavailable for now ({exc.reason}) and recovers by itself; "
+        "retry later",
+        headers={"retry-after": str(exc.retry_after_s)},
+    )
+
+
 def invalid(exc: InvalidInput, status: int = 422) -> ApiError:
     return ApiError(status, "invalid_request", exc.message, exc.problems)
 
@@ -96,6 +107,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except DeliveryLogUnavailable as exc:
+        response = delivery_log_unavailable(exc).response()
     except web.HTTPRequestEntityTooLarge:
         limit = f"the body is too large: at most {request.client_max_size:,} bytes"
         response = ApiError(413, "payload_too_large", limit).response()

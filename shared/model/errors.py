@@ -100,3 +100,14 @@ class CapsShareUnavailable(ClickhookError):
         super().__init__(f"no partition of {topic} assigned within {timeout_s:g}s")
         self.topic = topic
         self.timeout_s = timeout_s
+
+
+class DeliveryLogUnavailable(ClickhookError):
+    """The delivery log's index cannot answer now (its disk is full, it is corrupt and being
+    rebuilt, or it is not open yet). Only the log's routes answer 503; it recovers by itself,
+    so ``retry_after_s`` says when asking again is worth it."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(f"the delivery log is unavailable ({reason})")
+        self.reason = reason
+        self.retry_after_s = retry_after_s

@@ -162,6 +162,31 @@ DELIVERY_LOG_UNREADABLE = Counter(
     "clickhook_delivery_log_unreadable_total",
     "Records the delivery log could not decode (left in the topic, not indexed)",
 )
+DELIVERY_LOG_UNAVAILABLE = Gauge(
+    "clickhook_delivery_log_unavailable",
+    "1 while this ingest instance's delivery log routes answer 503 (index full, corrupt or "
+    "being reopened), else 0; click intake and the endpoint API never depend on it",
+)
+DELIVERY_LOG_FAILURES = Counter(
+    "clickhook_delivery_log_failures_total",
+    "Failures of the delivery log's index, each followed by its own recovery: full (evicts "
+    "and retries), corrupt or error (rebuilt from the topics)",
+    ["reason"],
+)
+# What delivery_log.store.failure_reason answers.
+DELIVERY_LOG_FAILURE_REASONS = ("full", "corrupt", "error")
+DELIVERY_LOG_INDEX_BYTES = Gauge(
+    "clickhook_delivery_log_index_bytes",
+    "Bytes of the delivery log's index holding rows (at most CLICKHOOK_DELIVERY_LOG_MAX_BYTES)",
+)
+DELIVERY_LOG_BUDGET_BYTES = Gauge(
+    "clickhook_delivery_log_budget_bytes",
+    "The delivery log index's byte budget (CLICKHOOK_DELIVERY_LOG_MAX_BYTES)",
+)
+DELIVERY_LOG_EVICTED = Counter(
+    "clickhook_delivery_log_evicted_rows_total",
+    "Rows the delivery log evicted, oldest first, to stay within its byte budget",
+)
 
 
 # --- zero from the start ----------------------------------------------------------------------
@@ -202,6 +227,7 @@ def _initialise_ingest(settings: Settings) -> None:
     zero(INGEST_EVENTS, result=["accepted"], reason=[""])
     zero(INGEST_EVENTS, result=["rejected"], reason=literal_values(IngestRejection))
     zero(PRODUCE_ERRORS, topic=[Topics(settings.topic_prefix).clicks])
+    zero(DELIVERY_LOG_FAILURES, reason=DELIVERY_LOG_FAILURE_REASONS)
 
 
 def _initialise_delivery(service: Service, settings: Settings) -> None:

@@ -24,6 +24,8 @@ LogFormat = Literal["json", "console"]
 Scope = str
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+DELIVERY_LOG_MAX_BYTES = 3 * 1024**3
+DELIVERY_LOG_MIN_BYTES = 1024**2  # below a MiB the index holds next to nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +67,15 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     publish_timeout_s: float = 10.0
-    # The delivery log (ingest): where its index file lives, and how many attempts (and dead
-    # letters) it keeps per endpoint, newest first.
+    # The delivery log (ingest): where its index file lives, how many attempts (and dead
+    # letters) it keeps per endpoint, newest first, and how many bytes it may take in all
+    # (3 GiB: the manifests give it a 4 GiB volume, the rest for its WAL and headroom).
     state_dir: str = field(default_factory=tempfile.gettempdir)
+    # Only a state directory chosen on purpose (CLICKHOOK_STATE_DIR) keeps the index across
+    # restarts: in the shared temp directory it is removed at stop, as a cache.
+    delivery_log_resumes: bool = False
     delivery_log_per_endpoint: int = 10_000
+    delivery_log_max_bytes: int = DELIVERY_LOG_MAX_BYTES
     # The customer portal: the key its links and sessions are signed with (every ingest replica
     # needs the same; derived from CLICKHOOK_API_KEYS when empty), the origins that may show it
     # in a frame, and the public base URL its links start with (else the request's own).
@@ -203,8 +210,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         breaker_max_cooldown_s=breaker_max_cooldown_s,
         disable_after_s=_duration(env, "CLICKHOOK_DISABLE_AFTER", 5 * 86400.0),
         state_dir=env.get("CLICKHOOK_STATE_DIR") or tempfile.gettempdir(),
+        delivery_log_resumes=bool(env.get("CLICKHOOK_STATE_DIR")),
         delivery_log_per_endpoint=_int(
             env, "CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT", 10_000, minimum=100
+        ),
+        delivery_log_max_bytes=_int(
+            env,
+            "CLICKHOOK_DELIVERY_LOG_MAX_BYTES",
+            DELIVERY_LOG_MAX_BYTES,
+            minimum=DELIVERY_LOG_MIN_BYTES,
         ),
         portal_key=env.get("CLICKHOOK_PORTAL_KEY", ""),
         portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",

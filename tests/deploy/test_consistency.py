@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 import shared.ops.metrics
+from services.ingest.delivery_log.store import WAL_LIMIT_BYTES
 from shared.kafka.clients import topic_specs
 from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
 from shared.ops.settings import load_settings
@@ -246,6 +247,21 @@ def test_python_containers_get_a_writable_tmp(rendered: Rendered) -> None:
             assert "/tmp" in mounts, f"{workload['metadata']['name']}: no /tmp"
             volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == mounts["/tmp"])
             assert "emptyDir" in volume
+
+
+def test_the_delivery_log_budget_fits_its_volume_with_headroom(rendered: Rendered) -> None:
+    deployment = rendered.deployment("ingest")
+    container = container_named(deployment, "ingest")
+    settings = load_settings(resolve_env(rendered, deployment, container, TEST_SECRETS))
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(
+        v for v in pod_spec(deployment)["volumes"] if v["name"] == mounts[settings.state_dir]
+    )
+    size = volume["emptyDir"]["sizeLimit"]
+    assert size.endswith("Gi"), size
+    limit_bytes = int(size.removesuffix("Gi")) * 1024**3
+    # The file stays within the budget; its WAL and the headroom come on top of it.
+    assert settings.delivery_log_max_bytes + WAL_LIMIT_BYTES <= 0.9 * limit_bytes
 
 
 def test_every_overlay_is_tested() -> None:

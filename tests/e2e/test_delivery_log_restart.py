@@ -1,5 +1,6 @@
-"""The delivery log after a restart of ingest (a real process): rebuilt from the topics, the
-same pages, and a cursor from before the restart still valid after it."""
+"""The delivery log after a restart of ingest (a real process) on the same state directory:
+resumed from the index it left (not read again from the topics' beginning), the same pages, and
+a cursor from before the restart still valid after it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from shared.model.topics import Topics
@@ -25,7 +27,14 @@ async def get_json(session: aiohttp.ClientSession, url: str, **query: str) -> An
         return await response.json()
 
 
-async def test_the_log_is_rebuilt_from_the_topics_after_a_restart(
+def opened_events(log_path: Path) -> list[dict[str, Any]]:
+    """The ``delivery_log_opened`` lines a process logged (JSON lines)."""
+    lines = log_path.read_text().splitlines()
+    events = [orjson.loads(line) for line in lines if '"delivery_log_opened"' in line]
+    return [e for e in events if e.get("event") == "delivery_log_opened"]
+
+
+async def test_a_restart_resumes_the_index_it_left(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
@@ -61,7 +70,8 @@ async def test_the_log_is_rebuilt_from_the_topics_after_a_restart(
                                 cursor=first["next_cursor"])  # fmt: skip
         stats = await get_json(session, f"{base_url}/v1/endpoints/{endpoint_id}/stats")
         assert ingest.terminate() == 0
-        assert list(state_dir.iterdir()) == [], "the index file goes with its process"
+        (kept,) = [p.name for p in state_dir.iterdir() if p.suffix == ".sqlite3"]
+        assert kept.startswith("clickhook-delivery-index-"), "the index outlives its process"
 
         restarted = (await launch(("ingest",), env, tmp_path))["ingest"]
         try:
@@ -75,5 +85,7 @@ async def test_the_log_is_rebuilt_from_the_topics_after_a_restart(
                 session, f"{base_url}/v1/endpoints/{endpoint_id}/stats"
             )
             assert restarted_stats == stats
+            opened = opened_events(restarted.log_path)
+            assert [e["resumed"] for e in opened][-1] is True, opened
         finally:
             restarted.terminate()

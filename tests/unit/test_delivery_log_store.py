@@ -3,6 +3,7 @@ percentiles, cursors and record ids."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from services.ingest.delivery_log.store import (
     ATTEMPT_ID_PREFIX,
     AttemptFilter,
     Fetched,
+    IndexFull,
     LogReader,
     LogWriter,
     attempt_id,
@@ -24,13 +26,14 @@ from services.ingest.delivery_log.store import (
     position,
 )
 from shared.model.messages import encode
-from tests.support.attempts import attempt, now_ms
+from tests.support.attempts import attempt, dead_letter, now_ms
+from tests.support.index_files import fill_to_the_limit
 
 
 @pytest.fixture(name="index")
 def fixture_index(tmp_path: Path) -> tuple[LogWriter, LogReader]:
     path = tmp_path / "log.sqlite3"
-    return LogWriter(path, per_endpoint=100), LogReader(path)
+    return LogWriter(path, per_endpoint=100, max_bytes=64 << 20), LogReader(path)
 
 
 def fetched(offset: int, value: bytes, partition: int = 0) -> Fetched:
@@ -117,3 +120,129 @@ def test_malformed_record_ids_are_none(text: str) -> None:
 @given(st.integers(min_value=0, max_value=2**50), st.integers(min_value=0, max_value=2**62))
 def test_cursors_round_trip(at_ms: int, pos: int) -> None:
     assert decode_cursor(encode_cursor(at_ms, pos)) == (at_ms, pos)
+
+
+# --- the byte budget (issue 23) ---------------------------------------------------------------
+
+BUDGET = 1 << 20
+PAGE_1K = "<html>" + "x" * 1018
+
+
+def attempts_of(endpoints: list[str], first: int, count: int, base_ms: int) -> list[Fetched]:
+    """``count`` failed attempts with 1 KiB answers, one millisecond apart, round robin."""
+    return [
+        fetched(n, encode(attempt(endpoints[n % len(endpoints)], f"evt_{n}", at_ms=base_ms + n,
+                                  outcome="http_5xx", status=502, response_body=PAGE_1K)))
+        for n in range(first, first + count)
+    ]  # fmt: skip
+
+
+@pytest.fixture(name="budgeted")
+def fixture_budgeted(tmp_path: Path) -> tuple[LogWriter, LogReader, Path]:
+    path = tmp_path / "log.sqlite3"
+    return LogWriter(path, per_endpoint=100_000, max_bytes=BUDGET), LogReader(path), path
+
+
+def test_filled_past_its_budget_the_index_keeps_the_newest_within_it(
+    budgeted: tuple[LogWriter, LogReader, Path],
+) -> None:
+    writer, reader, path = budgeted
+    endpoints = ["ep_1", "ep_2", "ep_3"]
+    base = now_ms() - 3_600_000
+    total = 3000  # about 4 MB of rows: four times the budget
+    for first in range(0, total, 100):
+        writer.add_attempts(attempts_of(endpoints, first, 100, base), now_ms())
+        assert writer.used_bytes() <= BUDGET
+        assert path.stat().st_size <= BUDGET
+
+    kept = {a.event_id for ep in endpoints for a in reader.attempts(ep, AttemptFilter(), 100_000)}
+    assert 0 < len(kept) < total
+    oldest_kept = min(int(e.removeprefix("evt_")) for e in kept)
+    assert kept == {f"evt_{n}" for n in range(oldest_kept, total)}, "the oldest went first"
+    for n, ep in enumerate(endpoints):
+        newest = reader.attempts(ep, AttemptFilter(), 1)[0]
+        assert newest.event_id == f"evt_{total - len(endpoints) + n}"
+        assert newest.response_body == PAGE_1K
+
+
+def test_a_batch_that_finds_the_disk_full_evicts_the_oldest_and_fits(
+    budgeted: tuple[LogWriter, LogReader, Path],
+) -> None:
+    writer, reader, path = budgeted
+    base = now_ms() - 3_600_000
+    writer.add_attempts(attempts_of(["ep_1"], 0, 300, base), now_ms())
+    fill_to_the_limit(path, writer.max_pages)
+
+    assert writer.add_attempts(attempts_of(["ep_1", "ep_9"], 300, 50, base), now_ms()) == 50
+    kept = [a.event_id for a in reader.attempts("ep_1", AttemptFilter(), 1000)]
+    assert kept[0] == "evt_348"
+    assert "evt_0" not in kept, "the oldest made room"
+    assert reader.attempts("ep_9", AttemptFilter(), 1)[0].event_id == "evt_349"
+
+
+def test_a_batch_that_cannot_fit_is_refused_whole(
+    budgeted: tuple[LogWriter, LogReader, Path],
+) -> None:
+    writer, reader, path = budgeted
+    fill_to_the_limit(path, writer.max_pages)  # nothing of the index's own to evict
+    with pytest.raises(IndexFull):
+        writer.add_attempts(attempts_of(["ep_1"], 0, 50, now_ms() - 60_000), now_ms())
+    assert reader.attempts("ep_1", AttemptFilter(), 10) == []
+    assert writer.positions() == {}
+
+
+def test_a_dead_letter_keeps_no_copy_of_the_answers_its_attempts_rows_hold(
+    budgeted: tuple[LogWriter, LogReader, Path],
+) -> None:
+    writer, reader, _ = budgeted
+    base = now_ms() - 60_000
+    history = [
+        attempt("ep_1", "evt_1", at_ms=base + k, attempt=k + 1, outcome="http_5xx", status=502,
+                response_body=f"{k}" + PAGE_1K[1:])
+        for k in range(8)
+    ]  # fmt: skip
+    writer.add_dead_letters([fetched(0, encode(dead_letter("ep_1", "evt_1", history)))])
+    (letter,) = reader.dead_letters("ep_1", [], None, 10)
+    # Before the attempts are indexed (or once evicted): the start of the last answer only.
+    assert [a.response_body for a in letter[0].attempts] == [None] * 7 + [("7" + PAGE_1K[1:])[:256]]
+
+    writer.add_attempts([fetched(k, encode(a)) for k, a in enumerate(history)], now_ms())
+    (letter,) = reader.dead_letters("ep_1", [], None, 10)
+    assert [a.response_body for a in letter[0].attempts] == [f"{k}" + PAGE_1K[1:] for k in range(8)]
+
+
+def test_a_deleted_endpoint_is_purged_and_its_later_records_skipped(
+    index: tuple[LogWriter, LogReader],
+) -> None:
+    writer, reader = index
+    base = now_ms() - 60_000
+    first = [encode(attempt(ep, "evt_0", at_ms=base)) for ep in ("ep_1", "ep_2")]
+    writer.add_attempts([fetched(n, v) for n, v in enumerate(first)], now_ms())
+    writer.purge_endpoints(["ep_1"], now_ms())
+    writer.add_attempts([fetched(2, encode(attempt("ep_1", "evt_1", at_ms=base)))], now_ms())
+
+    assert reader.attempts("ep_1", AttemptFilter(), 10) == []
+    assert reader.health("ep_1", [], now_ms())[1].attempts == 0
+    assert len(reader.attempts("ep_2", AttemptFilter(), 10)) == 1
+
+
+def test_deliveries_that_ended_are_capped_per_endpoint_and_waiting_ones_kept(
+    index: tuple[LogWriter, LogReader],
+) -> None:
+    writer, reader = index
+    base = now_ms() - 600_000
+    waiting = [attempt("ep_1", f"evt_w{n}", at_ms=base + n, outcome="http_5xx", status=503,
+                       next_attempt_at_ms=base + 60_000) for n in range(30)]  # fmt: skip
+    delivered = [attempt("ep_1", f"evt_d{n}", at_ms=base + 100 + n) for n in range(300)]
+    records = [encode(a) for a in waiting + delivered]
+    writer.add_attempts([fetched(n, v) for n, v in enumerate(records)], now_ms())
+
+    assert reader.health("ep_1", [], now_ms())[2].waiting == 30
+    db = sqlite3.connect(writer_path(reader))
+    (ended,) = db.execute("SELECT COUNT(*) FROM deliveries WHERE state != 'waiting'").fetchone()
+    db.close()
+    assert ended == 100  # the fixture's per_endpoint
+
+
+def writer_path(reader: LogReader) -> Path:
+    return reader._path  # the file behind the reader

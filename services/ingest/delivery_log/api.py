@@ -36,7 +36,7 @@ from services.ingest.delivery_log.store import (
 )
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.responses import ApiError, struct_response
-from shared.model.errors import Problem
+from shared.model.errors import DeliveryLogUnavailable, Problem
 from shared.model.messages import Endpoint, encode
 from shared.model.signing import webhook_id
 from shared.model.topics import HEADER_ENDPOINT, Topics
@@ -242,9 +242,13 @@ class DeliveryLogApi:
             index=self._log.status(),
         )
 
-    async def summary(self, endpoint_id: str) -> DeliverySummary:
-        """The short health shown with the endpoint itself."""
-        return (await self._health(endpoint_id))[2]
+    async def summary(self, endpoint_id: str) -> DeliverySummary | None:
+        """The short health shown with the endpoint itself; None while the log is unavailable
+        (the endpoint is shown without it)."""
+        try:
+            return (await self._health(endpoint_id))[2]
+        except DeliveryLogUnavailable:
+            return None
 
     async def _health(self, endpoint_id: str) -> tuple[WindowStats, WindowStats, DeliverySummary]:
         jobs = self._log.jobs_of(endpoint_id)

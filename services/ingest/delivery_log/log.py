@@ -1,9 +1,18 @@
-"""The delivery log of one ingest instance: follows ``webhook.attempts``, ``webhook.dlq`` and
-``webhook.replays`` from their beginning into the index (``store``), and answers queries.
+"""The delivery log of one ingest instance: follows ``webhook.attempts``, ``webhook.dlq``,
+``webhook.replays`` and the tombstones of ``webhook.endpoints`` into the index (``store``), and
+answers queries.
 
-Every ingest replica keeps its own index, so any of them answers and none depends on another;
-a restart builds a fresh one from the topics (Kafka stays the only state an operator runs).
-Readiness does not wait for it: answers carry how far behind the index is (``IndexStatus``).
+Every ingest replica keeps its own index, so any of them answers and none depends on another.
+The index keeps the topic positions it has read in the same transactions as its rows: a
+restart on the same state directory resumes where it stopped; a fresh one (or one that finds
+no usable file) builds the index from the topics. Readiness does not wait for it: answers
+carry how far behind the index is (``IndexStatus``).
+
+Click intake never depends on it. A failure of the index (a full disk, a corrupt file) never
+ends the following task, so never the process: the log's routes answer 503
+(``DeliveryLogUnavailable``) while it recovers by itself, evicting its oldest rows and retrying
+the batch, or, when that does not help or the file is unusable, building a fresh index, with a
+growing backoff between tries.
 The SQLite work runs in threads (one writer, a few readers) so the event loop stays free.
 """
 
@@ -12,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import math
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -25,9 +37,17 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.ingest.api_types import IndexStatus
-from services.ingest.delivery_log.store import Fetched, LogReader, LogWriter
+from services.ingest.delivery_log.store import (
+    Fetched,
+    IndexFormatChanged,
+    IndexFull,
+    LogReader,
+    LogWriter,
+    failure_reason,
+)
 from shared.kafka.clients import Record
 from shared.kafka.metadata import partitions_when_ready
+from shared.model.errors import DeliveryLogUnavailable
 from shared.model.messages import AttemptRecord, ReplayJob, decode_attempt, decode_replay
 from shared.model.topics import Topics
 from shared.ops import metrics
@@ -40,6 +60,15 @@ T = TypeVar("T")
 
 FILE_PREFIX = "clickhook-delivery-log-"
 FILE_SUFFIX = ".sqlite3"
+# The file an instance resumes from, one per cluster and topic prefix (its digest); a second
+# instance of the same on one directory (a development machine) takes a fresh file of its
+# own, removed when it stops.
+RESUMED_PREFIX = "clickhook-delivery-index-"
+# After a failure of the index: the first wait before trying again, doubling up to the last.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+# Tries of a batch that found the index full (each after evicting) before a fresh index.
+FULL_TRIES = 2
 # Small fetches: the index is written a batch at a time, and what waits in aiokafka's buffers
 # counts against the service's memory (150 MB in all).
 FETCH_MAX_BYTES = 4 * 1024 * 1024
@@ -55,29 +84,52 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _claim_state_file(state_dir: Path) -> tuple[Path, int]:
-    """A fresh index file of this process's own, locked while it runs. Files of processes that
-    are gone (their lock is free: a crash or kill -9) are removed on the way."""
+def resumed_file_name(settings: Settings) -> str:
+    """The resumable index of this deployment's topics: another cluster or prefix (tests on
+    one machine, a broker recreated elsewhere) never resumes from it."""
+    identity = f"{settings.kafka_bootstrap}\n{settings.topic_prefix}".encode()
+    return f"{RESUMED_PREFIX}{hashlib.blake2b(identity, digest_size=8).hexdigest()}{FILE_SUFFIX}"
+
+
+def _claim_state_file(state_dir: Path, resumed_name: str | None) -> tuple[Path, int]:
+    """The index file to use, locked while this process runs: the resumable one (if any)
+    unless another live process holds it, else a fresh one. Fresh files of processes that are
+    gone (their lock is free: a crash or kill -9) are removed on the way."""
     state_dir.mkdir(parents=True, exist_ok=True)
     for stale in state_dir.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"):
         with contextlib.suppress(OSError), stale.open("rb") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            for path in (
-                stale,
-                stale.with_name(stale.name + "-wal"),
-                stale.with_name(stale.name + "-shm"),
-            ):
-                path.unlink(missing_ok=True)
+            _remove_files(stale)
+    if resumed_name is not None:
+        resumed = state_dir / resumed_name
+        descriptor = os.open(resumed, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+        else:
+            return resumed, descriptor
     path = state_dir / f"{FILE_PREFIX}{uuid.uuid4().hex}{FILE_SUFFIX}"
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return path, descriptor
 
 
-def _remove_state_file(path: Path, descriptor: int) -> None:
+def _remove_files(path: Path) -> None:
     for name in (path.name, path.name + "-wal", path.name + "-shm"):
         path.with_name(name).unlink(missing_ok=True)
+
+
+def _release_state_file(path: Path, descriptor: int, *, discard: bool) -> None:
+    """Unlock the index file; a fresh one (or one to rebuild) is removed with it."""
+    if discard or not path.name.startswith(RESUMED_PREFIX):
+        _remove_files(path)
     os.close(descriptor)
+
+
+def retry_delay_s(failures: int) -> float:
+    """The wait after the ``failures``-th failure in a row (from 1)."""
+    return float(min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** (failures - 1)))
 
 
 class AttemptReader:
@@ -142,6 +194,7 @@ class DeliveryLog:
         self._attempts_topic = topics.attempts
         self._dlq_topic = topics.dlq
         self._replays_topic = topics.replays
+        self._endpoints_topic = topics.endpoints
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="delivery-log-writer")
         self._reader_threads = ThreadPoolExecutor(
             READER_THREADS, thread_name_prefix="delivery-log-reader"
@@ -158,47 +211,149 @@ class DeliveryLog:
         )
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replay_jobs: dict[str, ReplayJob] = {}
+        self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._start_ends: dict[TopicPartition, int] = {}
         self._caught_up = False
         self._writer: LogWriter | None = None
         self._reader: LogReader | None = None
         self._state: tuple[Path, int] | None = None
+        # Why the routes answer 503 now (None: they answer), and when to ask again.
+        self._unavailable: str | None = "opening"
+        self._retry_after_s = math.ceil(RETRY_FIRST_S)
+        self._failures = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        path, descriptor = _claim_state_file(Path(self._settings.state_dir))
-        self._state = (path, descriptor)
-        per_endpoint = self._settings.delivery_log_per_endpoint
-        self._writer = await self._write(LogWriter, path, per_endpoint)
-        self._reader = LogReader(path)
-        assignment: list[TopicPartition] = []
-        for topic in (self._attempts_topic, self._dlq_topic, self._replays_topic):
-            assignment += await partitions_when_ready(self._settings, topic)
+        metrics.DELIVERY_LOG_BUDGET_BYTES.set(self._settings.delivery_log_max_bytes)
+        for topic in (
+            self._attempts_topic,
+            self._dlq_topic,
+            self._replays_topic,
+            self._endpoints_topic,
+        ):
+            self._assignment += await partitions_when_ready(self._settings, topic)
         await self._consumer.start()
         await self.attempt_reader.start()
-        self._consumer.assign(assignment)
-        await self._consumer.seek_to_beginning(*assignment)
-        self._start_ends = await self._consumer.end_offsets(assignment)
-        self._positions = await self._consumer.beginning_offsets(assignment)
-        log.info("delivery_log_started", path=str(path), partitions=len(assignment))
+        self._consumer.assign(self._assignment)
+        self._start_ends = await self._consumer.end_offsets(self._assignment)
+        await self._consumer.seek_to_beginning(*self._assignment)
+        self._positions = await self._consumer.beginning_offsets(self._assignment)
+        try:
+            await self._open()
+        except Exception as exc:  # noqa: BLE001 - the follower retries; intake starts regardless
+            self._failed(exc)
+        log.info("delivery_log_started", partitions=len(self._assignment))
 
     async def follow(self) -> None:
-        """Index the topics as they are written, until cancelled (a supervised task)."""
-        await self._follow()
+        """Index the topics as they are written, until cancelled (a supervised task). A failure
+        of the index degrades the log's routes, never this task: it recovers and goes on."""
+        while True:
+            try:
+                if self._writer is None:
+                    await self._open()
+                await self._follow()
+            except Exception as exc:  # noqa: BLE001 - a read model never stops the service
+                rebuild = self._failed(exc)
+                await asyncio.sleep(self._retry_after_s)
+                if rebuild:
+                    await self._close_index(discard=True)
+                else:
+                    await self._seek_to_indexed()
 
     async def stop(self) -> None:
         await close_quietly("delivery log consumer", self._consumer.stop())
         await self.attempt_reader.stop()
         self._reader_threads.shutdown(wait=True)
-        if self._reader is not None:
-            self._reader.close_all()
-        if self._writer is not None:
-            await self._write(self._writer.close)
+        await self._close_index(discard=False)
         self._writer_thread.shutdown(wait=True)
-        if self._state is not None:
-            _remove_state_file(*self._state)
+
+    # --- the index file ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Open the index (the one a previous run left, when usable) and seek every topic
+        partition to where it stopped; a fresh index starts from the beginning. On failure
+        nothing stays open, and the file goes (the next try builds a fresh one)."""
+        try:
+            stored = await self._open_file()
+        except BaseException:
+            await self._close_index(discard=True)
+            raise
+        for tp in self._assignment:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+                self._positions[tp] = offset
+        self._recovered()
+
+    async def _open_file(self) -> dict[tuple[str, int], int]:
+        settings = self._settings
+        state_dir = Path(settings.state_dir)
+        resumed = resumed_file_name(settings) if settings.delivery_log_resumes else None
+        self._state = path, _ = _claim_state_file(state_dir, resumed)
+        self._writer = writer = await self._write(
+            LogWriter, path, settings.delivery_log_per_endpoint, settings.delivery_log_max_bytes
+        )
+        stored = await self._write(writer.positions)
+        ends = self._start_ends.items()
+        if any(stored.get((tp.topic, tp.partition), 0) > end for tp, end in ends):
+            # The topics were recreated since: the rows are of records that are gone.
+            raise IndexFormatChanged("the index has read past the topics' ends")
+        self._reader = LogReader(path)
+        log.info("delivery_log_opened", path=str(path), resumed=bool(stored))
+        return stored
+
+    async def _close_index(self, *, discard: bool) -> None:
+        """Close the index; ``discard`` removes its file, for a fresh one from the beginning."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            # Queries still running on it fail, and answer 503 as any failure of the index.
+            await asyncio.get_running_loop().run_in_executor(None, reader.close_all)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._write(writer.close)
+        state, self._state = self._state, None
+        if state is not None:
+            _release_state_file(*state, discard=discard)
+        if discard and self._assignment:
+            indexed = [tp for tp in self._assignment if tp.topic != self._replays_topic]
+            await self._consumer.seek_to_beginning(*indexed)
+            beginnings = await self._consumer.beginning_offsets(indexed)
+            self._positions.update(beginnings)
+            self._caught_up = False
+
+    async def _seek_to_indexed(self) -> None:
+        """Back to the first record not indexed: what was fetched after it is fetched again."""
+        for tp, offset in self._positions.items():
+            self._consumer.seek(tp, offset)
+
+    def _failed(self, exc: BaseException) -> bool:
+        """Degrade the routes; True when the next try needs a fresh index."""
+        reason = failure_reason(exc)
+        self._failures += 1
+        self._unavailable = reason
+        self._retry_after_s = math.ceil(retry_delay_s(self._failures))
+        metrics.DELIVERY_LOG_UNAVAILABLE.set(1)
+        metrics.DELIVERY_LOG_FAILURES.labels(reason=reason).inc()
+        rebuild = not isinstance(exc, IndexFull) or self._failures >= FULL_TRIES
+        log.error(
+            "delivery_log_failed",
+            reason=reason,
+            error=repr(exc),
+            failures=self._failures,
+            retry_in_s=self._retry_after_s,
+            rebuild=rebuild,
+        )
+        return rebuild
+
+    def _recovered(self) -> None:
+        if self._unavailable is not None and self._failures:
+            log.info("delivery_log_recovered", after_failures=self._failures)
+        self._unavailable = None
+        self._failures = 0
+        metrics.DELIVERY_LOG_UNAVAILABLE.set(0)
 
     # --- following the topics ----------------------------------------------------------------
 
@@ -212,7 +367,7 @@ class DeliveryLog:
         finally:
             if writing is not None:
                 writing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await writing
 
     async def _step(
@@ -241,23 +396,40 @@ class DeliveryLog:
         return writing, expired_at
 
     async def _index(self, batches: dict[TopicPartition, list[Record]]) -> None:
-        """One batch of every partition, one transaction per topic."""
-        assert self._writer is not None
-        attempts: list[Fetched] = []
-        letters: list[Fetched] = []
+        """One batch of every partition, one transaction per topic, each with the positions
+        it reached (a restart resumes from them)."""
+        writer = self._writer
+        assert writer is not None
+        fetched: dict[str, list[Fetched]] = {self._attempts_topic: [], self._dlq_topic: []}
+        deleted: list[str] = []
+        reached: dict[str, list[tuple[tuple[str, int], int]]] = {}
         for tp, records in batches.items():
+            reached.setdefault(tp.topic, []).append(
+                ((tp.topic, tp.partition), records[-1].offset + 1)
+            )
             if tp.topic == self._replays_topic:
                 for record in records:
                     self._apply_replay(record)
-                continue
-            found = attempts if tp.topic == self._attempts_topic else letters
-            found += [Fetched(r.partition, r.offset, r.value) for r in records]
-        if attempts:
-            await self._write(self._writer.add_attempts, attempts, _now_ms())
-        if letters:
-            await self._write(self._writer.add_dead_letters, letters)
+            elif tp.topic == self._endpoints_topic:
+                deleted += [
+                    _tombstone_of(r) for r in records if r.value is None and r.key is not None
+                ]
+            else:
+                fetched[tp.topic] += [Fetched(r.partition, r.offset, r.value) for r in records]
+        now = _now_ms()
+        if self._attempts_topic in reached:
+            positions = reached[self._attempts_topic]
+            await self._write(writer.add_attempts, fetched[self._attempts_topic], now, positions)
+        if self._dlq_topic in reached:
+            await self._write(
+                writer.add_dead_letters, fetched[self._dlq_topic], reached[self._dlq_topic]
+            )
+        if self._endpoints_topic in reached:
+            await self._write(writer.purge_endpoints, deleted, now, reached[self._endpoints_topic])
         for tp, records in batches.items():
             self._positions[tp] = records[-1].offset + 1
+        if self._unavailable is not None:
+            self._recovered()
 
     def _apply_replay(self, record: Record) -> None:
         """``webhook.replays`` is compacted and small: its jobs are kept in memory."""
@@ -273,12 +445,18 @@ class DeliveryLog:
             log.warning("replay_job_unreadable", job_id=job_id)
 
     def _reached_start_ends(self) -> bool:
-        return all(self._positions[tp] >= end for tp, end in self._start_ends.items())
+        return all(
+            self._positions[tp] >= end
+            for tp, end in self._start_ends.items()
+            if tp.topic != self._endpoints_topic
+        )
 
     def status(self) -> IndexStatus:
         """How far the index is behind the topics, as of the consumer's last fetches."""
         behind = 0
         for tp, indexed in self._positions.items():
+            if tp.topic == self._endpoints_topic:
+                continue  # tombstones to apply are not records missing from answers
             highwater = self._consumer.highwater(tp)
             end = highwater if highwater is not None else self._start_ends.get(tp, 0)
             behind += max(0, end - indexed)
@@ -293,10 +471,28 @@ class DeliveryLog:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, work, *args)
 
     async def read(self, work: Callable[..., T], *args: object) -> T:
-        """Run a query (a method of ``reader``) in a reader thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._reader_threads, work, *args)
+        """Run a query (a method of ``reader``) in a reader thread; ``DeliveryLogUnavailable``
+        while the index cannot answer."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._reader_threads, work, *args
+            )
+        except sqlite3.Error as exc:
+            log.warning("delivery_log_query_failed", error=repr(exc))
+            raise self._unavailable_error(failure_reason(exc)) from exc
 
     @property
     def reader(self) -> LogReader:
-        assert self._reader is not None, "the delivery log is not started"
+        """The index's queries; ``DeliveryLogUnavailable`` while it cannot answer."""
+        if self._unavailable is not None or self._reader is None:
+            raise self._unavailable_error(self._unavailable or "opening")
         return self._reader
+
+    def _unavailable_error(self, reason: str) -> DeliveryLogUnavailable:
+        return DeliveryLogUnavailable(reason, self._retry_after_s)
+
+
+def _tombstone_of(record: Record) -> str:
+    """The endpoint id a tombstone of ``webhook.endpoints`` deletes."""
+    assert record.key is not None
+    return bytes(record.key).decode(errors="replace")

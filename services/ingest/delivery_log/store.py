@@ -1,17 +1,24 @@
-"""The delivery log's index: an SQLite file rebuilt from the topics, written by one thread and
+"""The delivery log's index: an SQLite file built from the topics, written by one thread and
 read by others (WAL), so the event loop never waits on it.
 
 It is a cache, not a store: every row comes from ``webhook.attempts`` or ``webhook.dlq`` and is
-found again there after a restart, so nothing is synced to disk. What it keeps is bounded:
+found again there. It keeps the topic positions it has read in the same transactions as its
+rows, so a restart resumes from them. What it keeps is bounded, per endpoint and in total:
 
 - attempts of the last 7 days (the retention of ``webhook.attempts``), at most
   ``per_endpoint`` of each endpoint, newest first; without the request sent (headers and body,
-  4 KiB each), which is read back from the topic when one attempt is shown;
+  4 KiB each), which is read back from the topic when one attempt is shown; the receiver's
+  answer at most 1 KiB;
 - dead letters of the last 30 days (the retention of ``webhook.dlq``), at most ``per_endpoint``
-  of each endpoint, with their attempt history;
+  of each endpoint, with a compact history: each attempt's time, outcome and error, and only
+  the start of the last answer (the answers themselves are in the attempts rows, while kept);
 - per endpoint and minute of the last 25 hours: attempts by outcome class and a histogram of
   their durations, so the 1 h and 24 h figures stay exact whatever the cap;
-- per delivery (endpoint and webhook-id), where it stands: waiting, delivered or dead.
+- per delivery (endpoint and webhook-id), where it stands: waiting, delivered or dead (those
+  that ended, at most ``per_endpoint`` of each endpoint);
+- in all, at most ``max_bytes``: SQLite refuses to grow the file past it, and past 90 % of it
+  the oldest rows go first, whichever endpoint they belong to, down to 80 %;
+- nothing of a deleted endpoint (its tombstone purges it).
 
 Rows are ordered by time and then by their Kafka position (partition and offset), which is the
 same on every ingest replica: a cursor from one is valid on all.
@@ -19,12 +26,13 @@ same on every ingest replica: a cursor from one is valid on all.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,12 +51,14 @@ from services.ingest.api_types import (
     LastError,
     WindowStats,
 )
+from shared.model.errors import ClickhookError
 from shared.model.messages import (
     AttemptRecord,
+    DeadLetter,
+    Outcome,
     ReplayJob,
     decode_attempt,
     decode_dead_letter,
-    encode,
 )
 from shared.ops import metrics
 
@@ -69,6 +79,28 @@ POSITION_BITS = 40  # offsets below 2^40 (a trillion records a partition)
 READER_CACHE_KIB = 8 * 1024
 WRITER_CACHE_KIB = 16 * 1024
 
+# The byte budget: past BUDGET_HIGH of it the oldest rows are evicted down to BUDGET_LOW, so a
+# batch (5,000 records, a few MB) always finds room below the hard limit (max_page_count).
+BUDGET_HIGH = 0.9
+BUDGET_LOW = 0.8
+EVICT_ROWS = 5000  # per table and round: one short transaction each
+MIN_PAGES = 64  # a budget smaller than this is no index at all
+# The WAL is cut back to this after checkpoints; it comes on top of the budget.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+# What a receiver answered, as the deliverer keeps it (shared/delivery/http_client.py); a dead
+# letter keeps the first characters of its last answer only: the whole answers are in the
+# attempts rows, while they are kept.
+RESPONSE_BODY_CHARS = 1024
+LETTER_BODY_CHARS = 256
+# The layout of the file (PRAGMA user_version): a file of another one is built again.
+INDEX_VERSION = 2
+SQLITE_CORRUPT = 11
+SQLITE_FULL = 13
+SQLITE_NOTADB = 26
+
+# Where each topic partition's next record is: ((topic, partition), offset).
+Positions = Iterable[tuple[tuple[str, int], int]]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
     key INTEGER PRIMARY KEY, endpoint_id TEXT NOT NULL UNIQUE, account_id TEXT NOT NULL);
@@ -80,10 +112,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     deferred_because TEXT, breaker TEXT);
 CREATE INDEX IF NOT EXISTS attempts_by_endpoint ON attempts (ep, at_ms, pos);
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_key);
+CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     ep INTEGER NOT NULL, webhook_key INTEGER NOT NULL, at_ms INTEGER NOT NULL,
     pos INTEGER NOT NULL, state TEXT NOT NULL, PRIMARY KEY (ep, webhook_key)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (ep, state);
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (ep, state, at_ms);
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (at_ms);
 CREATE TABLE IF NOT EXISTS rollups (
     ep INTEGER NOT NULL, minute INTEGER NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (ep, minute, kind)) WITHOUT ROWID;
@@ -100,6 +134,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     webhook_key INTEGER NOT NULL, webhook_id TEXT NOT NULL, event_id TEXT NOT NULL,
     reason TEXT NOT NULL, history BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS dead_letters_by_endpoint ON dead_letters (ep, dead_at_ms, pos);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_at_ms);
+CREATE TABLE IF NOT EXISTS deleted_endpoints (
+    endpoint_id TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
 """
 
 ATTEMPT_COLUMNS = (
@@ -108,7 +148,45 @@ ATTEMPT_COLUMNS = (
     " a.deferred_because, a.breaker"
 )
 K = TypeVar("K")
-_history_decoder = msgspec.json.Decoder(list[AttemptRecord])
+
+
+class StoredAttempt(msgspec.Struct, frozen=True, array_like=True):
+    """One attempt of a dead letter's history as the index keeps it: what the dead letter's
+    row does not already say (its ids), and at most the start of the last answer."""
+
+    attempt: int
+    at_ms: int
+    duration_ms: float
+    outcome: Outcome
+    status: int | None
+    error: str | None
+    response_body: str | None
+
+
+_history_encoder = msgspec.msgpack.Encoder()
+_history_decoder = msgspec.msgpack.Decoder(list[StoredAttempt])
+
+
+def encode_history(attempts: Sequence[AttemptRecord]) -> bytes:
+    last = len(attempts) - 1
+    return _history_encoder.encode(
+        [
+            StoredAttempt(
+                attempt=a.attempt,
+                at_ms=a.at_ms,
+                duration_ms=a.duration_ms,
+                outcome=a.outcome,
+                status=a.status,
+                error=a.error,
+                response_body=_truncated(a.response_body, LETTER_BODY_CHARS) if n == last else None,
+            )
+            for n, a in enumerate(attempts)
+        ]
+    )
+
+
+def _truncated(text: str | None, chars: int) -> str | None:
+    return text[:chars] if text is not None else None
 
 
 # --- identities and positions -------------------------------------------------------------
@@ -184,8 +262,10 @@ def connect(path: Path, cache_kib: int) -> sqlite3.Connection:
     # used by one thread at a time, and closed only once its thread has stopped.
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
-    # A cache rebuilt from Kafka on every start: a crash may lose it whole, so never fsync.
-    connection.execute("PRAGMA synchronous=OFF")
+    # WAL with NORMAL: a crash of the process loses nothing committed, one of the machine at
+    # most the last transactions, never the file's integrity (a restart resumes from it); the
+    # only fsyncs are at checkpoints.
+    connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA cache_size=-{cache_kib}")
     connection.execute("PRAGMA temp_store=MEMORY")
     return connection
@@ -281,25 +361,106 @@ class _AttemptBatch:
         )
 
 
-class LogWriter:
-    """Indexes batches of records; used by one thread only."""
+class IndexFull(ClickhookError):
+    """A batch did not fit: the index reached its byte budget or its disk is full. Nothing of
+    the batch was written."""
 
-    def __init__(self, path: Path, per_endpoint: int) -> None:
+
+class IndexFormatChanged(ClickhookError):
+    """A file left by a build that wrote another layout: it is built again."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """SQLite's ``SQLITE_FULL`` (its page limit, or the disk), or the disk itself."""
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How an index failure is counted: ``full``, ``corrupt`` (rebuilt) or ``error``."""
+    if isinstance(exc, IndexFull) or is_full(exc):
+        return "full"
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return "corrupt" if code in (SQLITE_CORRUPT, SQLITE_NOTADB) else "error"
+
+
+@dataclass(frozen=True, slots=True)
+class _Timed:
+    """A table whose oldest rows go first when the index is over its budget."""
+
+    table: str
+    time_column: str
+    key: str
+
+
+# Everything that grows with traffic; rollups and durations are bounded by the 25 h window.
+EVICTABLE = (
+    _Timed("attempts", "at_ms", "pos"),
+    _Timed("dead_letters", "dead_at_ms", "pos"),
+    _Timed("deliveries", "at_ms", "ep, webhook_key"),
+)
+ENDPOINT_TABLES = (
+    "attempts",
+    "dead_letters",
+    "deliveries",
+    "rollups",
+    "durations",
+    "breakers",
+    "last_errors",
+)
+
+
+class LogWriter:
+    """Indexes batches of records within a byte budget; used by one thread only."""
+
+    def __init__(self, path: Path, per_endpoint: int, max_bytes: int) -> None:
         self._db = connect(path, WRITER_CACHE_KIB)
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version not in (0, INDEX_VERSION):
+            self._db.close()
+            raise IndexFormatChanged(f"index version {version}, this build writes {INDEX_VERSION}")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={INDEX_VERSION}")
+        (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+        # The hard limit: SQLite refuses to grow the file past it (SQLITE_FULL), so the file
+        # never outgrows the budget whatever the eviction below does.
+        self.max_pages = max(MIN_PAGES, max_bytes // page_size)
+        self._db.execute(f"PRAGMA max_page_count={self.max_pages}")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        self.page_size: int = page_size
         self._per_endpoint = per_endpoint
         self._endpoint_keys: dict[str, int] = {}
+        self._next_key = 1
+        self._deleted: set[str] = set()
         self._attempt_counts: Counter[int] = Counter()
         self._letter_counts: Counter[int] = Counter()
+        self._delivery_counts: Counter[int] = Counter()
         self.unreadable = 0
+        self._load_endpoints()
+        self._recount()
 
     def close(self) -> None:
         self._db.close()
 
-    def _endpoint_key(self, endpoint_id: str, account_id: str) -> int:
+    # --- endpoints ---------------------------------------------------------------------------
+
+    def _load_endpoints(self) -> None:
+        """The endpoint keys as committed (again after a batch was rolled back)."""
+        rows = self._db.execute("SELECT endpoint_id, key FROM endpoints").fetchall()
+        self._endpoint_keys = dict(rows)
+        self._next_key = max(self._endpoint_keys.values(), default=0) + 1
+        deleted = self._db.execute("SELECT endpoint_id FROM deleted_endpoints").fetchall()
+        self._deleted = {endpoint_id for (endpoint_id,) in deleted}
+
+    def _endpoint_key(self, endpoint_id: str, account_id: str) -> int | None:
+        """The endpoint's key; None for a deleted endpoint, whose records are not kept."""
+        if endpoint_id in self._deleted:
+            return None
         key = self._endpoint_keys.get(endpoint_id)
         if key is None:
-            key = len(self._endpoint_keys) + 1
+            key = self._next_key
+            self._next_key += 1
             self._db.execute(
                 "INSERT INTO endpoints (key, endpoint_id, account_id) VALUES (?, ?, ?)",
                 (key, endpoint_id, account_id),
@@ -307,60 +468,124 @@ class LogWriter:
             self._endpoint_keys[endpoint_id] = key
         return key
 
-    def add_attempts(self, fetched: Iterable[Fetched], now_ms: int) -> int:
+    def purge_endpoints(
+        self, endpoint_ids: Iterable[str], now_ms: int, positions: Positions = ()
+    ) -> None:
+        """Forget deleted endpoints (their tombstones in ``webhook.endpoints``): every row, and
+        every record of theirs still to come (a rebuild reads their history again)."""
+        ids = list(endpoint_ids)
+
+        def write() -> None:
+            for endpoint_id in ids:
+                key = self._endpoint_keys.get(endpoint_id)
+                if key is not None:
+                    for table in ENDPOINT_TABLES:
+                        self._db.execute(f"DELETE FROM {table} WHERE ep = ?", (key,))  # noqa: S608 - constant table names
+                    self._db.execute("DELETE FROM endpoints WHERE key = ?", (key,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO deleted_endpoints VALUES (?, ?)", (endpoint_id, now_ms)
+                )
+            self._save_positions(positions)
+
+        self._transaction(write)
+        self._load_endpoints()
+
+    # --- batches -----------------------------------------------------------------------------
+
+    def add_attempts(
+        self, fetched: Iterable[Fetched], now_ms: int, positions: Positions = ()
+    ) -> int:
         """Index attempt records; returns how many. Unreadable ones are counted and left in
-        the topic (they are never deleted from it)."""
-        batch = _AttemptBatch(rollup_from_ms=now_ms - ROLLUPS_KEPT_MS)
-        self._db.execute("BEGIN")
-        try:
-            for item in fetched:
+        the topic (they are never deleted from it). Raises ``IndexFull`` (nothing written)
+        when the batch does not fit."""
+        items = list(fetched)
+        batches: list[_AttemptBatch] = []
+
+        def write() -> None:
+            batch = _AttemptBatch(rollup_from_ms=now_ms - ROLLUPS_KEPT_MS)
+            for item in items:
                 record = self._decode(item, decode_attempt)
-                if record is not None:
-                    ep = self._endpoint_key(record.endpoint_id, record.account_id)
+                if record is None:
+                    continue
+                ep = self._endpoint_key(record.endpoint_id, record.account_id)
+                if ep is not None:
                     batch.add(ep, position(item.partition, item.offset), record)
             batch.write(self._db)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._save_positions(positions)
+            batches.append(batch)
+
+        self._fitted(write)
+        (batch,) = batches
         for row in batch.rows:
             self._attempt_counts[row[1]] += 1
-        self._trim(self._attempt_counts, "attempts", "at_ms")
+        for ep, _ in batch.deliveries:
+            self._delivery_counts[ep] += 1  # at most: some only updated a row
+        self._trim(self._attempt_counts, ATTEMPT_TRIM)
+        self._trim(self._delivery_counts, DELIVERY_TRIM)
+        self.keep_within_budget()
         return len(batch.rows)
 
-    def add_dead_letters(self, fetched: Iterable[Fetched]) -> int:
+    def add_dead_letters(self, fetched: Iterable[Fetched], positions: Positions = ()) -> int:
+        items = list(fetched)
         rows: list[tuple[Any, ...]] = []
-        self._db.execute("BEGIN")
-        try:
-            for item in fetched:
+
+        def write() -> None:
+            rows.clear()
+            for item in items:
                 letter = self._decode(item, decode_dead_letter)
                 if letter is None:
                     continue
                 envelope = letter.envelope
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
-                rows.append(
-                    (
-                        position(item.partition, item.offset),
-                        ep,
-                        letter.dead_at_ms,
-                        text_key(envelope.webhook_id),
-                        envelope.webhook_id,
-                        envelope.event_id,
-                        letter.reason,
-                        encode(envelope.attempts),
-                    )
-                )
+                if ep is not None:
+                    rows.append(_letter_row(position(item.partition, item.offset), ep, letter))
             self._db.executemany(
                 "INSERT OR IGNORE INTO dead_letters VALUES (?,?,?,?,?,?,?,?)", rows
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._save_positions(positions)
+
+        self._fitted(write)
         for row in rows:
             self._letter_counts[row[1]] += 1
-        self._trim(self._letter_counts, "dead_letters", "dead_at_ms")
+        self._trim(self._letter_counts, LETTER_TRIM)
+        self.keep_within_budget()
         return len(rows)
+
+    def _fitted(self, write: Callable[[], None]) -> None:
+        """Write a batch; when it does not fit, evict the oldest and try once more. Below the
+        budget the disk itself may be full: then what the index holds now is what fits."""
+        try:
+            self._transaction(write)
+        except IndexFull:
+            budget = self.max_pages * self.page_size
+            self.make_room(int(BUDGET_LOW * min(budget, self.used_bytes())))
+            self._transaction(write)  # IndexFull again: the caller backs off
+
+    def _transaction(self, write: Callable[[], None]) -> None:
+        """One transaction; on any failure nothing of it stays, in the file or in memory."""
+        self._db.execute("BEGIN")
+        try:
+            write()
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._load_endpoints()
+            if is_full(exc):
+                raise IndexFull(str(exc)) from exc
+            raise
+
+    def _save_positions(self, positions: Positions) -> None:
+        self._db.executemany(
+            "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
+            " DO UPDATE SET next_offset = excluded.next_offset",
+            [(topic, partition, offset) for (topic, partition), offset in positions],
+        )
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Where each topic partition's next record is, as of the last batch written."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
+        return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
 
     def _decode(self, item: Fetched, decode: Any) -> Any:
         if item.value is None:
@@ -372,40 +597,136 @@ class LogWriter:
             metrics.DELIVERY_LOG_UNREADABLE.inc()
             return None
 
-    def _trim(self, counts: Counter[int], table: str, time_column: str) -> None:
-        """Keep each endpoint's newest ``per_endpoint`` rows of ``table``."""
+    def _trim(self, counts: Counter[int], trim: str) -> None:
+        """Keep each endpoint's newest ``per_endpoint`` rows (``trim`` deletes the rest)."""
         limit = self._per_endpoint
         over = [ep for ep, n in counts.items() if n > limit * (1 + TRIM_SLACK)]
         for ep in over:
-            self._db.execute(
-                f"DELETE FROM {table} WHERE pos IN (SELECT pos FROM {table} WHERE ep = ?"  # noqa: S608 - table and column are constants
-                f" ORDER BY {time_column} DESC, pos DESC LIMIT -1 OFFSET ?)",
-                (ep, limit),
-            )
+            self._db.execute(trim, (ep, ep, limit))
             counts[ep] = limit
+
+    def _recount(self) -> None:
+        """The per-endpoint row counts the trims work from, after rows went another way."""
+
+        def counted(sql: str) -> Counter[int]:
+            return Counter(dict(self._db.execute(sql).fetchall()))
+
+        self._attempt_counts = counted("SELECT ep, COUNT(*) FROM attempts GROUP BY ep")
+        self._letter_counts = counted("SELECT ep, COUNT(*) FROM dead_letters GROUP BY ep")
+        self._delivery_counts = counted("SELECT ep, COUNT(*) FROM deliveries GROUP BY ep")
+
+    # --- the byte budget ---------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes of the file holding rows (free pages are reused before the file grows)."""
+        (pages,) = self._db.execute("PRAGMA page_count").fetchone()
+        (free,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        used = (pages - free) * self.page_size
+        metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
+        return int(used)
+
+    def keep_within_budget(self) -> None:
+        """Past ``BUDGET_HIGH`` of the budget, evict the oldest history down to ``BUDGET_LOW``:
+        room for the next batches before SQLite would refuse one."""
+        if self.used_bytes() > BUDGET_HIGH * self.max_pages * self.page_size:
+            self.make_room(int(BUDGET_LOW * self.max_pages * self.page_size))
+
+    def make_room(self, target_bytes: int) -> int:
+        """Evict the oldest rows across endpoints until at most ``target_bytes`` hold rows;
+        returns how many rows went."""
+        evicted = 0
+        while self.used_bytes() > target_bytes:
+            gone = self._evict_oldest(EVICT_ROWS)
+            if gone == 0:
+                break  # nothing left to evict: the rest is endpoints and the 25 h figures
+            evicted += gone
+        if evicted:
+            metrics.DELIVERY_LOG_EVICTED.inc(evicted)
+            log.info("delivery_log_evicted", rows=evicted, used_bytes=self.used_bytes())
+            self._recount()
+        return evicted
+
+    def _evict_oldest(self, rows: int) -> int:
+        """Up to ``rows`` of each table, all older than the ``rows``-th oldest of any: the
+        oldest history goes first, whichever endpoint and table it is in."""
+        cutoffs = [c for c in (self._cutoff(t, rows) for t in EVICTABLE) if c is not None]
+        if not cutoffs:
+            return 0
+        cutoff = min(cutoffs)
+        before = self._db.total_changes
+
+        def write() -> None:
+            for timed in EVICTABLE:
+                self._db.execute(
+                    f"DELETE FROM {timed.table} WHERE ({timed.key}) IN (SELECT {timed.key}"  # noqa: S608 - constants
+                    f" FROM {timed.table} WHERE {timed.time_column} <= ?"
+                    f" ORDER BY {timed.time_column} LIMIT ?)",
+                    (cutoff, rows),
+                )
+
+        self._transaction(write)
+        return self._db.total_changes - before
+
+    def _cutoff(self, timed: _Timed, rows: int) -> int | None:
+        """The time of the table's ``rows``-th oldest row (its newest when it has fewer)."""
+        column, table = timed.time_column, timed.table
+        found = self._db.execute(
+            f"SELECT {column} FROM {table} ORDER BY {column} LIMIT 1 OFFSET ?",  # noqa: S608 - constants
+            (rows - 1,),
+        ).fetchone()
+        if found is None:
+            found = self._db.execute(f"SELECT MAX({column}) FROM {table}").fetchone()  # noqa: S608 - constants
+        return None if found[0] is None else int(found[0])
 
     def expire(self, now_ms: int) -> None:
         """Drop what the topics' retention and the 24 h window no longer cover."""
         db = self._db
-        db.execute("BEGIN")
-        try:
+        first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
+
+        def write() -> None:
             db.execute("DELETE FROM attempts WHERE at_ms < ?", (now_ms - ATTEMPTS_KEPT_MS,))
             db.execute("DELETE FROM deliveries WHERE at_ms < ?", (now_ms - ATTEMPTS_KEPT_MS,))
             cutoff = now_ms - DEAD_LETTERS_KEPT_MS
             db.execute("DELETE FROM dead_letters WHERE dead_at_ms < ?", (cutoff,))
-            first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
+            # No record of an endpoint deleted before that is left in any topic.
+            db.execute("DELETE FROM deleted_endpoints WHERE deleted_at_ms < ?", (cutoff,))
             db.execute("DELETE FROM rollups WHERE minute < ?", (first_minute,))
             db.execute("DELETE FROM durations WHERE minute < ?", (first_minute,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._attempt_counts = Counter(
-            dict(db.execute("SELECT ep, COUNT(*) FROM attempts GROUP BY ep").fetchall())
-        )
-        self._letter_counts = Counter(
-            dict(db.execute("SELECT ep, COUNT(*) FROM dead_letters GROUP BY ep").fetchall())
-        )
+
+        self._transaction(write)
+        self._recount()
+        self.used_bytes()
+
+
+ATTEMPT_TRIM = (
+    "DELETE FROM attempts WHERE ep = ? AND pos IN (SELECT pos FROM attempts WHERE ep = ?"
+    " ORDER BY at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
+)
+LETTER_TRIM = (
+    "DELETE FROM dead_letters WHERE ep = ? AND pos IN (SELECT pos FROM dead_letters WHERE ep = ?"
+    " ORDER BY dead_at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
+)
+# Deliveries still waiting in a retry tier are all kept (``waiting`` counts them); the ones
+# that ended only matter for the endpoint's newest dead letters.
+DELIVERY_TRIM = (
+    "DELETE FROM deliveries WHERE ep = ? AND state != 'waiting' AND webhook_key IN"
+    " (SELECT webhook_key FROM deliveries WHERE ep = ? AND state != 'waiting'"
+    " ORDER BY at_ms DESC LIMIT -1 OFFSET ?)"
+)
+
+
+def _letter_row(pos: int, ep: int, letter: DeadLetter) -> tuple[Any, ...]:
+    envelope = letter.envelope
+    return (
+        pos,
+        ep,
+        letter.dead_at_ms,
+        text_key(envelope.webhook_id),
+        envelope.webhook_id,
+        envelope.event_id,
+        letter.reason,
+        encode_history(envelope.attempts),
+    )
 
 
 def _attempt_row(pos: int, ep: int, record: AttemptRecord) -> tuple[Any, ...]:
@@ -421,7 +742,7 @@ def _attempt_row(pos: int, ep: int, record: AttemptRecord) -> tuple[Any, ...]:
         record.outcome,
         record.status,
         record.error,
-        record.response_body,
+        _truncated(record.response_body, RESPONSE_BODY_CHARS),
         record.next_attempt_at_ms,
         record.dead_letter_reason,
         record.deferred_because,
@@ -716,13 +1037,14 @@ class LogReader:
         for pos, dead_at_ms, _, webhook_id, event_id, reason, history, state, state_at in rows:
             job = covering_job(jobs, pos, dead_at_ms)
             later: DeliveryState = state if state is not None and state_at > dead_at_ms else "dead"
+            answers = self._answers(ep, event_id, webhook_id)
             view = DeadLetterView(
                 id=dead_letter_id(pos),
                 webhook_id=webhook_id,
                 event_id=event_id,
                 reason=reason,
                 dead_at=ms_to_datetime(dead_at_ms),
-                attempts=[_history(a) for a in _history_decoder.decode(history)],
+                attempts=[_history(a, answers) for a in _history_decoder.decode(history)],
                 replayed=job is not None,
                 replay_id=job.id if job is not None else None,
                 delivery=later,
@@ -730,14 +1052,24 @@ class LogReader:
             found.append((view, dead_at_ms, pos))
         return found
 
+    def _answers(self, ep: int, event_id: str, webhook_id: str) -> dict[int, str]:
+        """What the receiver answered to each attempt of a delivery, from the attempts rows
+        still indexed: a dead letter does not keep its own copy (see ``encode_history``)."""
+        rows = self._db().execute(
+            "SELECT attempt, response_body FROM attempts WHERE event_key = ? AND ep = ?"
+            " AND webhook_id = ? AND outcome != 'deferred' AND response_body IS NOT NULL",
+            (text_key(event_id), ep, webhook_id),
+        )
+        return dict(rows.fetchall())
 
-def _history(record: AttemptRecord) -> HistoryAttempt:
+
+def _history(stored: StoredAttempt, answers: dict[int, str]) -> HistoryAttempt:
     return HistoryAttempt(
-        attempt=record.attempt,
-        at=ms_to_datetime(record.at_ms),
-        outcome=record.outcome,
-        status=record.status,
-        duration_ms=record.duration_ms,
-        error=record.error,
-        response_body=record.response_body,
+        attempt=stored.attempt,
+        at=ms_to_datetime(stored.at_ms),
+        outcome=stored.outcome,
+        status=stored.status,
+        duration_ms=stored.duration_ms,
+        error=stored.error,
+        response_body=answers.get(stored.attempt, stored.response_body),
     )

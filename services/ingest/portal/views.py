@@ -37,6 +37,7 @@ from services.ingest.portal.sessions import (
 from services.ingest.replay_api import ReplayApi, replay_status
 from services.ingest.responses import ApiError, read_json_body, struct_response
 from shared.kafka.endpoint_store import EndpointStore
+from shared.model.errors import DeliveryLogUnavailable
 from shared.model.messages import Endpoint
 from shared.ops.settings import Settings
 
@@ -409,6 +410,15 @@ class Portal:
             response = self._error_page(request, exc.status, exc.title, exc.message)
         except ApiError as exc:
             response = self._error_page(request, exc.status, "Not possible", exc.message)
+        except DeliveryLogUnavailable as exc:
+            response = self._error_page(
+                request,
+                503,
+                "Delivery log unavailable",
+                "The delivery log is unavailable for now and recovers by itself; your endpoints"
+                " and clicks are not affected. Try again in a moment.",
+            )
+            response.headers["retry-after"] = str(exc.retry_after_s)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 response = self._error_page(request, exc.status, exc.reason, exc.reason)
