@@ -85,7 +85,9 @@ class Dispatcher:
 
     async def _attempt_or_defer(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._deliverer.defer(envelope, "endpoint_busy")
+            await self._deliverer.defer(
+                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s
+            )
             return
         try:
             async with self._deliveries:

@@ -96,7 +96,9 @@ class RetryService:
             await self._deliverer.dead_letter(envelope, "endpoint_disabled")
             return
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
-            await self._deliverer.defer(envelope, "endpoint_busy")
+            await self._deliverer.defer(
+                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s
+            )
             return
         try:
             self._in_flight.inc()

@@ -33,7 +33,7 @@ from shared.ops.settings import Settings
 
 State = Literal["open", "replayed"]
 STATES: tuple[State, ...] = ("open", "replayed")
-REASONS = ("exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled")
+REASONS = ("exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled", "endpoint_busy")
 
 
 @dataclass(frozen=True, slots=True)

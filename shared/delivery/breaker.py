@@ -11,7 +11,9 @@ Any other answer (a 500, a 400) means the receiver is there: the breaker closes,
 delivery follows its schedule attempt by attempt.
 
 A breaker is reset when its endpoint changes (a new URL, re-enabled, any accepted write: the
-endpoint's ``version``) or when a replay job sends it a letter (a fresh chance after a fix).
+endpoint's ``version``) or when a replay job sends it a letter (a fresh chance after a fix);
+so is its failure streak, which deliveries seed only from attempts of that same run
+(``shared.model.routing.failure_streak_start_ms``).
 
 The start of a failure streak (of any failures, down or not) is kept as well, so that an
 endpoint whose every attempt has failed for long enough can be disabled.
@@ -57,10 +59,12 @@ class CircuitBreaker:
         if health is None:
             return False
         renewed = health.generation != generation
+        # A replay forgets a failure streak as well as an open breaker: the endpoint was
+        # fixed, and its old failures must not count against its first new one.
         replayed = (
             replay_id is not None
             and replay_id != health.reset_by
-            and health.opened_at_s is not None
+            and (health.opened_at_s is not None or health.failing_since_s is not None)
         )
         if not (renewed or replayed):
             return False

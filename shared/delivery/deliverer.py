@@ -7,18 +7,24 @@ offsets only after that. There are three kinds of hand-off:
 - ``retry``: after a failed attempt, to the tier the schedule (or ``Retry-After``) gives;
 - ``defer``: without an attempt, keeping its place in the schedule: while the endpoint is known
   to be down (its breaker open) the delivery waits until the next probe; when the endpoint is at
-  its caps, or the service stops before the attempt ends, it waits in the first tier;
+  its caps it backs off, each wait in a row twice the last (``busy_deferral_wait_s``), and
+  after waiting longer than the whole schedule it is dead (``endpoint_busy``); when the
+  service stops before the attempt ends it waits in the first tier;
 - ``dead_letter``: after the schedule's last attempt, or at once for 410 Gone.
 
 Only an attempt (a request sent, or a connection tried) counts against the schedule, so a
 dead letter ``exhausted`` means the schedule's attempts were really made.
+
+Once the hand-off is acknowledged the delivery is done: what follows (an auto-disable, a
+metric, a log line) is logged when it fails, never raised, since the caller would take the
+failure for an unfinished record and send it again.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -44,10 +50,18 @@ from shared.model.routing import (
     Delivered,
     RetryLater,
     Route,
+    failure_streak_start_ms,
     route_after_attempt,
     signals_down,
 )
-from shared.model.schedule import jittered_delay_s, nearest_tier, shortest_wait_s
+from shared.model.schedule import (
+    busy_deferral_wait_s,
+    jittered_delay_s,
+    nearest_tier,
+    next_turn_s,
+    shortest_wait_s,
+    waited_too_long,
+)
 from shared.model.topics import HEADER_DUE_AT_MS, HEADER_REASON, Topics
 from shared.ops import metrics
 from shared.ops.settings import Settings
@@ -55,6 +69,8 @@ from shared.ops.settings import Settings
 log = structlog.get_logger(__name__)
 
 BREAKER_GAUGE_INTERVAL_S = 1.0
+# Booked turns are swept once more endpoints than this have some.
+TURNS_SWEEP_AT = 1000
 
 
 class Deliverer:
@@ -80,6 +96,9 @@ class Deliverer:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._breaker = CircuitBreaker(settings.breaker_threshold, settings.deferral_delays_s)
         self._breaker_gauge_at_s = 0.0
+        # Per rate-capped endpoint, until when the turns promised to its deferred deliveries
+        # run (this process's view): a burst's deferrals are spread over the time it needs.
+        self._turns_booked_until_s: dict[str, float] = {}
         self._clock = clock
         # Children looked up once: .labels() on every attempt showed up in profiles.
         self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
@@ -112,12 +131,19 @@ class Deliverer:
             schedule_s=self._settings.retry_schedule_s,
             retry_after_s=result.retry_after_s,
         )
-        history = msgspec.structs.replace(record, request_headers=None, request_body=None)
+        history = msgspec.structs.replace(
+            record,
+            request_headers=None,
+            request_body=None,
+            endpoint_version=endpoint.version,
+            replay_id=envelope.replay_id,
+        )
         updated = msgspec.structs.replace(
             envelope,
             attempts_made=attempt_no,
             attempts=[*envelope.attempts, history],
             deferrals=0,
+            busy_since_ms=None,
         )
         self._track_breaker(endpoint, updated, result, generation)
         log.info(
@@ -129,17 +155,67 @@ class Deliverer:
             route=route.kind,
         )
         await self._forward(endpoint, updated, route, record)
-        await self._disable_if_failing_too_long(endpoint)
+        await self._after_hand_off("auto-disable", self._disable_if_failing_too_long(endpoint))
 
-    async def defer(self, envelope: DeliveryEnvelope, reason: DeferralReason) -> None:
+    async def defer(
+        self,
+        envelope: DeliveryEnvelope,
+        reason: DeferralReason,
+        *,
+        rate_limit_per_s: float | None = None,
+    ) -> None:
         """Hand the delivery off without an attempt; it keeps its place in the schedule. While
-        the breaker is open it waits until the endpoint's next probe, else in the first tier."""
-        if reason == "breaker_open":
+        the breaker is open it waits until the endpoint's next probe; held back by the
+        endpoint's caps (``rate_limit_per_s``: its rate cap, if any) it backs off, and is dead
+        once it has waited longer than the whole schedule; else it waits in the first tier."""
+        now_ms = int(self._clock() * 1000)
+        if reason == "endpoint_busy":
+            if waited_too_long(envelope.busy_since_ms, now_ms, self._settings.retry_schedule_s):
+                await self.dead_letter(envelope, "endpoint_busy")
+                return
+            envelope = msgspec.structs.replace(
+                envelope, busy_since_ms=envelope.busy_since_ms or now_ms
+            )
+            delay_s = self._busy_delay_s(envelope, rate_limit_per_s)
+        elif reason == "breaker_open":
             wait_s = self._breaker.next_probe_in_s(envelope.endpoint_id, self._clock())
             delay_s = shortest_wait_s(self._settings.tier_delays_s, wait_s)
         else:
             delay_s = self._settings.retry_schedule_s[0]
         queued = await self._wait(envelope, delay_s, deferrals=envelope.deferrals + 1)
+        await self._after_hand_off("deferral record", self._record_deferral(queued, reason))
+
+    def _busy_delay_s(self, envelope: DeliveryEnvelope, rate_limit_per_s: float | None) -> float:
+        """The tier a delivery held back by its endpoint's caps waits in: twice as long as the
+        last time in a row, or until its turn in the endpoint's backlog if that is later, at
+        most the longest deferral tier."""
+        longest_s = max(self._settings.deferral_delays_s)
+        backlog_wait_s = 0.0
+        if rate_limit_per_s:
+            now_s = self._clock()
+            booked_s = self._turns_booked_until_s.get(envelope.endpoint_id, now_s)
+            turn_s = min(next_turn_s(booked_s, now_s, rate_limit_per_s), now_s + longest_s)
+            self._turns_booked_until_s[envelope.endpoint_id] = turn_s
+            backlog_wait_s = turn_s - now_s
+            self._forget_past_turns(now_s)
+        return busy_deferral_wait_s(
+            envelope.deferrals,
+            tier_delays_s=self._settings.tier_delays_s,
+            first_s=self._settings.retry_schedule_s[0],
+            longest_s=longest_s,
+            backlog_wait_s=backlog_wait_s,
+        )
+
+    def _forget_past_turns(self, now_s: float) -> None:
+        """Keep the booked turns of endpoints with a backlog only (bounded by the endpoints)."""
+        if len(self._turns_booked_until_s) > TURNS_SWEEP_AT:
+            self._turns_booked_until_s = {
+                endpoint_id: until_s
+                for endpoint_id, until_s in self._turns_booked_until_s.items()
+                if until_s > now_s
+            }
+
+    async def _record_deferral(self, envelope: DeliveryEnvelope, reason: DeferralReason) -> None:
         metrics.DELIVERIES_DEFERRED.labels(service=self._service, reason=reason).inc()
         self._log_record(
             AttemptRecord(
@@ -151,14 +227,25 @@ class Deliverer:
                 at_ms=int(self._clock() * 1000),
                 duration_ms=0.0,
                 outcome="deferred",
-                next_attempt_at_ms=queued.due_at_ms,
+                next_attempt_at_ms=envelope.due_at_ms,
                 deferred_because=reason,
             )
         )
 
+    async def _after_hand_off(self, step: str, work: Awaitable[None]) -> None:
+        """Run what follows a durable hand-off; its failure is logged, never raised: the
+        delivery is done, and a raise would make the caller send it again."""
+        try:
+            await work
+        except Exception:  # any failure here: it must not undo a finished hand-off
+            log.exception("after_hand_off_failed", step=step)
+
     async def dead_letter(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
         letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
         await self._send(self._topics.dlq, letter, envelope, [(HEADER_REASON, reason.encode())])
+        await self._after_hand_off("dead-letter record", self._count_dead(envelope, reason))
+
+    async def _count_dead(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
         metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
         log.warning("delivery_dead_lettered", reason=reason, attempts=envelope.attempts_made)
 
@@ -168,7 +255,7 @@ class Deliverer:
         """Where the route says: nowhere (delivered), a retry tier, or the dead letters."""
         match route:
             case Delivered():
-                self._log_record(record)
+                await self._after_hand_off("attempt record", self._log_attempt(record))
             case RetryLater(tier=tier, at_least_s=at_least_s):
                 delay_s = max(self._settings.retry_schedule_s[tier], at_least_s)
                 queued = await self._wait(
@@ -176,13 +263,27 @@ class Deliverer:
                     shortest_wait_s(self._settings.tier_delays_s, delay_s),
                     deferrals=0,
                 )
-                metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(tier)).inc()
-                self._log_record(record, next_attempt_at_ms=queued.due_at_ms)
+                await self._after_hand_off("retry record", self._record_retry(record, queued))
             case DeadLettered(reason=reason):
-                if reason == "endpoint_gone":
-                    await self.disable_endpoint(endpoint, "endpoint answered 410 Gone")
                 await self.dead_letter(envelope, reason)
-                self._log_record(record, dead_letter_reason=reason)
+                await self._after_hand_off(
+                    "attempt record", self._log_attempt(record, dead_letter_reason=reason)
+                )
+                if reason == "endpoint_gone":
+                    # After the hand-off: a contended write here must not send it again.
+                    await self._after_hand_off(
+                        "disable on 410",
+                        self.disable_endpoint(endpoint, "endpoint answered 410 Gone"),
+                    )
+
+    async def _record_retry(self, record: AttemptRecord, queued: DeliveryEnvelope) -> None:
+        metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(queued.tier)).inc()
+        self._log_record(record, next_attempt_at_ms=queued.due_at_ms)
+
+    async def _log_attempt(
+        self, record: AttemptRecord, *, dead_letter_reason: DeadLetterReason | None = None
+    ) -> None:
+        self._log_record(record, dead_letter_reason=dead_letter_reason)
 
     async def _wait(
         self, envelope: DeliveryEnvelope, delay_s: float, *, deferrals: int
@@ -216,11 +317,10 @@ class Deliverer:
         else:
             outcome = Result.FAILED
         now_s = self._clock()
-        streak_start_s = (
-            envelope.attempts[0].at_ms / 1000
-            if all(a.outcome != "success" for a in envelope.attempts)
-            else None
+        streak_start_ms = failure_streak_start_ms(
+            envelope.attempts, endpoint_version=generation, replay_id=envelope.replay_id
         )
+        streak_start_s = None if streak_start_ms is None else streak_start_ms / 1000
         self._breaker.record(
             endpoint.id, outcome, now_s, generation=generation, streak_start_s=streak_start_s
         )

@@ -294,7 +294,12 @@ class ReplayRun:
             self._recent.popitem(last=False)
         due_ms = now_ms()
         queued = msgspec.structs.replace(
-            letter.envelope, tier=-1, due_at_ms=due_ms, deferrals=0, replay_id=job.id
+            letter.envelope,
+            tier=-1,
+            due_at_ms=due_ms,
+            deferrals=0,
+            replay_id=job.id,
+            busy_since_ms=None,  # a replay is a fresh start: its waits count from now
         )
         self._batch.sends.append(
             await self._producer.send(

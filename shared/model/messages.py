@@ -377,7 +377,11 @@ Outcome = Literal[
 # known to be down (its breaker open), or the service stopped before the attempt could end.
 DeferralReason = Literal["endpoint_busy", "breaker_open", "draining"]
 BreakerState = Literal["closed", "open", "half_open"]
-DeadLetterReason = Literal["exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled"]
+# ``endpoint_busy``: held back by its endpoint's concurrency or rate caps for longer than the
+# whole retry schedule (``shared.model.schedule.waited_too_long``), without an attempt.
+DeadLetterReason = Literal[
+    "exhausted", "endpoint_gone", "endpoint_deleted", "endpoint_disabled", "endpoint_busy"
+]
 # The first bytes of a request body kept in the delivery log.
 LOGGED_BODY_CHARS = 4096
 
@@ -407,6 +411,12 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     next_attempt_at_ms: int | None = None
     dead_letter_reason: DeadLetterReason | None = None
     deferred_because: DeferralReason | None = None
+    # Which run of the delivery an attempt belongs to: the endpoint's version it was made
+    # under and the replay job that sent it, if any. A failure streak counts only attempts of
+    # the current run (``shared.model.routing.failure_streak_start_ms``). None on records
+    # written before these fields existed.
+    endpoint_version: int | None = None
+    replay_id: str | None = None
     # The endpoint's breaker after this record, as the service that wrote it saw it.
     breaker: BreakerState | None = None
     service: str | None = None
@@ -431,6 +441,10 @@ class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     deferrals: int = 0
     # Set when a replay job put it back into delivery: a fresh chance for its endpoint.
     replay_id: str | None = None
+    # Since when it has been held back by its endpoint's caps without an attempt (the first of
+    # those deferrals in a row); an attempt clears it. Past the whole retry schedule it is
+    # dead-lettered ``endpoint_busy``.
+    busy_since_ms: int | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

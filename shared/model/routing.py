@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 from typing import Literal
 
 from shared.model.errors import RefusedDestination
-from shared.model.messages import DeadLetterReason, Outcome
+from shared.model.messages import AttemptRecord, DeadLetterReason, Outcome
 
 OVERLOADED_MIN_DELAY_S = 60.0
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -41,6 +41,28 @@ def signals_down(outcome: Outcome, status: int | None) -> bool:
     opposed to a live receiver refusing this one delivery (a 500, a 400): those follow the
     schedule attempt by attempt, and a breaker must not make them wait."""
     return outcome in UNANSWERED or status in DOWN_STATUSES
+
+
+def failure_streak_start_ms(
+    attempts: list[AttemptRecord], *, endpoint_version: int, replay_id: str | None
+) -> int | None:
+    """When the delivery's current failure streak began: its earliest attempt, all failed,
+    of the run now going on, that is made under the endpoint's ``endpoint_version`` and by
+    the replay ``replay_id`` (None: not replayed). None when the latest attempt succeeded or
+    none belongs to this run.
+
+    Attempts of an earlier run say nothing about the endpoint as it is now: a replay keeps the
+    letter's history, and a history that began days ago must not make the endpoint look as if
+    it had been failing all that time (and disable it on its first new failure)."""
+    start_ms: int | None = None
+    for attempt in reversed(attempts):
+        current_run = (
+            attempt.endpoint_version == endpoint_version and attempt.replay_id == replay_id
+        )
+        if not current_run or attempt.outcome == "success":
+            break
+        start_ms = attempt.at_ms
+    return start_ms
 
 
 def describe_exception(exc: BaseException) -> str:

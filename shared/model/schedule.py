@@ -20,6 +20,8 @@ MIN_DELAY_S = 0.001
 # DEFERRAL_STEPS waits (then the longest): each wait is one more tier topic.
 DEFERRAL_GROWTH = 2
 DEFERRAL_STEPS = 6
+# Beyond this many doublings every cap a wait could have has been reached.
+_MAX_DOUBLINGS = 64
 
 
 def parse_duration_s(text: str) -> float:
@@ -91,3 +93,42 @@ def shortest_wait_s(delays: tuple[float, ...], at_least_s: float) -> float:
 def nearest_tier(schedule_s: tuple[float, ...], tier: int) -> int:
     """Clamp a tier index from an older schedule into the current one."""
     return min(max(tier, 0), len(schedule_s) - 1)
+
+
+def busy_deferral_wait_s(
+    deferrals: int,
+    *,
+    tier_delays_s: tuple[float, ...],
+    first_s: float,
+    longest_s: float,
+    backlog_wait_s: float = 0.0,
+) -> float:
+    """The tier a delivery held back by its endpoint's caps waits in.
+
+    The ``deferrals``-th wait in a row (from 0) lasts ``first_s * 2**deferrals``, at most
+    ``longest_s``, rounded up to a tier of ``tier_delays_s``: this doubling is what bounds the
+    rewrites of one delivery per hour, however long its endpoint stays at its caps.
+    ``backlog_wait_s`` (when the endpoint's turn for it comes, judging by the backlog its rate
+    allows) may ask for longer, within the same cap, so that a burst comes back spread over
+    the time the endpoint needs for it rather than all at once."""
+    # Capping the exponent keeps the power finite for any count an envelope carries.
+    doubled_s = first_s * float(DEFERRAL_GROWTH ** min(deferrals, _MAX_DOUBLINGS))
+    return shortest_wait_s(tier_delays_s, min(max(doubled_s, backlog_wait_s), longest_s))
+
+
+def next_turn_s(booked_until_s: float, now_s: float, rate_per_s: float) -> float:
+    """When an endpoint that takes ``rate_per_s`` deliveries a second has its next free turn,
+    with the turns already promised running until ``booked_until_s``: the k-th delivery of a
+    backlog gets its turn about k / rate from now."""
+    return max(booked_until_s, now_s) + 1.0 / rate_per_s
+
+
+def waited_too_long(
+    waiting_since_ms: int | None, now_ms: int, schedule_s: tuple[float, ...]
+) -> bool:
+    """Whether a delivery held back by its endpoint's caps since ``waiting_since_ms`` has
+    waited longer than its whole retry schedule: then it is dead, as one whose attempts all
+    failed would be by then."""
+    if waiting_since_ms is None:
+        return False
+    return now_ms - waiting_since_ms > sum(schedule_s) * 1000

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench import external, machine, recovery, report, scenarios, semantics
+from tests.bench import caps, external, machine, recovery, report, scenarios, semantics
 from tests.bench.figures import Figure, figures
 from tests.bench.scenarios import FULL, QUICK, Bench, Plan
 from tests.bench.stack import Broker, ReceiverProcess
@@ -32,6 +32,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("isolation", scenarios.isolation),
     ("stalled neighbour", scenarios.stalled_neighbour),
     ("recovery", recovery.recovery),
+    ("caps", caps.caps),
     ("outage", semantics.outage_growth),
     ("replay", semantics.replay_memory),
 )

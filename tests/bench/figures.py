@@ -115,6 +115,45 @@ def _recovery_specs() -> list[Spec]:
     ]
 
 
+def _caps_specs() -> list[Spec]:
+    """Issue 22: one endpoint capped at 2/s gets 20 clicks/s (tests/bench/caps.py)."""
+    per_click = Target("<=", 3)
+    specs = [
+        Spec("caps.clicks", "caps: clicks for the capped endpoint (2/s cap, 20/s)", ""),
+        Spec("caps.delivered", "caps: of which delivered by the end", ""),
+    ]
+    for window, when in (("first", "first 1.25 x the burst"), ("later", "as long again after")):
+        specs += [
+            Spec(
+                f"caps.tier_records_per_click.{window}",
+                f"caps: tier records/click, {when}",
+                "",
+                per_click,
+            ),
+            Spec(
+                f"caps.log_records_per_click.{window}",
+                f"caps: log records/click, {when}",
+                "",
+                per_click,
+            ),
+        ]
+    specs.append(
+        Spec(
+            "caps.max_per_s",
+            "caps: most requests at the capped one in a second",
+            "",
+            Target("<=", 3, on="max"),
+        )
+    )
+    specs += _latency_specs("caps.healthy.alone", "caps: healthy {} alone")
+    specs += _latency_specs(
+        "caps.healthy.beside",
+        "caps: healthy {} beside the capped one",
+        {"p99": Target("<=", 2, times_median_of="caps.healthy.alone.p99")},
+    )
+    return specs
+
+
 def _throughput_specs() -> list[Spec]:
     specs = [
         Spec("receiver.rps", "receiver alone, 32 connections", "req/s"),
@@ -262,6 +301,7 @@ def _specs() -> list[Spec]:
     return [
         *_ceiling_specs(),
         *_recovery_specs(),
+        *_caps_specs(),
         *_throughput_specs(),
         *_latency_rate_specs(),
         *_isolation_specs(),

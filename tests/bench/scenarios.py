@@ -88,6 +88,7 @@ class Plan:
     big_endpoint_letters: int
     outage_s: float  # one endpoint refusing connections
     external: bool  # run the scale and delivery-log benches too
+    caps_burst_s: float = 60  # a capped endpoint's clicks at 10 x its rate
 
 
 FULL = Plan(
@@ -119,6 +120,7 @@ QUICK = Plan(
     big_endpoint_letters=5_000,
     outage_s=40,
     external=False,
+    caps_burst_s=20,
 )
 
 

@@ -103,6 +103,14 @@ def test_a_replay_resets_an_open_breaker_once_per_job(breaker: CircuitBreaker) -
     assert breaker.refresh(EP, GEN, replay_id="rpl_2")
 
 
+def test_a_replay_forgets_a_failure_streak_of_a_closed_breaker(breaker: CircuitBreaker) -> None:
+    """500s for days (the breaker stays closed), then fixed and replayed: a fresh streak."""
+    breaker.record(EP, Result.FAILED, 500_000.0, generation=GEN, streak_start_s=0.0)
+    assert breaker.refresh(EP, GEN, replay_id="rpl_1")
+    breaker.record(EP, Result.DOWN, 500_001.0, generation=GEN)
+    assert breaker.failing_for_s(EP, 500_002.0) == pytest.approx(1.0)
+
+
 def test_the_failure_streak_starts_at_the_first_failure_known(breaker: CircuitBreaker) -> None:
     breaker.record(EP, Result.FAILED, 1000.0, generation=GEN, streak_start_s=100.0)
     assert breaker.failing_for_s(EP, 1000.0) == pytest.approx(900.0)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.model.errors import BadResponse, ConnectionClosed, RefusedDestination, UnsendableRequest
-from shared.model.messages import Outcome
+from shared.model.messages import AttemptRecord, Outcome
 from shared.model.routing import (
     OVERLOADED_MIN_DELAY_S,
     DeadLettered,
@@ -21,6 +21,7 @@ from shared.model.routing import (
     RetryLater,
     classify_exception,
     classify_status,
+    failure_streak_start_ms,
     parse_retry_after_s,
     route_after_attempt,
     signals_down,
@@ -252,3 +253,54 @@ def test_only_no_answer_or_unavailable_says_the_endpoint_is_down(
     outcome: Outcome, status: int | None, down: bool
 ) -> None:
     assert signals_down(outcome, status) is down
+
+
+# --- failure streaks ------------------------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def attempt(
+    at_ms: int, outcome: Outcome = "http_5xx", *, version: int | None = 7, replay: str | None = None
+) -> AttemptRecord:
+    return AttemptRecord(
+        webhook_id="msg_1",
+        event_id="evt_1",
+        endpoint_id="ep_1",
+        account_id="acc_1",
+        attempt=1,
+        at_ms=at_ms,
+        duration_ms=1.0,
+        outcome=outcome,
+        endpoint_version=version,
+        replay_id=replay,
+    )
+
+
+def test_a_streak_starts_at_the_first_failure_of_the_current_run() -> None:
+    history = [attempt(1), attempt(2), attempt(3)]
+    assert failure_streak_start_ms(history, endpoint_version=7, replay_id=None) == 1
+
+
+def test_a_replay_starts_a_new_streak_however_old_the_letters_history() -> None:
+    """Letters dead after 5 days of failures, replayed: the streak is the replay's own."""
+    now_ms = 10 * DAY_MS
+    history = [attempt(now_ms - 6 * DAY_MS), attempt(now_ms - 5 * DAY_MS)]
+    replayed = [*history, attempt(now_ms, replay="rpl_1")]
+    assert failure_streak_start_ms(replayed, endpoint_version=7, replay_id="rpl_1") == now_ms
+
+
+def test_attempts_under_an_earlier_version_of_the_endpoint_do_not_count() -> None:
+    history = [attempt(1, version=3), attempt(2, version=None), attempt(5)]
+    assert failure_streak_start_ms(history, endpoint_version=7, replay_id=None) == 5
+
+
+def test_a_success_ends_the_streak() -> None:
+    history = [attempt(1), attempt(2, "success"), attempt(3)]
+    assert failure_streak_start_ms(history, endpoint_version=7, replay_id=None) == 3
+    assert failure_streak_start_ms(history[:2], endpoint_version=7, replay_id=None) is None
+
+
+def test_no_attempt_of_the_current_run_means_no_streak() -> None:
+    assert failure_streak_start_ms([attempt(1)], endpoint_version=8, replay_id=None) is None
+    assert failure_streak_start_ms([], endpoint_version=7, replay_id=None) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -11,14 +12,18 @@ from hypothesis import strategies as st
 from shared.model.schedule import (
     DEFERRAL_STEPS,
     MAX_JITTER_S,
+    busy_deferral_wait_s,
     deferral_delays,
     duration_label,
     jittered_delay_s,
     nearest_tier,
+    next_turn_s,
     parse_duration_s,
     parse_schedule,
     shortest_wait_s,
+    waited_too_long,
 )
+from shared.ops.settings import load_settings
 
 SCHEDULE = (5.0, 300.0, 1800.0, 7200.0)
 UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -205,3 +210,110 @@ def test_a_wait_is_a_tier_that_lasts_or_the_longest(delays: list[float], at_leas
 @pytest.mark.parametrize(("tier", "nearest"), [(-3, 0), (0, 0), (2, 2), (3, 3), (9, 3)])
 def test_nearest_tier_clamps_into_the_schedule(tier: int, nearest: int) -> None:
     assert nearest_tier(SCHEDULE, tier) == nearest
+
+
+# --- deliveries held back by their endpoint's caps ------------------------------------------
+
+HOUR_S = 3600.0
+
+
+def busy_rewrites(
+    tier_delays_s: tuple[float, ...], first_s: float, longest_s: float, horizon_s: float
+) -> list[float]:
+    """When one delivery, always found at its endpoint's caps, is rewritten (from 0 s)."""
+    moments = [0.0]
+    while moments[-1] < horizon_s:
+        wait_s = busy_deferral_wait_s(
+            len(moments) - 1, tier_delays_s=tier_delays_s, first_s=first_s, longest_s=longest_s
+        )
+        moments.append(moments[-1] + wait_s)
+    return [moment for moment in moments if moment < horizon_s]
+
+
+def in_hour(moments: list[float], hour: int) -> int:
+    return sum(1 for moment in moments if hour * HOUR_S <= moment < (hour + 1) * HOUR_S)
+
+
+@pytest.mark.parametrize("schedule", ["5s,5m,30m,2h,5h,10h,10h", "5s,30s,2m,5m"])
+def test_a_delivery_at_its_caps_is_rewritten_at_most_9_times_in_its_first_hour_then_twice_an_hour(
+    schedule: str,
+) -> None:
+    """The figures README's "Delivery semantics" states, with the default deferral tiers."""
+    config = load_settings({"CLICKHOOK_RETRY_SCHEDULE": schedule})
+    moments = busy_rewrites(
+        config.tier_delays_s,
+        config.retry_schedule_s[0],
+        max(config.deferral_delays_s),
+        horizon_s=24 * HOUR_S,
+    )
+    assert in_hour(moments, 0) <= 9
+    assert all(in_hour(moments, hour) <= 2 for hour in range(1, 24))
+
+
+@given(
+    first_s=st.floats(min_value=0.5, max_value=60.0),
+    longest_s=st.floats(min_value=60.0, max_value=3600.0),
+    deferrals=st.integers(min_value=0, max_value=10_000),
+)
+def test_a_busy_wait_doubles_from_the_first_tier_up_to_the_longest(
+    first_s: float, longest_s: float, deferrals: int
+) -> None:
+    tiers = (first_s, *deferral_delays(60.0, longest_s))
+    wait_s = busy_deferral_wait_s(
+        deferrals, tier_delays_s=tiers, first_s=first_s, longest_s=longest_s
+    )
+    assert min(first_s * 2 ** min(deferrals, 64), longest_s) <= wait_s <= longest_s
+    longer_s = busy_deferral_wait_s(
+        deferrals + 1, tier_delays_s=tiers, first_s=first_s, longest_s=longest_s
+    )
+    assert longer_s >= wait_s
+
+
+@given(
+    first_s=st.floats(min_value=0.5, max_value=60.0),
+    longest_s=st.floats(min_value=60.0, max_value=3600.0),
+)
+@settings(max_examples=50)
+def test_busy_rewrites_per_hour_are_bounded_by_the_doubling(
+    first_s: float, longest_s: float
+) -> None:
+    """However the tiers round: about log2(longest / first) rewrites to reach the longest
+    wait, then one per longest wait."""
+    tiers = (first_s, *deferral_delays(60.0, longest_s))
+    moments = busy_rewrites(tiers, first_s, longest_s, horizon_s=6 * HOUR_S)
+    per_longest_wait = math.ceil(HOUR_S / longest_s)
+    assert in_hour(moments, 0) <= math.ceil(math.log2(longest_s / first_s)) + 1 + per_longest_wait
+    assert all(in_hour(moments, hour) <= per_longest_wait + 1 for hour in range(1, 6))
+
+
+def test_a_backlog_spreads_the_busy_waits_but_never_past_the_longest() -> None:
+    tiers = (5.0, 30.0, 60.0, 120.0, 1800.0)
+    shortest = busy_deferral_wait_s(0, tier_delays_s=tiers, first_s=5.0, longest_s=1800.0)
+    spread = busy_deferral_wait_s(
+        0, tier_delays_s=tiers, first_s=5.0, longest_s=1800.0, backlog_wait_s=50.0
+    )
+    capped = busy_deferral_wait_s(
+        0, tier_delays_s=tiers, first_s=5.0, longest_s=1800.0, backlog_wait_s=1e9
+    )
+    assert (shortest, spread, capped) == (5.0, 60.0, 1800.0)
+
+
+@given(rate=st.floats(min_value=0.1, max_value=1000.0), backlog=st.integers(1, 500))
+def test_the_kth_turn_of_a_backlog_comes_k_over_the_rate_from_now(
+    rate: float, backlog: int
+) -> None:
+    booked_s = now_s = 1000.0
+    for _ in range(backlog):
+        booked_s = next_turn_s(booked_s, now_s, rate)
+    assert booked_s - now_s == pytest.approx(backlog / rate)
+
+
+def test_turns_booked_in_the_past_start_again_from_now() -> None:
+    assert next_turn_s(10.0, 100.0, 2.0) == 100.5
+
+
+def test_a_delivery_waits_for_its_caps_at_most_its_whole_schedule() -> None:
+    schedule = (5.0, 30.0, 120.0, 300.0)  # 455 s
+    assert not waited_too_long(None, 10**12, schedule)
+    assert not waited_too_long(0, 455_000, schedule)
+    assert waited_too_long(0, 455_001, schedule)
