@@ -24,6 +24,7 @@ from tests.bench.scenarios import Bench, clicks_job, stream, warm_up
 from tests.bench.stack import SERVICES, Stack, run_job
 from tests.bench.topic_reader import read_topic, record_count, topics_with_prefix
 from tests.bench.wire import ProduceResult
+from tests.support.windows import most_in_any_second
 
 CAP_PER_S = 2
 CAPPED_RATE = 20
@@ -93,7 +94,7 @@ async def caps(bench: Bench) -> None:
         bench.record(f"caps.tier_records_per_click.{window}", tiers[window] / clicks)
         bench.record(f"caps.log_records_per_click.{window}", logged[window] / clicks)
     bench.record("caps.delivered", len(ledger.arrivals))
-    bench.record("caps.max_per_s", _most_in_one_second(sorted(ledger.arrivals.values())))
+    bench.record("caps.max_per_s", most_in_any_second(ledger.arrivals.values()))
     print(
         f"  caps: {clicks:,} clicks, {len(ledger.arrivals):,} delivered; tier records "
         f"{tiers['first']:,} then {tiers['later']:,}, log records {logged['first']:,} then "
@@ -133,13 +134,3 @@ async def _log_records(
             if decode_attempt(record.value).endpoint_id == endpoint_id:
                 counted[window] += 1
     return counted
-
-
-def _most_in_one_second(times_s: list[float]) -> int:
-    """The most of the (sorted) moments that fall within any one second."""
-    most, first = 0, 0
-    for last, at_s in enumerate(times_s):
-        while at_s - times_s[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most

@@ -18,6 +18,7 @@ from tests.e2e.conftest import ACCOUNT_ID, Pipeline, StartPipeline
 from tests.support.broker import wait_group_stable
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver
+from tests.support.windows import most_in_any_second
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -53,17 +54,6 @@ class WatchingReceiver(Receiver):
             return response
         finally:
             self.in_flight[path] -= 1
-
-
-def most_in_any_second(times_s: list[float]) -> int:
-    """The most arrivals in any closed one-second window (sliding)."""
-    ordered = sorted(times_s)
-    most, first = 0, 0
-    for last, at_s in enumerate(ordered):
-        while ordered[first] < at_s - 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 async def two_of_each(pipeline: Pipeline) -> None:
