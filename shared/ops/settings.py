@@ -70,8 +70,9 @@ class Settings:
     state_dir: str = field(default_factory=tempfile.gettempdir)
     delivery_log_per_endpoint: int = 10_000
     # The customer portal: the key its links and sessions are signed with (every ingest replica
-    # needs the same; derived from CLICKHOOK_API_KEYS when empty), the origins that may show it
-    # in a frame, and the public base URL its links start with (else the request's own).
+    # needs the same: hex or base64 of at least 32 random bytes; without one the portal is off),
+    # the origins that may show it in a frame, and the public base URL its links start with
+    # (else the request's own).
     portal_key: str = field(default="", repr=False)
     portal_frame_ancestors: str = "'none'"
     public_url: str = ""
