@@ -230,6 +230,8 @@ def plan_from(data: Path | None, tokens: Tokens) -> Plan:
         "CLICKHOOK_LOG_FORMAT": "console",
         "CLICKHOOK_RETRY_SCHEDULE": os.environ.get("CLICKHOOK_RETRY_SCHEDULE") or DEMO_SCHEDULE,
         "CLICKHOOK_TOPIC_PARTITIONS": "3",
+        # A key of this run's own: portal sessions end when make up stops.
+        "CLICKHOOK_PORTAL_KEY": os.environ.get("CLICKHOOK_PORTAL_KEY") or secrets.token_hex(32),
     }
     return Plan(
         settings=load_settings(env),

@@ -486,7 +486,8 @@ def _delivery_log_paths() -> dict[str, Any]:
             "post": {
                 "summary": "A one-time link into the customer portal for the token's account",
                 "description": "Valid for 5 minutes and one use; opening it starts a session"
-                " of one hour. Admin tokens name the account.",
+                " of one hour. Admin tokens name the account. 503 `portal_disabled` when the"
+                " deployment has no portal key (CLICKHOOK_PORTAL_KEY).",
                 "requestBody": {"required": False, **_json(_ref("PortalSessionRequest"))},
                 "responses": {
                     **_example(
@@ -498,7 +499,7 @@ def _delivery_log_paths() -> dict[str, Any]:
                             "expires_at": "2026-11-27T11:05:00Z",
                         },
                     ),
-                    **_errors(401, 404, 415, 422),
+                    **_errors(401, 404, 415, 422, 503),
                 },
             },
         },

@@ -8,11 +8,19 @@ rebalance goes on; on stop, fetching ends and in-flight work drains within a gra
 A record may have to wait before it starts (a retry tier's envelope before its due time,
 ``not_before_ms``). Its partition's records are in (nearly) due order, so the worker holds
 that head and the records fetched behind it, and pauses the partition until the head is due;
-then it starts what is due and fetches on from where it was. A head due only later
-(``PARK_AFTER_S``) is kept alone: the records behind it are dropped, to be fetched again when
-it is due, so that a long wait costs no memory. (Seeking back to the head and dropping the
-rest at every head, as before, made the retry service fetch and parse each record many times
-over while a tier drained.)
+then it starts what is due and fetches on from where it was. (Seeking back to the head and
+dropping the rest at every head, as before, made the retry service fetch and parse each record
+many times over while a tier drained.)
+
+Held records count against the bound as running ones do: held + running never exceeds
+``max_in_flight``, however many partitions wait (the retry service reads 11 or more tiers of
+6 to 12 partitions each). What keeps a bound full of held records from starving due work is
+that only partitions whose head falls due within ``PARK_AFTER_S`` hold any: a head due later
+is not kept at all, only its due time, with the partition paused and positioned at it, and the
+partition is fetched again ``PARK_AFTER_S`` before that time (so the head is there when it
+falls due). Every held record therefore starts, or is dropped to be fetched again, within
+about ``PARK_AFTER_S``, and the room it took is given back; a waiting partition costs no
+memory however long it waits, and any number of them fit in any bound.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ DRAIN_TIMEOUT_FINISH_S = 5.0
 # Fetching resumes once in-flight work is down to this share of the bound: resuming at the
 # first free slot would pause and resume (and re-fetch) after every finished record.
 RESUME_AT_SHARE = 0.75
-# A held head due later than this is kept alone (the records behind it are fetched again).
+# A head due later than this is not held: only its due time is kept, and its partition is
+# fetched again this long before it (everything held is thus due, and gives its room back, soon).
 PARK_AFTER_S = 1.0
 # Held records are started in steps of this much: records falling due a few milliseconds
 # apart go out together, one wake-up for several, at most this much after their due time.
@@ -59,10 +68,19 @@ HELD_STEP_MS = 50
 @dataclass(slots=True)
 class _Held:
     """A paused partition waiting for its head: the head first, then what was fetched
-    behind it."""
+    behind it; nothing when the head is due later than ``PARK_AFTER_S`` (parked: the
+    partition is positioned at the head, to fetch it again shortly before it is due)."""
 
     records: deque[Record]
     due_ms: int
+
+    @property
+    def wake_ms(self) -> int:
+        """When the worker next looks at this partition: the head's due time, or, parked,
+        early enough to have fetched the head again by then."""
+        if self.records:
+            return self.due_ms
+        return self.due_ms - int(PARK_AFTER_S * 1000)
 
 
 def _now_ms() -> int:
@@ -89,6 +107,7 @@ class PartitionWorker:
         self._on_held = on_held
         self._on_drain_timeout = on_drain_timeout
         self._held: dict[TopicPartition, _Held] = {}
+        self._held_records = 0  # the records in ``_held``: they count against the bound
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
         # Offsets the partition's previous owner finished above its commit: not done again.
@@ -101,22 +120,29 @@ class PartitionWorker:
         self._stopping = False
         self.listener = _Listener(self)
 
+    @property
+    def occupancy(self) -> int:
+        """Records held or running: never above ``max_in_flight``."""
+        return self._occupied()
+
     async def run(self, stop: asyncio.Event) -> None:
         last_commit = time.monotonic()
         while not stop.is_set():
             if self._saturated():
                 await self._wait_for_room(self._poll_timeout_ms() / 1000)
-            else:
-                self._release_held()
+            # Also when saturated: held records may be what fills the bound, and starting
+            # them as they fall due is what frees it.
+            self._release_held()
             self._apply_backpressure()
             if self._on_held is not None:
                 self._on_held(self._held.keys())
             # Saturated, poll without waiting: polling keeps the consumer in its group, and
             # the waiting was done in ``_wait_for_room``, which wakes as soon as work finishes.
             timeout_ms = 0 if self._backpressure else self._poll_timeout_ms()
-            # Never more records than there is room for: the bound is what caps memory and
-            # what the per-endpoint queues are sized against.
-            room = max(1, self._max_in_flight - len(self._tasks))
+            # Never more records than there is room for: the bound is what caps memory (held
+            # records included) and what the per-endpoint queues are sized against. With no
+            # room every partition is paused, and the poll only keeps the consumer in its group.
+            room = max(1, self._max_in_flight - self._occupied())
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batches.items():
                 self._take(tp, records)
@@ -197,27 +223,41 @@ class PartitionWorker:
         return None if self._not_before_ms is None else self._not_before_ms(record)
 
     def _hold(self, tp: TopicPartition, records: deque[Record], due_ms: int) -> None:
-        """Keep the partition's head, and what came behind it, paused until it is due; only
-        the head when that is far off."""
+        """Keep the partition's head, and what came behind it, paused until it is due; when
+        that is far off, keep nothing but the due time."""
         self._consumer.pause(tp)
-        if due_ms - _now_ms() > PARK_AFTER_S * 1000 and len(records) > 1:
-            head = records.popleft()
-            # Everything behind the head is fetched again once the head is due.
+        if due_ms - _now_ms() > PARK_AFTER_S * 1000:
+            # All of it is fetched again shortly before the head is due.
             self._consumer.seek(tp, records[0].offset)
-            records = deque([head])
-        self._held[tp] = _Held(records, due_ms)
+            records = deque()
+        self._set_held(tp, _Held(records, due_ms))
+
+    def _set_held(self, tp: TopicPartition, held: _Held) -> None:
+        self._forget_held(tp)
+        self._held[tp] = held
+        self._held_records += len(held.records)
+
+    def _forget_held(self, tp: TopicPartition) -> deque[Record]:
+        held = self._held.pop(tp, None)
+        if held is None:
+            return deque()
+        self._held_records -= len(held.records)
+        return held.records
+
+    def _occupied(self) -> int:
+        """Records held or running: what the bound caps."""
+        return len(self._tasks) + self._held_records
 
     def _release_held(self) -> None:
-        """Start the held records that are due; a partition with nothing left held is
-        fetched again, from where it was."""
+        """Start the held records that are due; a partition with nothing left held, or
+        parked and soon due, is fetched again, from where it was."""
         if not self._held:
             return
         now_ms = _now_ms()
         for tp, held in list(self._held.items()):
-            if held.due_ms > now_ms:
+            if held.wake_ms > now_ms:
                 continue
-            del self._held[tp]
-            records = held.records
+            records = self._forget_held(tp)
             while records:
                 due_ms = self._due_ms(records[0])
                 if due_ms is not None and due_ms > now_ms:
@@ -233,12 +273,12 @@ class PartitionWorker:
     def _finished(self, partition_tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         partition_tasks.discard(task)
-        if len(self._tasks) <= self._resume_at:
+        if self._occupied() <= self._resume_at:
             self._room.set()
 
     async def _wait_for_room(self, timeout_s: float) -> None:
         self._room.clear()
-        if len(self._tasks) <= self._resume_at:
+        if self._occupied() <= self._resume_at:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -272,8 +312,8 @@ class PartitionWorker:
     def _saturated(self) -> bool:
         """Full at the bound; once full, until work is down to the resume share."""
         if self._backpressure:
-            return len(self._tasks) > self._resume_at
-        return len(self._tasks) >= self._max_in_flight
+            return self._occupied() > self._resume_at
+        return self._occupied() >= self._max_in_flight
 
     def _apply_backpressure(self) -> None:
         saturated = self._saturated()
@@ -285,12 +325,12 @@ class PartitionWorker:
             self._consumer.pause(*assignment)
         else:
             self._consumer.resume(*(tp for tp in assignment if tp not in self._held))
-        log.debug("backpressure", on=saturated, in_flight=len(self._tasks))
+        log.debug("backpressure", on=saturated, in_flight=len(self._tasks), held=self._held_records)
 
     def _poll_timeout_ms(self) -> int:
         if not self._held:
             return IDLE_POLL_MS
-        wakeup_ms = min(held.due_ms for held in self._held.values()) - _now_ms()
+        wakeup_ms = min(held.wake_ms for held in self._held.values()) - _now_ms()
         return max(HELD_STEP_MS, min(IDLE_POLL_MS, wakeup_ms))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -302,7 +342,7 @@ class PartitionWorker:
         await self.commit(lost)
         for tp in revoked:
             # Never started, so never committed: the next owner reads them again.
-            self._held.pop(tp, None)
+            self._forget_held(tp)
         for tp in lost:
             self._watermarks.pop(tp, None)
             self._committed.pop(tp, None)
@@ -313,7 +353,7 @@ class PartitionWorker:
         # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
         self._backpressure = False
         for tp in assigned:
-            self._held.pop(tp, None)  # read again from the committed offset
+            self._forget_held(tp)  # read again from the committed offset
         for tp in assigned:
             self._committed.pop(tp, None)
         try:

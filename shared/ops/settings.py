@@ -77,8 +77,9 @@ class Settings:
     delivery_log_per_endpoint: int = 10_000
     delivery_log_max_bytes: int = DELIVERY_LOG_MAX_BYTES
     # The customer portal: the key its links and sessions are signed with (every ingest replica
-    # needs the same; derived from CLICKHOOK_API_KEYS when empty), the origins that may show it
-    # in a frame, and the public base URL its links start with (else the request's own).
+    # needs the same: hex or base64 of at least 32 random bytes; without one the portal is off),
+    # the origins that may show it in a frame, and the public base URL its links start with
+    # (else the request's own).
     portal_key: str = field(default="", repr=False)
     portal_frame_ancestors: str = "'none'"
     public_url: str = ""

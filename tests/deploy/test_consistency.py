@@ -5,6 +5,7 @@ dev overlay runs."""
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import shared.ops.metrics
 from services.ingest.delivery_log.store import WAL_LIMIT_BYTES
+from services.ingest.portal.sessions import portal_key
 from shared.kafka.clients import topic_specs
 from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
 from shared.ops.settings import load_settings
@@ -32,7 +34,10 @@ from tests.deploy.manifests import (
 
 pytestmark = pytest.mark.timeout(KUSTOMIZE_INSTALL_TIMEOUT_S + 60)
 
-TEST_SECRETS = {("clickhook-api-keys", "api-keys"): "test-publish:publish,test-admin:admin"}
+TEST_SECRETS = {
+    ("clickhook-api-keys", "api-keys"): "test-publish:publish,test-admin:admin",
+    ("clickhook-portal-key", "portal-key"): secrets.token_hex(32),
+}
 GROUPS = {"dispatcher": DISPATCHER_GROUP, "retry": RETRY_GROUP}
 
 
@@ -55,8 +60,10 @@ def test_the_environment_of_each_service_loads(rendered: Rendered, service: str)
     assert settings.kafka_bootstrap == rendered.settings()["CLICKHOOK_KAFKA_BOOTSTRAP"]
     if service == "ingest":
         assert settings.api_keys, "ingest gets CLICKHOOK_API_KEYS"
+        assert portal_key(settings), "ingest gets a usable CLICKHOOK_PORTAL_KEY"
     else:
         assert "CLICKHOOK_API_KEYS" not in env, f"{service} needs no API keys"
+        assert "CLICKHOOK_PORTAL_KEY" not in env, f"{service} needs no portal key"
 
 
 def test_the_topics_job_runs_topic_creation_with_the_settings(rendered: Rendered) -> None:

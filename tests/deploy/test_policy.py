@@ -213,14 +213,28 @@ def test_ingest_service_reaches_the_api_port(rendered: Rendered) -> None:
         )
 
 
-def test_api_keys_come_from_a_secret(rendered: Rendered) -> None:
-    assert "CLICKHOOK_API_KEYS" not in rendered.settings(), "API keys in a ConfigMap"
+def secret_ref_of(rendered: Rendered, setting: str) -> Obj:
+    """Where ingest's ``setting`` comes from: a Secret, never the ConfigMap."""
+    assert setting not in rendered.settings(), f"{setting} in a ConfigMap"
     env = container_named(rendered.deployment("ingest"), "ingest")["env"]
-    ref = next(item for item in env if item["name"] == "CLICKHOOK_API_KEYS")
-    secret_ref = ref["valueFrom"]["secretKeyRef"]
+    ref: Obj = next(item for item in env if item["name"] == setting)["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def test_api_keys_come_from_a_secret(rendered: Rendered) -> None:
+    secret_ref = secret_ref_of(rendered, "CLICKHOOK_API_KEYS")
     assert re.fullmatch(r"clickhook-api-keys(-[a-z0-9]{10})?", secret_ref["name"])
     if rendered.overlay != "dev":
         assert not rendered.of_kind("Secret"), "production Secrets are not kept in the repo"
+
+
+def test_the_portal_key_comes_from_an_optional_secret(rendered: Rendered) -> None:
+    # Optional: without it ingest still takes clicks, with the portal off (never a key of
+    # its own making).
+    secret_ref = secret_ref_of(rendered, "CLICKHOOK_PORTAL_KEY")
+    assert re.fullmatch(r"clickhook-portal-key(-[a-z0-9]{10})?", secret_ref["name"])
+    assert secret_ref["key"] == "portal-key"
+    assert secret_ref["optional"] is True
 
 
 def policies_selecting(rendered: Rendered, labels: dict[str, str], kind: str) -> list[Obj]:

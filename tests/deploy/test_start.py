@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,7 +39,10 @@ from tests.support.services import free_port, wait_ready
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(KUSTOMIZE_INSTALL_TIMEOUT_S + 120)]
 
-TEST_SECRETS = {("clickhook-api-keys", "api-keys"): "test-publish:publish"}
+TEST_SECRETS = {
+    ("clickhook-api-keys", "api-keys"): "test-publish:publish",
+    ("clickhook-portal-key", "portal-key"): secrets.token_hex(32),
+}
 # Inherited from the test's own environment: what a process needs to run at all.
 PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
 READY_TIMEOUT_S = 60.0

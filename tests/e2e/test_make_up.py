@@ -2,8 +2,9 @@
 
 It refuses to start, with one line and at once, when a port it needs is taken, and then starts
 and stops nothing (a broker it did not start keeps running). A full start prints a banner of at
-most 80 columns whose exports work as printed, delivers a click to the demo receiver, keeps its
-state in a data directory between runs when asked to, and stops its own broker on Ctrl-C.
+most 80 columns whose exports work as printed, delivers a click to the demo receiver, opens the
+portal, keeps its state in a data directory between runs when asked to, and stops its own broker
+on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -204,6 +205,17 @@ async def test_make_up_with_a_data_directory_keeps_tokens_and_data_across_runs()
         await run_twice_on(env, Path(kept) / "data")
 
 
+async def open_portal(api: str, token: str) -> None:
+    """The portal works: make up gives ingest a portal key of its own."""
+    auth = {"authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{api}/v1/portal/sessions", headers=auth) as response:
+            assert response.status == 201, await response.text()
+            link = (await response.json())["url"]
+        async with session.get(link, allow_redirects=False) as opened:
+            assert opened.status == 303, await opened.text()
+
+
 async def run_twice_on(env: dict[str, str], data: Path) -> None:
     first = await start_up(env, "--data", str(data))
     try:
@@ -219,6 +231,7 @@ async def run_twice_on(env: dict[str, str], data: Path) -> None:
         assert {"PUBLISH_TOKEN", "ACCOUNT_TOKEN", "ADMIN_TOKEN", "RECEIVER_URL"} <= set(exports)
         assert exports["DEMO_SECRET"].startswith("whsec_")
         await publish(exports["CLICKHOOK_API"], exports["PUBLISH_TOKEN"], "lnk_first")
+        await open_portal(exports["CLICKHOOK_API"], exports["ACCOUNT_TOKEN"])
         await first.read_until(r"receiver \| \[receiver\] signature ok .*link=None/abc")
         endpoint = re.search(r"demo endpoint (ep_\w+)", text)
         assert endpoint is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ def make_settings(bootstrap: str, prefix: str, **overrides: Any) -> Settings:
             "CLICKHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
             "CLICKHOOK_ALLOW_HTTP": "true",
             "CLICKHOOK_TOPIC_PARTITIONS": "3",
+            "CLICKHOOK_PORTAL_KEY": secrets.token_hex(32),
         }
     )
     return dataclasses.replace(base, **overrides)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from shared.kafka.clients import Record, create_consumer, ensure_topics
@@ -180,7 +180,8 @@ async def test_held_records_start_once_each_and_never_before_they_are_due(
     await ensure_topics(settings, [NewTopic(topic, 1, 1)])
     now_ms = int(time.time() * 1000)
     # Due soon, 10 ms apart (held behind the head, started as they fall due); then one due
-    # after the park threshold (alone, the rest fetched again later); then more behind it.
+    # after the park threshold (not held: fetched again shortly before it is due); then more
+    # behind it.
     due = [now_ms + 500 + 10 * n for n in range(100)]
     due += [due[-1] + 2500 + 10 * n for n in range(100)]
     await produce(settings.kafka_bootstrap, topic, [b"%d" % at for at in due])
@@ -273,3 +274,90 @@ async def test_a_partition_waiting_for_its_head_holds_no_other_back(settings: Se
         await consumer.stop()
 
     assert started == [ready] * 200
+
+
+TIERS = 3
+TIER_PARTITIONS = 4
+BEHIND_HEAD = 20
+READY = 200
+WAIT_S = 6.0
+
+
+async def _produce_to_partitions(bootstrap: str, records: list[tuple[str, int, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        sent = [await producer.send(t, value=v, partition=p) for t, p, v in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def test_waiting_partitions_hold_no_more_than_the_bound_and_starve_no_due_work(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More tier-like partitions wait than the bound has room for, each for a head a few
+    # seconds off with records behind it, beside a partition whose records are due now. Held
+    # and running records together never exceed the bound; the due records are not kept
+    # waiting behind the held ones; each record starts once, in order, never early.
+    tiers = [settings.topic_prefix + f"tier{n}" for n in range(TIERS)]
+    ready_topic = settings.topic_prefix + "ready"
+    await ensure_topics(
+        settings, [NewTopic(t, TIER_PARTITIONS, 1) for t in tiers] + [NewTopic(ready_topic, 1, 1)]
+    )
+    head_due_ms = int(time.time() * 1000 + WAIT_S * 1000)
+    waiting = [
+        (topic, partition, b"%d" % (head_due_ms + 10 * n))
+        for topic in tiers
+        for partition in range(TIER_PARTITIONS)
+        for n in range(1 + BEHIND_HEAD)
+    ]
+    await _produce_to_partitions(
+        settings.kafka_bootstrap, waiting + [(ready_topic, 0, b"0")] * READY
+    )
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "tiers")
+    started: dict[TopicPartition, list[tuple[int, int, int]]] = {}
+    ready_order: list[str] = []
+    over_bound: list[int] = []
+
+    async def handle(record: Record) -> None:
+        over_bound.extend([worker.occupancy] if worker.occupancy > MAX_IN_FLIGHT else [])
+        tp = TopicPartition(record.topic, record.partition)
+        at_ms = int(time.time() * 1000)
+        started.setdefault(tp, []).append((record.offset, _due_ms(record) or 0, at_ms))
+        ready_order.append(record.topic)
+        await asyncio.sleep(0.02)
+
+    real_getmany = consumer.getmany
+
+    async def getmany_within_the_bound(
+        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        batches: dict[TopicPartition, list[Record]] = await real_getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+        fetched = sum(map(len, batches.values()))
+        # What is fetched is about to be held or started: it must fit beside what already is.
+        if worker.occupancy + fetched > MAX_IN_FLIGHT:
+            over_bound.append(worker.occupancy + fetched)
+        return batches
+
+    monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
+    worker = PartitionWorker(
+        consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=1, not_before_ms=_due_ms
+    )
+    consumer.subscribe([*tiers, ready_topic], listener=worker.listener)
+    total = len(waiting) + READY
+    try:
+        await _run_until(worker, consumer, lambda: sum(map(len, started.values())) >= total)
+    finally:
+        await consumer.stop()
+
+    assert over_bound == []
+    # Nothing of a tier started before every due record had (the tiers' heads were seconds off).
+    assert ready_order[:READY] == [ready_topic] * READY
+    for tp, partition_started in started.items():
+        offsets = [offset for offset, _, _ in partition_started]
+        assert offsets == list(range(READY if tp.topic == ready_topic else 1 + BEHIND_HEAD))
+        assert [o for o, due_ms, at_ms in partition_started if at_ms < due_ms] == []
+    assert len(started) == TIERS * TIER_PARTITIONS + 1

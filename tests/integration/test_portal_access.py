@@ -3,14 +3,25 @@ headers, and one account never seeing another's endpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
+from services.ingest.app import create_app
+from shared.kafka.service_base import service_base
 from shared.ops.settings import Settings
-from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth
+from tests.integration.conftest import (
+    ACCOUNT_A,
+    ACCOUNT_B,
+    ADMIN,
+    PUBLISH,
+    AiohttpClient,
+    auth,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -78,6 +89,56 @@ async def test_a_tampered_link_is_refused(ingest: Client) -> None:
     link = await portal_link(ingest)
     response = await ingest.get(link[:-3] + "AAA", allow_redirects=False)
     assert response.status == 401
+
+
+@pytest.mark.parametrize("key", ["", "ab" * 16], ids=["no key", "16 bytes"])
+async def test_without_a_usable_key_there_is_no_portal(
+    settings: Settings, aiohttp_client: AiohttpClient, key: str
+) -> None:
+    async with service_base(dataclasses.replace(settings, portal_key=key)) as base:
+        with capture_logs() as logs:
+            ingest = await aiohttp_client(create_app(base))
+        link = await ingest.post("/v1/portal/sessions", headers=auth(ACCOUNT_A))
+        anonymous = await ingest.post("/v1/portal/sessions")
+        page = await ingest.get("/portal/")
+        opened = await ingest.get("/portal/open?token=x")
+        clicks_route = await ingest.get("/v1/endpoints", headers=auth(ACCOUNT_A))
+
+    assert link.status == 503
+    assert (await link.json())["error"]["code"] == "portal_disabled"
+    assert anonymous.status == 401
+    assert (page.status, opened.status) == (404, 404)
+    assert clicks_route.status == 200  # the rest of ingest is there
+    assert [line["event"] for line in logs].count("portal_disabled") == 1
+
+
+@pytest.mark.parametrize("token", ["é", "ü.ü", "eyJr.é", "..", "%00"])
+async def test_a_malformed_or_non_ascii_link_is_not_valid(ingest: Client, token: str) -> None:
+    response = await ingest.get(f"/portal/open?token={quote(token)}", allow_redirects=False)
+    assert response.status == 401
+    assert "Link not valid" in await response.text()
+
+
+@pytest.mark.parametrize("cookie", ["é", "ü.ü", "not-a-session", "e30.e30"])
+async def test_a_malformed_or_non_ascii_cookie_is_no_session(ingest: Client, cookie: str) -> None:
+    endpoint_id = await create_endpoint(ingest, ACCOUNT_A)
+    header = {"cookie": f"clickhook_portal={quote(cookie) if not cookie.isascii() else cookie}"}
+    raw = {"cookie": f"clickhook_portal={cookie}".encode().decode("latin-1")}
+    for headers in (header, raw):
+        page = await ingest.get("/portal/", headers=headers)
+        write = await ingest.post(
+            f"/portal/endpoints/{endpoint_id}/disable", data={"csrf": "é"}, headers=headers
+        )
+        assert page.status == 401
+        assert "Session expired" in await page.text()
+        assert write.status == 401
+
+
+async def test_a_non_ascii_csrf_token_is_refused(ingest: Client) -> None:
+    endpoint_id = await create_endpoint(ingest, ACCOUNT_A)
+    await open_portal(ingest)
+    response = await ingest.post(f"/portal/endpoints/{endpoint_id}/disable", data={"csrf": "é"})
+    assert response.status == 403
 
 
 async def test_without_a_session_the_portal_says_so(ingest: Client) -> None:

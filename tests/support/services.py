@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -108,6 +109,8 @@ def service_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
             "CLICKHOOK_LOG_FORMAT": "json",
             "CLICKHOOK_TOPIC_PARTITIONS": "3",
             "CLICKHOOK_DRAIN_GRACE": "5s",
+            # Ingest's portal signs with it (without one the portal is off).
+            "CLICKHOOK_PORTAL_KEY": secrets.token_hex(32),
         }
     )
     env.update(extra)

@@ -2,12 +2,16 @@
 self-contained, so that any ingest replica accepts what another issued.
 
 - A link (``POST /v1/portal/sessions``) carries the account, a random nonce and an expiry five
-  minutes ahead, signed with HMAC-SHA256 under the portal key (``CLICKHOOK_PORTAL_KEY``, or one
-  derived from ``CLICKHOOK_API_KEYS``: every replica has the same).
+  minutes ahead, signed with HMAC-SHA256 under the portal key (``CLICKHOOK_PORTAL_KEY``: every
+  replica has the same). Without a key of at least ``MIN_KEY_BYTES`` random bytes there is no
+  portal at all (fail closed): never a key from the source, nor one derived from the API
+  tokens (rotating a token would end every customer's session).
 - Opening it checks the signature and expiry, and that this instance has not seen the nonce
   (one-time use). That memory is per instance, the most a stateless design allows: behind
   several replicas a leaked link could be opened once per replica within its five minutes.
   The link leaves the address bar at once (a redirect), and is useless after five minutes.
+- A token or cookie that is not what we issued (altered, not ASCII, not base64, not JSON) is
+  simply not valid: ``None``, never an exception.
 - The session cookie holds the account, a fresh session id and an expiry an hour ahead, signed
   the same way. The CSRF token of a session is an HMAC of its id: forms carry it and it is
   checked on every write, since the cookie must be ``SameSite=None`` to work in the shortener's
@@ -17,6 +21,8 @@ self-contained, so that any ingest replica accepts what another issued.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -30,6 +36,8 @@ from shared.ops.settings import Settings
 LINK_TTL_S = 300
 SESSION_TTL_S = 3600
 KEY_CONTEXT = b"clickhook portal v1"
+MIN_KEY_BYTES = 32
+KEY_HINT = "CLICKHOOK_PORTAL_KEY: at least 32 random bytes, hex or base64 (openssl rand -base64 32)"
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -51,13 +59,38 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class PortalKeyError(ValueError):
+    """No usable portal key: the portal stays off (``reason`` says why, for the log)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; {KEY_HINT}")
+        self.reason = reason
+
+
 def portal_key(settings: Settings) -> bytes:
-    """The signing key: the setting, or a key derived from the API tokens (which every ingest
-    replica shares), so a deployment works without one more secret."""
-    if settings.portal_key:
-        return hashlib.sha256(KEY_CONTEXT + b"\x00" + settings.portal_key.encode()).digest()
-    tokens = "\x00".join(sorted(key.token for key in settings.api_keys))
-    return hashlib.sha256(KEY_CONTEXT + b"\x01" + tokens.encode()).digest()
+    """The signing key, from ``CLICKHOOK_PORTAL_KEY`` (hex or base64 of at least
+    ``MIN_KEY_BYTES`` bytes); ``PortalKeyError`` when it is missing or too short."""
+    if not settings.portal_key:
+        raise PortalKeyError("no portal key")
+    raw = _decode_key(settings.portal_key.strip())
+    if raw is None:
+        raise PortalKeyError("the portal key is neither hex nor base64")
+    if len(raw) < MIN_KEY_BYTES:
+        raise PortalKeyError(f"the portal key is {len(raw)} bytes, fewer than {MIN_KEY_BYTES}")
+    return hashlib.sha256(KEY_CONTEXT + b"\x00" + raw).digest()
+
+
+def _decode_key(text: str) -> bytes | None:
+    if not text.isascii():
+        return None
+    with contextlib.suppress(ValueError):
+        return bytes.fromhex(text)
+    try:
+        # Standard or URL-safe alphabet, padding optional: what key generators print.
+        normalised = text.replace("-", "+").replace("_", "/")
+        return base64.b64decode(normalised + "=" * (-len(normalised) % 4), validate=True)
+    except binascii.Error:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +114,9 @@ class PortalSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def _verify(self, token: str, kind: str, now_s: float) -> Claims | None:
+        # What we issue is ASCII; compare_digest raises on other text (a 500, not a refusal).
+        if not token.isascii():
+            return None
         payload, _, mac = token.partition(".")
         if not mac or not hmac.compare_digest(mac, self._mac(payload)):
             return None
@@ -130,4 +166,6 @@ class PortalSigner:
 
 
 def csrf_matches(session: Session, presented: str | None) -> bool:
-    return presented is not None and hmac.compare_digest(session.csrf_token, presented)
+    if presented is None or not presented.isascii():
+        return False
+    return hmac.compare_digest(session.csrf_token, presented)

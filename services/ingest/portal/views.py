@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import aiohttp_jinja2
 import jinja2
 import msgspec
+import structlog
 from aiohttp import web
 
 from services.ingest.api_types import (
@@ -28,7 +29,9 @@ from services.ingest.auth import Authenticator, Principal, insufficient_scope
 from services.ingest.delivery_log.api import DeliveryLogApi, attempt_filter, decode_cursor
 from services.ingest.endpoints_api import EndpointApi, etag
 from services.ingest.portal.sessions import (
+    KEY_HINT,
     SESSION_TTL_S,
+    PortalKeyError,
     PortalSigner,
     Session,
     csrf_matches,
@@ -40,6 +43,8 @@ from shared.kafka.endpoint_store import EndpointStore
 from shared.model.errors import DeliveryLogUnavailable
 from shared.model.messages import Endpoint
 from shared.ops.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).parent
 COOKIE = "clickhook_portal"
@@ -143,9 +148,9 @@ class PortalDeps:
 
 
 class Portal:
-    def __init__(self, deps: PortalDeps) -> None:
+    def __init__(self, deps: PortalDeps, key: bytes) -> None:
         self._deps = deps
-        self._signer = PortalSigner(portal_key(deps.settings))
+        self._signer = PortalSigner(key)
         self._headers = security_headers(deps.settings.portal_frame_ancestors)
 
     # --- access ---------------------------------------------------------------------------------
@@ -462,8 +467,15 @@ def _when(value: datetime | None) -> str:
 
 
 def add_portal(app: web.Application, deps: PortalDeps) -> None:
-    """The portal as a sub-application at /portal/, and the route that opens it."""
-    portal = Portal(deps)
+    """The portal as a sub-application at /portal/, and the route that opens it; without a
+    usable key, no portal (only that route, answering why)."""
+    try:
+        key = portal_key(deps.settings)
+    except PortalKeyError as exc:
+        log.warning("portal_disabled", reason=exc.reason, fix=KEY_HINT)
+        app.router.add_post(PORTAL_SESSION_PATH, _disabled(deps.auth))
+        return
+    portal = Portal(deps, key)
     sub = web.Application(middlewares=[portal.middleware])
     env = aiohttp_jinja2.setup(
         sub,
@@ -494,3 +506,16 @@ def add_portal(app: web.Application, deps: PortalDeps) -> None:
     router.add_static("/static/", HERE / "static", append_version=True)
     app.add_subapp(PORTAL_PATH, sub)
     app.router.add_post(PORTAL_SESSION_PATH, portal.create_session)
+
+
+def _disabled(auth: Authenticator) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def portal_disabled(request: web.Request) -> web.Response:
+        auth.authenticate(request)  # the same 401 as when the portal is on
+        raise ApiError(
+            503,
+            "portal_disabled",
+            "the customer portal is off: this deployment has no portal key"
+            " (CLICKHOOK_PORTAL_KEY, at least 32 random bytes)",
+        )
+
+    return portal_disabled
