@@ -65,7 +65,8 @@ def expired(job: ReplayJob, dlq_log_start: int, now_ms: int) -> bool:
 
 
 class ReplayBook:
-    """Every replay job, as the records of ``webhook.replays`` read so far make it.
+    """Every replay job, as the records of ``webhook.replays`` (one partition: offsets order
+    every record) read so far make it.
 
     ``apply`` takes records in topic order; a record at or below the offset already applied
     for its key is ignored, so a write applied at once by its writer (read-your-writes) is not
@@ -127,6 +128,17 @@ class ReplayBook:
             (job for job in self.of_endpoint(endpoint_id) if job.state_at(now_ms) == "running"),
             None,
         )
+
+    def rival(self, job: ReplayJob, now_ms: int, since_offset: int) -> ReplayJob | None:
+        """Another job of ``job``'s endpoint that runs now, or that wrote at or after
+        ``since_offset`` (the topic's end when ``job`` was asked for): it ran meanwhile, so
+        the two were asked for concurrently, however short it was."""
+        for other in reversed(self.of_endpoint(job.endpoint_id)):
+            if other.id == job.id:
+                continue
+            if other.state_at(now_ms) == "running" or self._offsets[other.id] >= since_offset:
+                return other
+        return None
 
     def expired(
         self, endpoint_id: str, dlq_partition: int, dlq_log_start: int, now_ms: int

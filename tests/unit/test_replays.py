@@ -148,3 +148,23 @@ def test_expired_jobs_are_those_of_the_partition_asked_about() -> None:
         book.apply(each.id, encode(each), offset)
 
     assert book.expired("ep_1", 0, dlq_log_start=20, now_ms=at) == [here]
+
+
+def test_a_job_that_wrote_since_a_start_was_asked_for_is_its_rival() -> None:
+    at = now_ms()
+    book = ReplayBook()
+    quick = job("completed", id="rpl_quick", started_at_ms=at - 1)
+    book.apply(quick.id, encode(quick), 7)
+    new = job(RUNNING, id="rpl_new", started_at_ms=at)
+
+    assert book.rival(new, at, since_offset=7) == quick
+    assert book.rival(new, at, since_offset=8) is None
+
+
+def test_a_running_job_is_a_rival_however_old() -> None:
+    at = now_ms()
+    book = ReplayBook()
+    old = job(RUNNING, id="rpl_old", started_at_ms=at - 10, updated_at_ms=at)
+    book.apply(old.id, encode(old), 0)
+
+    assert book.rival(job(RUNNING, id="rpl_new"), at, since_offset=5) == old
