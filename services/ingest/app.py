@@ -18,6 +18,9 @@ from shared.kafka.service_base import ServiceBase
 from shared.ops import metrics
 from shared.ops.health import add_ops_routes
 
+# The app's replay jobs (tests look at what an instance has read through it).
+REPLAYS = web.AppKey("replays", ReplayApi)
+
 
 def create_app(base: ServiceBase) -> web.Application:
     settings = base.settings
@@ -42,6 +45,7 @@ def create_app(base: ServiceBase) -> web.Application:
     app.router.add_delete("/v1/endpoints/{endpoint_id}/backfill", backfills.cancel)
     app.on_cleanup.append(backfills.close)
     app.cleanup_ctx.append(replays.lifecycle)
+    app[REPLAYS] = replays
     delivery_log = DeliveryLogApi(
         settings,
         DeliveryLog(settings),

@@ -37,7 +37,9 @@ REF = "#/components/schemas/{name}"
 REPLAY_NOTE = (
     "A job: it streams the endpoint's dead letters of the window back into the first retry "
     "tier, skipping those an earlier replay sent. Its progress is kept in Kafka, so any "
-    "instance answers; a replay whose instance stopped shows as interrupted."
+    "instance answers; a replay whose instance stopped shows as interrupted. One job per "
+    "endpoint: a start while one runs (or racing one, on any instance) answers 409 "
+    "`replay_running` with the running job's `replay.id` and progress in `details`."
 )
 BACKFILL_NOTE = (
     "Progress lives in the memory of the ingest instance that started the backfill: status and "

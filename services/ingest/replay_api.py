@@ -15,7 +15,6 @@ import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import msgspec
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -23,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.api_types import ReplayRequest, ReplayStatus
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.responses import ApiError, read_json_body, struct_response
-from shared.kafka.replay import ReplayJobs, ReplayRun, new_job, now_ms
+from shared.kafka.replay import ReplayJobs, ReplayRun, ReplayRunning, now_ms, start_job
 from shared.model.errors import Problem
 from shared.model.messages import Endpoint, ReplayJob
 from shared.ops.settings import Settings
@@ -56,6 +55,26 @@ def replay_status(job: ReplayJob) -> ReplayStatus:
         updated_at=_time(job.updated_at_ms),
         finished_at=_time(job.finished_at_ms) if job.finished_at_ms is not None else None,
         error=job.error,
+    )
+
+
+def replay_running(job: ReplayJob) -> ApiError:
+    """409: the endpoint's running job, with its id and progress in the details."""
+    status = replay_status(job)
+    progress = {
+        "replay.id": status.id,
+        "replay.state": status.state,
+        "replay.matched": str(status.matched),
+        "replay.replayed": str(status.replayed),
+        "replay.already_replayed": str(status.already_replayed),
+        "replay.started_at": status.started_at.isoformat(),
+        "replay.updated_at": status.updated_at.isoformat(),
+    }
+    return ApiError(
+        409,
+        "replay_running",
+        f"this endpoint's replay {job.id} is still running",
+        [Problem(field, value) for field, value in progress.items()],
     )
 
 
@@ -119,8 +138,8 @@ class ReplayApi:
         if not endpoint.enabled:
             raise ApiError(409, "endpoint_disabled", "enable the endpoint before a replay")
         await self.jobs.loaded.wait()
-        if self.jobs.running(endpoint.id) is not None:
-            raise ApiError(409, "replay_running", "this endpoint's replay is still running")
+        if (running := self.jobs.running(endpoint.id)) is not None:
+            raise replay_running(running)  # seen without asking the broker
         if sum(not task.done() for task in self._tasks.values()) >= MAX_RUNNING:
             raise ApiError(
                 503,
@@ -129,15 +148,18 @@ class ReplayApi:
                 headers={"retry-after": BUSY_RETRY_AFTER_S},
             )
         until = body.until or now
-        job = await new_job(
-            self._settings,
-            endpoint.id,
-            endpoint.account_id,
-            int(body.since.timestamp() * 1000),
-            int(until.timestamp() * 1000),
-            owner=self._owner,
-        )
-        await self.jobs.put(job)
+        window_ms = (int(body.since.timestamp() * 1000), int(until.timestamp() * 1000))
+        try:
+            job = await start_job(
+                self._settings,
+                self.jobs,
+                endpoint.id,
+                endpoint.account_id,
+                window_ms,
+                owner=self._owner,
+            )
+        except ReplayRunning as exc:
+            raise replay_running(exc.running) from exc
         run = ReplayRun(self._settings, self._producer, self.jobs, job)
         self._tasks[job.id] = asyncio.create_task(run.run(), name=f"replay-{job.id}")
         log.info("replay_started", endpoint_id=endpoint.id, job_id=job.id)
@@ -162,8 +184,8 @@ class ReplayApi:
             with contextlib.suppress(asyncio.CancelledError):
                 await local
         else:
-            # Another instance runs it: it stops at its next heartbeat.
-            await self.jobs.put(msgspec.structs.replace(job, cancel_requested=True))
+            # Another instance (or the CLI) runs it: it stops at its next heartbeat.
+            await self.jobs.request_cancel(job.id, by=self._owner)
             await self.jobs.ended(job.id, CANCEL_WAIT_S)
         return self.jobs.get(job.id) or job
 

@@ -27,7 +27,8 @@ from shared.cli.base import (
 )
 from shared.cli.times import rfc3339_ms, to_ms
 from shared.kafka.window import read_window
-from shared.model.messages import DeadLetter, ReplayJob, decode_dead_letter, decode_replay
+from shared.model.messages import DeadLetter, ReplayJob, decode_dead_letter
+from shared.model.replays import ReplayBook
 from shared.model.topics import Topics
 from shared.ops.settings import Settings
 
@@ -103,19 +104,13 @@ class Filters:
 
 
 async def replay_jobs(settings: Settings) -> list[ReplayJob]:
-    """Every replay job's latest state (the topic is compacted: the last record of a key wins)."""
-    latest: dict[bytes, ReplayJob] = {}
+    """Every replay job's state, as every instance reads ``webhook.replays``."""
+    book = ReplayBook()
     async for record in read_window(settings, Topics(settings.topic_prefix).replays, 0):
-        if record.key is None:
-            continue
-        if record.value is None:
-            latest.pop(record.key, None)
-            continue
-        try:
-            latest[record.key] = decode_replay(record.value)
-        except msgspec.DecodeError:
-            continue  # not a job this version can read: it covers nothing here
-    return list(latest.values())
+        if record.key is not None:
+            # An unreadable record is not a job this version knows: it covers nothing here.
+            book.apply(record.key.decode(errors="replace"), record.value, record.offset)
+    return book.all()
 
 
 async def dead_letters(settings: Settings, filters: Filters) -> AsyncIterator[Letter]:

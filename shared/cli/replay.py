@@ -2,7 +2,8 @@
 
 The job runs in this process (``shared.kafka.replay.run_replay``) and is kept in
 ``webhook.replays`` like one started through the API; a long one shows a progress bar on a
-terminal. Ctrl-C cancels it (what was handed on stays handed on, and is not sent twice).
+terminal. Ctrl-C cancels it (what was handed on stays handed on, and is not sent twice). It
+claims the endpoint as the API does: while another replay of the endpoint runs, it refuses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from shared.cli.base import TIME_HELP, CliError, time_arg
 from shared.cli.endpoints import endpoint_store, known
 from shared.cli.times import to_ms
 from shared.kafka.clients import create_producer
-from shared.kafka.replay import run_replay
+from shared.kafka.replay import ReplayRunning, run_replay
 from shared.model.messages import ReplayJob
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
@@ -83,6 +84,8 @@ async def replay(settings: Settings, args: argparse.Namespace) -> None:
                 until_ms=to_ms(until),
                 on_progress=bar.update,
             )
+    except ReplayRunning as exc:
+        raise CliError(_still_running(exc.running)) from exc
     finally:
         await close_quietly("producer", producer.stop())
     print(
@@ -91,6 +94,14 @@ async def replay(settings: Settings, args: argparse.Namespace) -> None:
     )
     if job.state != "completed":
         raise CliError(f"replay {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+
+
+def _still_running(job: ReplayJob) -> str:
+    return (
+        f"replay {job.id} of {job.endpoint_id} is still running ({job.owner or 'unknown'}: "
+        f"{job.matched} dead letters matched, {job.replayed} replayed so far); wait for it "
+        "or cancel it (DELETE /v1/endpoints/{id}/replay)"
+    )
 
 
 def add_commands(commands: Any) -> None:

@@ -4,29 +4,13 @@ Reads. Every service reads ``webhook.endpoints`` from the beginning into an ``En
 and then follows it (``follow``, a supervised task). An endpoint's ``version`` is the offset of
 the record that holds its current state; the API shows it as the ``ETag``.
 
-Writes are compare-and-set, built on Kafka's transactions since Kafka has no compare-and-set.
-Every writer of the topic, in every instance of every service, writes under one transactional
-id. Opening a producer with that id fences all the others: a writer that opened before can no
-longer commit (``ProducerFenced``), and what it had written is aborted, which no reader ever
-sees (the consumers read committed records only). After opening, the writer reads the topic to
-its end, looks at the endpoint as it now stands (its version against ``If-Match``, or the change
-to make to it), writes and commits. A write therefore commits only if no other write committed
-between its read and its commit; one that was fenced starts again from the read, a bounded
-number of times. This is how Kafka Connect keeps a zombie leader from writing its config topic
-(KIP-618).
-
-Why not a base version in each record, checked by every reader: two writers racing on one key
-both append, the loser's record comes last, and compaction keeps the last record of a key. A
-reader that starts after compaction sees only the loser's record and cannot tell it lost, so
-its table would differ from every other reader's for good. With transactions a losing write is
-aborted: never visible, dropped by the log cleaner, so the last record of every key is always a
-write that won, and a reader that starts after compaction builds the same table as one that
-read every record. Records written before this scheme (plain, non-transactional) read as before.
-
-Costs: a write opens a short-lived producer (a few milliseconds against a local broker) and
-waits for the others of this instance; a writer that dies inside its transaction holds every
-reader back (read_committed stops at an open transaction) until the next writer fences it or
-``WRITE_TRANSACTION_TIMEOUT_MS`` passes.
+Writes are compare-and-set (``shared.kafka.fenced``): every writer of the topic writes under
+one transactional id, reads the topic to its end once it has fenced the others, looks at the
+endpoint as it now stands (its version against ``If-Match``, or the change to make to it),
+writes and commits; a write that was fenced starts again from the read. A losing write is
+aborted, never visible, so a reader that starts after compaction builds the same table as one
+that read every record. Records written before this scheme (plain, non-transactional) read as
+before.
 """
 
 from __future__ import annotations
@@ -37,10 +21,11 @@ from collections.abc import Callable, Collection
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.kafka.clients import MAX_MESSAGE_BYTES, create_consumer
+from shared.kafka import fenced
+from shared.kafka.clients import create_consumer
+from shared.kafka.fenced import FOLLOW_FETCH_WAIT_MS, FencedWriter
 from shared.kafka.metadata import partitions_when_ready
 from shared.kafka.window import read_to_ends
 from shared.model.endpoint_table import EndpointTable
@@ -54,20 +39,6 @@ from shared.ops.settings import Settings
 log = structlog.get_logger(__name__)
 
 FOLLOW_POLL_MS = 1000
-# How long the broker may hold the follower's fetch when nothing is new. A write first waits
-# for the follower to pass the end of the topic, which after a transaction is its commit
-# marker: a control record that only a fetch of its own brings in. This bounds that wait.
-FOLLOW_FETCH_WAIT_MS = 100
-# A write fenced this many times in a row (other writers kept committing) gives up.
-MAX_WRITE_ATTEMPTS = 5
-# Before trying again, a fenced writer waits a random part of this, times its attempt: two
-# writers fencing each other in turn fall out of step.
-FENCED_BACKOFF_S = 0.05
-# How often a writer looks whether the follower has read up to the end it waits for.
-READ_POLL_S = 0.005
-# A write's transaction is open for one send and one commit; a writer that dies with one open
-# holds the topic's readers back at most this long.
-WRITE_TRANSACTION_TIMEOUT_MS = 15_000
 
 # A change to an endpoint: the endpoint as it stands in, the endpoint to write out (None:
 # nothing to do). Pure: it may run again on a newer version.
@@ -130,18 +101,18 @@ class EndpointStore:
         self._consumer: AIOKafkaConsumer = create_consumer(
             settings, group_id=None, fetch_max_wait_ms=FOLLOW_FETCH_WAIT_MS
         )
+        self._writer = FencedWriter(
+            settings, self._topic, self._consumer, client_id="clickhook-endpoints", rng=rng
+        )
         self._assignment: list[TopicPartition] = []
         self._end_offsets: dict[TopicPartition, int] = {}
-        self._write_lock = asyncio.Lock()
-        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not security
         self.table = EndpointTable()
         self.loaded = asyncio.Event()
 
     @property
     def writer_id(self) -> str:
-        """The transactional id every writer of the topic shares (prefixed like the topic, so
-        environments sharing a cluster never fence each other)."""
-        return f"{self._topic}.writer"
+        """The transactional id every writer of the topic shares."""
+        return self._writer.writer_id
 
     async def start(self) -> None:
         """Assign the topic and find where it ends; ``follow`` then reads it."""
@@ -237,79 +208,32 @@ class EndpointStore:
         self, endpoint_id: str, decide: Callable[[Endpoint | None], _Decision]
     ) -> Endpoint | None:
         """Read to the end, ask ``decide`` what to write, write it; again if fenced."""
-        async with self._write_lock:  # one transactional producer of ours at a time
-            for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-                producer = self._transactional_producer()
-                try:
-                    # Opening the producer fences every other writer: from here on, no write
-                    # commits unless it is ours or it fenced us (and then ours does not).
-                    await producer.start()
-                    await self.read_to_end()
-                    decision = decide(self.table.get(endpoint_id))
-                    if isinstance(decision, _Keep):
-                        return self.table.get(endpoint_id)
-                    value = None if decision is None else encode_endpoint(decision)
-                    async with producer.transaction():
-                        meta = await producer.send_and_wait(
-                            self._topic, key=endpoint_id.encode(), value=value
-                        )
-                except ProducerFenced:
-                    _forget_fencing(producer)
-                    log.info("endpoint_write_fenced", endpoint_id=endpoint_id, attempt=attempt)
-                    await asyncio.sleep(self._rng.uniform(0, FENCED_BACKOFF_S * attempt))
-                    continue
-                finally:
-                    await close_quietly("endpoint writer", producer.stop())
-                # Read-your-writes: the write is in the table before the caller answers.
-                self.table.apply(endpoint_id, decision, meta.offset)
-                self._update_gauge()
-                await self._wait_for_commit_marker(
-                    TopicPartition(meta.topic, meta.partition), meta.offset
-                )
-                return self.table.get(endpoint_id)
-        raise WriteContended(endpoint_id, MAX_WRITE_ATTEMPTS)
+        decision: _Decision = _KEEP
 
-    async def _wait_for_commit_marker(self, tp: TopicPartition, offset: int) -> None:
-        """Wait until the write's commit marker is in the log, seen by our own follower.
+        def encoded() -> fenced.Decision:
+            nonlocal decision
+            decision = decide(self.table.get(endpoint_id))
+            if isinstance(decision, _Keep):
+                return fenced.KEEP
+            return None if decision is None else encode_endpoint(decision)
 
-        A commit returns once the coordinator has decided, before the markers are written;
-        until they are, no reader of committed records sees the write. A caller that answers
-        at once lets its client publish a click that a dispatcher may read before the
-        endpoint (seen on a fresh broker, whose first markers took seconds): the click went
-        to the endpoints of the old table. Once the marker is in the log, every follower's
-        waiting fetch returns it at once.
-        """
+        def applied(offset: int) -> None:
+            # Read-your-writes: the write is in the table before the caller answers.
+            assert not isinstance(decision, _Keep)  # for mypy: only a write commits
+            self.table.apply(endpoint_id, decision, offset)
+            self._update_gauge()
+
         try:
-            async with asyncio.timeout(self._settings.publish_timeout_s):
-                while await self._consumer.position(tp) <= offset:  # noqa: ASYNC110
-                    await asyncio.sleep(READ_POLL_S)
-        except TimeoutError:
-            log.warning("endpoint_write_not_yet_visible", partition=tp.partition, offset=offset)
-
-    def _transactional_producer(self) -> AIOKafkaProducer:
-        timeout_ms = int(self._settings.publish_timeout_s * 1000)
-        return AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            transactional_id=self.writer_id,
-            enable_idempotence=True,
-            acks="all",
-            transaction_timeout_ms=WRITE_TRANSACTION_TIMEOUT_MS,
-            request_timeout_ms=timeout_ms,
-            max_request_size=MAX_MESSAGE_BYTES,
-            client_id="clickhook-endpoints",
-        )
+            await self._writer.write(endpoint_id, encoded, applied)
+        except fenced.WriteContended as exc:
+            raise WriteContended(endpoint_id, exc.attempts) from exc
+        return self.table.get(endpoint_id)
 
     async def read_to_end(self) -> None:
         """Wait until ``table`` holds every record committed so far (bounded by the publish
-        timeout): what a write sees before it decides, and what a read does that must not
-        miss a write another instance made a moment ago."""
-        ends = await self._consumer.end_offsets(self._assignment)
-        async with asyncio.timeout(self._settings.publish_timeout_s):
-            for tp, end in ends.items():
-                # Polled: the position also moves past transaction markers, which wake no
-                # one (the follower's getmany returns only for records).
-                while await self._consumer.position(tp) < end:  # noqa: ASYNC110
-                    await asyncio.sleep(READ_POLL_S)
+        timeout): what a read does that must not miss a write another instance made a moment
+        ago."""
+        await self._writer.read_to_end()
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -344,19 +268,3 @@ class EndpointStore:
 def _check_version(current: Endpoint, if_match: Collection[int] | None) -> None:
     if if_match is not None and current.version not in if_match:
         raise VersionMismatch(current, if_match)
-
-
-def _forget_fencing(producer: AIOKafkaProducer) -> None:
-    """Mark the fencing error retrieved wherever aiokafka also left it (its transaction waiter,
-    the futures of the batch the fenced send was in), which nobody awaits once the producer is
-    dropped:
-    asyncio would log "Future exception was never retrieved", an error line for an outcome
-    that is expected here. aiokafka has no public way to do this."""
-    accumulator = producer._message_accumulator
-    batches = [*accumulator._pending_batches]
-    batches += [batch for queued in accumulator._batches.values() for batch in queued]
-    futures = [producer._txn_manager.wait_for_transaction_end()]
-    futures += [future for batch in batches for future in (batch.future, batch._drain_waiter)]
-    for future in futures:
-        if future.done() and not future.cancelled():
-            future.exception()

@@ -26,15 +26,28 @@ class TopicFollower:
     ``start`` readies the consumer; ``follow`` is the work, run as a (supervised) task."""
 
     def __init__(
-        self, settings: Settings, topic: str, apply: Callable[[Record], None], *, name: str
+        self,
+        settings: Settings,
+        topic: str,
+        apply: Callable[[Record], None],
+        *,
+        name: str,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         self._settings = settings
         self._topic = topic
         self._apply = apply
         self._name = name
-        self._consumer: AIOKafkaConsumer = create_consumer(settings, group_id=None)
+        self._consumer: AIOKafkaConsumer = create_consumer(
+            settings, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
+        )
         self.loaded = asyncio.Event()
         self._ends: dict[TopicPartition, int] = {}
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        """The consumer whose position says how far ``apply`` has been given the topic."""
+        return self._consumer
 
     async def start(self) -> None:
         assignment = await partitions_when_ready(self._settings, self._topic)

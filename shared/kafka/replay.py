@@ -12,6 +12,13 @@ it goes (at least every ``REPLAY_HEARTBEAT_MS``): every instance and the CLI see
 progress, a job whose process died shows as ``interrupted``, and letters are marked replayed
 only once their hand-off was acknowledged. Memory stays flat whatever the size of the topic:
 letters are read and sent in batches, never gathered.
+
+One job per endpoint at a time, whoever starts it: a job claims its endpoint by a fenced
+compare-and-set (``ReplayJobs.claim``), so two starts racing on two instances, or the API and
+the CLI, give one job and one ``ReplayRunning``. A cancel is a record of its own
+(``cancel:<job id>``), and readers merge records so that a finished job never reverts to
+running (``shared.model.replays``). A job is forgotten (tombstoned) once retention has
+deleted every letter it covered; the next start of its endpoint sweeps it.
 """
 
 from __future__ import annotations
@@ -30,18 +37,21 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.kafka.clients import Record, create_consumer
+from shared.kafka.fenced import FOLLOW_FETCH_WAIT_MS, Decision, FencedWriter
 from shared.kafka.follower import TopicFollower
 from shared.kafka.metadata import partitions_when_ready
 from shared.kafka.window import read_to_ends
+from shared.model.errors import ClickhookError
 from shared.model.messages import (
     REPLAY_HEARTBEAT_MS,
     DeadLetter,
+    ReplayCancel,
     ReplayJob,
     ReplayState,
     decode_dead_letter,
-    decode_replay,
     encode,
 )
+from shared.model.replays import ReplayBook, cancel_key
 from shared.model.topics import HEADER_DUE_AT_MS, Topics
 from shared.ops import metrics
 from shared.ops.process import close_quietly
@@ -70,15 +80,38 @@ def dlq_partition(endpoint_id: str, partitions: list[int]) -> int:
     return chosen
 
 
+class ReplayRunning(ClickhookError):
+    """A job was asked to start while another of the same endpoint runs."""
+
+    def __init__(self, running: ReplayJob) -> None:
+        super().__init__(f"replay {running.id} of {running.endpoint_id} is still running")
+        self.running = running
+
+
 class ReplayJobs:
-    """Every replay job, followed from ``webhook.replays``; writes go through it."""
+    """Every replay job, followed from ``webhook.replays`` (``ReplayBook``); writes go
+    through it.
+
+    A job starts by claiming its endpoint (``claim``): a compare-and-set through the topic's
+    ``FencedWriter``, which writes the job only if no other job of the endpoint is running
+    once every committed record has been read, so of two starts racing from two instances
+    (or the CLI) exactly one commits. Heartbeats (``put``) are plain writes of the owner; a
+    cancel (``request_cancel``) is a record of its own that no heartbeat overwrites."""
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self._topic = Topics(settings.topic_prefix).replays
         self._producer = producer
-        self._jobs: dict[str, ReplayJob] = {}
-        self._offsets: dict[str, int] = {}
-        self._follower = TopicFollower(settings, self._topic, self._apply, name="replay-follower")
+        self._book = ReplayBook()
+        self._follower = TopicFollower(
+            settings,
+            self._topic,
+            self._apply,
+            name="replay-follower",
+            fetch_max_wait_ms=FOLLOW_FETCH_WAIT_MS,
+        )
+        self._writer = FencedWriter(
+            settings, self._topic, self._follower.consumer, client_id="clickhook-replays"
+        )
         self.loaded = self._follower.loaded
         self._changed = asyncio.Event()
 
@@ -92,69 +125,100 @@ class ReplayJobs:
     async def stop(self) -> None:
         await self._follower.stop()
 
+    async def read_to_end(self) -> None:
+        """Wait until every record committed so far is in the view."""
+        await self._writer.read_to_end()
+
     def get(self, job_id: str) -> ReplayJob | None:
-        return self._jobs.get(job_id)
+        return self._book.get(job_id)
 
     def of_endpoint(self, endpoint_id: str) -> list[ReplayJob]:
         """The endpoint's jobs, oldest first."""
-        jobs = [job for job in self._jobs.values() if job.endpoint_id == endpoint_id]
-        return sorted(jobs, key=lambda job: job.started_at_ms)
+        return self._book.of_endpoint(endpoint_id)
+
+    def running(self, endpoint_id: str) -> ReplayJob | None:
+        return self._book.running(endpoint_id, now_ms())
 
     async def ended(self, job_id: str, timeout_s: float) -> bool:
         """Wait until the job is no longer running; False if it still is after ``timeout_s``."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                while (job := self._jobs.get(job_id)) is None or job.state_at(
-                    now_ms()
-                ) == "running":
+                while (job := self.get(job_id)) is None or job.state_at(now_ms()) == "running":
                     self._changed.clear()
                     await self._changed.wait()
                 return True
         return False
 
-    def running(self, endpoint_id: str) -> ReplayJob | None:
-        at_ms = now_ms()
-        return next(
-            (j for j in self.of_endpoint(endpoint_id) if j.state_at(at_ms) == "running"), None
+    async def end_offset(self) -> int:
+        """Where the topic (one partition) ends now: a claim's ``asked_at``."""
+        ends = await self._follower.consumer.end_offsets(list(self._follower.consumer.assignment()))
+        return max(ends.values(), default=0)
+
+    async def claim(self, job: ReplayJob, *, asked_at: int) -> None:
+        """Write a new job unless another job of its endpoint runs, or ran since the topic
+        ended at ``asked_at`` (``ReplayRunning``): a start racing one that was quick to end
+        is refused too. Seen here at once."""
+        value = encode(job)
+
+        def unless_running() -> Decision:
+            rival = self._book.rival(job, now_ms(), asked_at)
+            if rival is not None:
+                raise ReplayRunning(rival)
+            return value
+
+        await self._writer.write(
+            job.id, unless_running, lambda offset: self._applied(job.id, value, offset)
         )
 
     async def put(self, job: ReplayJob) -> None:
-        """Write a job's state and see it here at once."""
-        meta = await self._producer.send_and_wait(
-            self._topic, key=job.id.encode(), value=encode(job)
-        )
-        self._remember(job, meta.offset)
+        """Write a job's state (its owner's heartbeat or end) and see it here at once."""
+        await self._send(job.id, encode(job))
+
+    async def request_cancel(self, job_id: str, by: str) -> None:
+        """Ask the job's owner, wherever it runs, to stop at its next heartbeat."""
+        cancel = ReplayCancel(job_id=job_id, requested_at_ms=now_ms(), by=by)
+        await self._send(cancel_key(job_id), encode(cancel))
+
+    async def forget_expired(self, endpoint_id: str, dlq: DlqPartition) -> None:
+        """Tombstone the endpoint's jobs that no letter in the DLQ depends on any more."""
+        for job in self._book.expired(endpoint_id, dlq.partition, dlq.log_start, now_ms()):
+            await self._send(cancel_key(job.id), None)
+            await self._send(job.id, None)
+            log.info("replay_forgotten", endpoint_id=endpoint_id, job_id=job.id)
+
+    async def _send(self, key: str, value: bytes | None) -> None:
+        meta = await self._producer.send_and_wait(self._topic, key=key.encode(), value=value)
+        self._applied(key, value, meta.offset)
 
     def _apply(self, record: Record) -> None:
-        if record.value is None:
+        if record.key is None:
+            log.warning("replay_record_without_key", offset=record.offset)
             return
-        try:
-            job = decode_replay(record.value)
-        except msgspec.DecodeError as exc:
-            log.error("replay_record_unreadable", offset=record.offset, error=str(exc))  # noqa: TRY400
+        self._applied(record.key.decode(errors="replace"), record.value, record.offset)
+
+    def _applied(self, key: str, value: bytes | None, offset: int) -> None:
+        applied = self._book.apply(key, value, offset)
+        if applied == "unreadable":
+            log.error("replay_record_unreadable", key=key, offset=offset)
+        if applied != "applied":
             return
-        self._remember(job, record.offset)
-
-    def _remember(self, job: ReplayJob, offset: int) -> None:
-        # A write seen here first (read-your-writes) is not undone by its older records.
-        if self._offsets.get(job.id, -1) < offset:
-            self._offsets[job.id] = offset
-            self._jobs[job.id] = job
-            # Wakes every waiter at once; later waiters wait for the next change.
-            self._changed.set()
-            self._changed = asyncio.Event()
+        # Wakes every waiter at once; later waiters wait for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
-async def new_job(
-    settings: Settings,
-    endpoint_id: str,
-    account_id: str,
-    since_ms: int,
-    until_ms: int,
-    *,
-    owner: str,
-) -> ReplayJob:
-    """A job's first state: the window, and where the endpoint's letters are."""
+@dataclass(frozen=True, slots=True)
+class DlqPartition:
+    """Where an endpoint's dead letters are, as of a moment: the partition, where it starts
+    (retention deletes from there) and ends, and the first offset at or after ``since_ms``."""
+
+    partition: int
+    log_start: int
+    end: int
+    first_since: int
+
+
+async def dlq_partition_of(settings: Settings, endpoint_id: str, since_ms: int) -> DlqPartition:
     dlq = Topics(settings.topic_prefix).dlq
     partitions = [tp.partition for tp in await partitions_when_ready(settings, dlq)]
     partition = dlq_partition(endpoint_id, partitions)
@@ -162,26 +226,50 @@ async def new_job(
     await consumer.start()
     try:
         tp = TopicPartition(dlq, partition)
+        starts = await consumer.beginning_offsets([tp])
         ends = await consumer.end_offsets([tp])
         found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
     finally:
         await close_quietly("replay consumer", consumer.stop())
     end = ends[tp]
+    first = found.offset if found is not None else end
+    return DlqPartition(partition, log_start=starts[tp], end=end, first_since=first)
+
+
+async def start_job(
+    settings: Settings,
+    jobs: ReplayJobs,
+    endpoint_id: str,
+    account_id: str,
+    window_ms: tuple[int, int],
+    *,
+    owner: str,
+) -> ReplayJob:
+    """Claim the endpoint for a new job of the window ``[since, until)`` (``ReplayRunning``
+    if another job of it runs) and return the job, recorded, ready to run. The endpoint's
+    expired jobs go: each start sweeps its own endpoint, so the jobs one endpoint keeps stay
+    bounded by its starts within the DLQ's retention."""
+    since_ms, until_ms = window_ms
+    asked_at = await jobs.end_offset()
+    dlq = await dlq_partition_of(settings, endpoint_id, since_ms)
     started_ms = now_ms()
-    return ReplayJob(
+    job = ReplayJob(
         id="rpl_" + uuid.uuid4().hex[:24],
         endpoint_id=endpoint_id,
         account_id=account_id,
         since_ms=since_ms,
         until_ms=until_ms,
-        dlq_partition=partition,
-        end_offset=end,
-        position=found.offset if found is not None else end,
+        dlq_partition=dlq.partition,
+        end_offset=dlq.end,
+        position=dlq.first_since,
         state="running",
         started_at_ms=started_ms,
         updated_at_ms=started_ms,
         owner=owner,
     )
+    await jobs.claim(job, asked_at=asked_at)
+    await jobs.forget_expired(endpoint_id, dlq)
+    return job
 
 
 @dataclass(slots=True)
@@ -372,13 +460,15 @@ async def run_replay(
     on_progress: ProgressCallback | None = None,
     owner: str = "cli",
 ) -> ReplayJob:
-    """Run a whole replay job in this process (the CLI), recorded like any other."""
+    """Run a whole replay job in this process (the CLI), recorded like any other; it claims
+    its endpoint as the API's do (``ReplayRunning`` if a job of it runs)."""
     jobs = ReplayJobs(settings, producer)
     await jobs.start()
     following = asyncio.create_task(jobs.follow(), name="replay-follower")
     try:
         await jobs.loaded.wait()
-        job = await new_job(settings, endpoint_id, account_id, since_ms, until_ms, owner=owner)
+        window_ms = (since_ms, until_ms)
+        job = await start_job(settings, jobs, endpoint_id, account_id, window_ms, owner=owner)
         return await ReplayRun(settings, producer, jobs, job, on_progress=on_progress).run()
     finally:
         following.cancel()

@@ -491,7 +491,9 @@ class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     # Which process runs it; a running job whose owner stopped reporting is ``interrupted``.
     owner: str = ""
-    # Set by whoever asks to cancel it (any instance); the owner stops at its next heartbeat.
+    # In a reader's view: a cancel was asked for (a ``ReplayCancel`` record, from any instance
+    # or the CLI); the owner stops at its next heartbeat. Records of older versions may carry
+    # it too. Never cleared once set (``shared.model.replays.merge_job``).
     cancel_requested: bool = False
 
     def covers(self, offset: int, dead_at_ms: int) -> bool:
@@ -505,12 +507,25 @@ class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
         return self.state
 
 
+class ReplayCancel(msgspec.Struct, frozen=True, kw_only=True):
+    """A request to stop a running replay job, kept in ``webhook.replays`` under a key of its
+    own (``cancel:<job id>``) so that the owner's heartbeats, which rewrite the job's key,
+    never overwrite it."""
+
+    v: int = SCHEMA_VERSION
+    job_id: str
+    requested_at_ms: int
+    # Who asked: an instance (host/pid) or "cli".
+    by: str = ""
+
+
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(DeliveryEnvelope)
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 _endpoint_decoder = msgspec.json.Decoder(Endpoint)
 _attempt_decoder = msgspec.json.Decoder(AttemptRecord)
 _replay_decoder = msgspec.json.Decoder(ReplayJob)
+_replay_cancel_decoder = msgspec.json.Decoder(ReplayCancel)
 
 
 def encode(message: msgspec.Struct | dict[str, Any]) -> bytes:
@@ -542,6 +557,10 @@ def decode_attempt(raw: bytes) -> AttemptRecord:
 
 def decode_replay(raw: bytes) -> ReplayJob:
     return _replay_decoder.decode(raw)
+
+
+def decode_replay_cancel(raw: bytes) -> ReplayCancel:
+    return _replay_cancel_decoder.decode(raw)
 
 
 def webhook_body(event: dict[str, Any]) -> bytes:

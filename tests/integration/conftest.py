@@ -59,3 +59,18 @@ async def fixture_base(settings: Settings) -> AsyncIterator[ServiceBase]:
 @pytest.fixture(name="ingest")
 async def fixture_ingest(base: ServiceBase, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(base))
+
+
+@pytest.fixture(name="replica_base")
+async def fixture_replica_base(settings: Settings, base: ServiceBase) -> AsyncIterator[ServiceBase]:
+    """A second ingest instance on the same topics, as the prod overlay runs several."""
+    async with service_base(settings) as replica:
+        await replica.endpoints.loaded.wait()
+        yield replica
+
+
+@pytest.fixture(name="replica")
+async def fixture_replica(
+    replica_base: ServiceBase, aiohttp_client: AiohttpClient
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(replica_base))

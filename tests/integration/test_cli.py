@@ -385,6 +385,22 @@ async def test_replay_of_a_disabled_endpoint_says_to_enable_it(
     assert "clickhook endpoints enable ep_off" in run.err
 
 
+async def test_replay_while_another_replay_of_the_endpoint_runs_is_refused(
+    clickhook: Clickhook, cli_settings: Settings, producer: AIOKafkaProducer, ep_r: str
+) -> None:
+    await put_letters(cli_settings, producer, [letter(ep_r, 1)])
+    # A job of an ingest instance, heartbeating: the CLI's claim must see it.
+    now_ms = int(time.time() * 1000)
+    running = job(ep_r, 0, 0, id="rpl_api", state="running", owner="ingest-1/7")
+    running = msgspec.structs.replace(running, started_at_ms=now_ms, updated_at_ms=now_ms)
+    await put_job(cli_settings, producer, running)
+
+    run = await clickhook("replay", "--endpoint", "ep_r", "--since", "1d")
+
+    assert_failed_with_one_line(run, "clickhook: replay rpl_api of ep_r is still running")
+    assert "ingest-1/7" in run.err
+
+
 # --- endpoints -----------------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ store, across two ingest replicas, on the real broker."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,30 +12,16 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.ingest.app import create_app
 from shared.kafka.endpoint_store import EndpointStore
-from shared.kafka.service_base import ServiceBase, service_base
+from shared.kafka.service_base import ServiceBase
 from shared.model.messages import Endpoint
 from shared.ops.settings import Settings
-from tests.integration.conftest import ACCOUNT_A, AiohttpClient, auth
+from tests.integration.conftest import ACCOUNT_A, auth
 
 pytestmark = pytest.mark.kafka
 
 Client = TestClient[Any, Any]
 ROUNDS = 5
-
-
-@pytest.fixture(name="replica_base")
-async def fixture_replica_base(settings: Settings, base: ServiceBase) -> AsyncIterator[ServiceBase]:
-    """A second ingest instance on the same topics, as the prod overlay runs several."""
-    async with service_base(settings) as replica:
-        await replica.endpoints.loaded.wait()
-        yield replica
-
-
-@pytest.fixture(name="replica")
-async def fixture_replica(replica_base: ServiceBase, aiohttp_client: AiohttpClient) -> Client:
-    return await aiohttp_client(create_app(replica_base))
 
 
 async def create_endpoint(client: Client, **fields: Any) -> tuple[dict[str, Any], str]:

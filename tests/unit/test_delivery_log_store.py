@@ -26,7 +26,7 @@ from services.ingest.delivery_log.store import (
     position,
 )
 from shared.model.messages import encode
-from tests.support.attempts import attempt, dead_letter, now_ms
+from tests.support.attempts import attempt, dead_letter, now_ms, replay_job
 from tests.support.index_files import fill_to_the_limit
 
 
@@ -246,3 +246,23 @@ def test_deliveries_that_ended_are_capped_per_endpoint_and_waiting_ones_kept(
 
 def writer_path(reader: LogReader) -> Path:
     return reader._path  # the file behind the reader
+
+
+def test_open_letters_are_counted_past_sqlites_variable_limit(
+    index: tuple[LogWriter, LogReader],
+) -> None:
+    """A term and variables per job failed: past about 1,000 jobs the expression tree is too
+    deep for SQLite, past about 8,000 the variables are too many."""
+    writer, reader = index
+    now = now_ms()
+    letters = [
+        encode(dead_letter("ep_1", f"evt_{i}", [], dead_at_ms=now - 1_000)) for i in range(3)
+    ]
+    writer.add_dead_letters([fetched(i, v) for i, v in enumerate(letters)])
+    # Many jobs, each covering only the first letter; one more covers the second.
+    jobs = [replay_job("ep_1", partition=0, end_offset=1, id=f"rpl_{i}") for i in range(10_000)]
+    jobs.append(replay_job("ep_1", partition=0, end_offset=2, id="rpl_last", since_ms=0))
+
+    _, _, summary = reader.health("ep_1", jobs, now)
+
+    assert summary.dead_letters_open == 1

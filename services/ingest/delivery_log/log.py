@@ -48,7 +48,8 @@ from services.ingest.delivery_log.store import (
 from shared.kafka.clients import Record
 from shared.kafka.metadata import partitions_when_ready
 from shared.model.errors import DeliveryLogUnavailable
-from shared.model.messages import AttemptRecord, ReplayJob, decode_attempt, decode_replay
+from shared.model.messages import AttemptRecord, ReplayJob, decode_attempt
+from shared.model.replays import ReplayBook
 from shared.model.topics import Topics
 from shared.ops import metrics
 from shared.ops.process import close_quietly
@@ -210,7 +211,7 @@ class DeliveryLog:
             client_id="clickhook-delivery-log",
         )
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
-        self.replay_jobs: dict[str, ReplayJob] = {}
+        self.replays = ReplayBook()
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._start_ends: dict[TopicPartition, int] = {}
@@ -435,14 +436,9 @@ class DeliveryLog:
         """``webhook.replays`` is compacted and small: its jobs are kept in memory."""
         if record.key is None:
             return
-        job_id = record.key.decode(errors="replace")
-        if record.value is None:
-            self.replay_jobs.pop(job_id, None)
-            return
-        try:
-            self.replay_jobs[job_id] = decode_replay(record.value)
-        except msgspec.DecodeError:
-            log.warning("replay_job_unreadable", job_id=job_id)
+        key = record.key.decode(errors="replace")
+        if self.replays.apply(key, record.value, record.offset) == "unreadable":
+            log.warning("replay_job_unreadable", key=key)
 
     def _reached_start_ends(self) -> bool:
         return all(
@@ -463,7 +459,7 @@ class DeliveryLog:
         return IndexStatus(caught_up=behind == 0 and self._reached_start_ends(), behind=behind)
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
-        return [job for job in self.replay_jobs.values() if job.endpoint_id == endpoint_id]
+        return self.replays.of_endpoint(endpoint_id)
 
     # --- threads -------------------------------------------------------------------------------
 

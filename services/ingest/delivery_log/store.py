@@ -189,6 +189,9 @@ def _truncated(text: str | None, chars: int) -> str | None:
     return text[:chars] if text is not None else None
 
 
+_spans_encoder = msgspec.json.Encoder()
+
+
 # --- identities and positions -------------------------------------------------------------
 
 
@@ -825,16 +828,28 @@ def parse_record_id(text: str, prefix: str) -> tuple[int, int] | None:
 
 
 def _jobs_condition(jobs: Sequence[ReplayJob]) -> tuple[str, tuple[Any, ...]]:
-    """SQL true for a dead letter that one of ``jobs`` replayed (``ReplayJob.covers``)."""
+    """SQL true for a dead letter that one of ``jobs`` replayed (``ReplayJob.covers``).
+
+    The jobs travel as one JSON array in one bound variable: a variable per job would fail
+    past SQLite's limit (32,766) on an endpoint replayed that many times."""
     if not jobs:
         return "0", ()
-    parts: list[str] = []
-    args: list[Any] = []
-    for job in jobs:
-        parts.append("(d.pos >= ? AND d.pos < ? AND d.dead_at_ms >= ? AND d.dead_at_ms < ?)")
-        first = position(job.dlq_partition, 0)
-        args += [first, position(job.dlq_partition, job.position), job.since_ms, job.until_ms]
-    return "(" + " OR ".join(parts) + ")", tuple(args)
+    spans = [
+        (
+            position(job.dlq_partition, 0),
+            position(job.dlq_partition, job.position),
+            job.since_ms,
+            job.until_ms,
+        )
+        for job in jobs
+    ]
+    covered = (
+        "EXISTS (SELECT 1 FROM json_each(?) j"
+        " WHERE d.pos >= json_extract(j.value, '$[0]') AND d.pos < json_extract(j.value, '$[1]')"
+        " AND d.dead_at_ms >= json_extract(j.value, '$[2]')"
+        " AND d.dead_at_ms < json_extract(j.value, '$[3]'))"
+    )
+    return covered, (_spans_encoder.encode(spans).decode(),)
 
 
 def covering_job(jobs: Sequence[ReplayJob], pos: int, dead_at_ms: int) -> ReplayJob | None:
