@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from services.ingest.backfill import MAX_CLICKS, BackfillState
+from shared.model.endpoint_extras import CustomHeaders, Metadata
 from shared.model.messages import (
     MAX_SIGNATURE_STYLES,
     MAX_STRING_CHARS,
@@ -50,6 +51,8 @@ class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     format: PayloadFormat = "standard"
     signature_styles: SignatureStyles = []  # Standard Webhooks headers are always sent
+    headers: CustomHeaders = {}
+    metadata: Metadata = {}
     secret: str | None = None  # whsec_ + base64 of 24-64 bytes; generated when absent
     account_id: str | None = None  # admin tokens only
 
@@ -62,6 +65,9 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
     signature_styles: SignatureStyles | msgspec.UnsetType = msgspec.UNSET
+    # Each replaces the whole object: {} removes every custom header, or every key.
+    headers: CustomHeaders | msgspec.UnsetType = msgspec.UNSET
+    metadata: Metadata | msgspec.UnsetType = msgspec.UNSET
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

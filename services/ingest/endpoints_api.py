@@ -40,6 +40,7 @@ from shared.kafka.endpoint_store import (
     VersionMismatch,
     WriteContended,
 )
+from shared.model.endpoint_extras import extras_problems
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import (
     Endpoint,
@@ -87,6 +88,10 @@ def if_match_versions(header: str | None) -> frozenset[int] | None:
 
 def _decode_body(raw: bytes, kind: type[Any]) -> Any:
     obj = decode_json(raw)
+    # First, so that a bad header or key is named (msgspec's messages cannot name a key).
+    problems = extras_problems(obj) if isinstance(obj, dict) else []
+    if problems:
+        raise InvalidInput("invalid endpoint", problems)
     try:
         return msgspec.convert(obj, kind, strict=True)
     except msgspec.ValidationError as exc:
@@ -304,6 +309,8 @@ class EndpointApi:
             secrets=[EndpointSecret(secret)],
             format=body.format,
             signature_styles=list(dict.fromkeys(body.signature_styles)),
+            headers=body.headers,
+            metadata=body.metadata,
             created_at=now,
             updated_at=now,
         )

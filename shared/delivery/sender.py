@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.delivery.http_client import WebhookClient
+from shared.model.endpoint_extras import logged
 from shared.model.formats import build_request
 from shared.model.messages import LOGGED_BODY_CHARS, AttemptRecord, Endpoint, Outcome
 from shared.model.routing import (
@@ -79,7 +80,7 @@ class Sender:
             status=status,
             error=error,
             response_body=response_body,
-            request_headers=headers,
+            request_headers=logged(headers, endpoint.headers) if endpoint.headers else headers,
             request_body=body[:LOGGED_BODY_CHARS].decode("utf-8", errors="replace"),
         )
         return AttemptResult(record=record, retry_after_s=retry_after_s)

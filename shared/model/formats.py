@@ -24,6 +24,7 @@ from typing import Any
 
 from yarl import URL
 
+from shared.model.endpoint_extras import sendable
 from shared.model.messages import Endpoint, PayloadFormat, encode, webhook_body
 from shared.model.signing import secret_key, signed_headers, style_headers
 
@@ -411,10 +412,12 @@ def build_request(
     now: datetime,
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of one delivery: rendered in the endpoint's format, signed with every
-    still-valid secret (Standard Webhooks) and with the current one in the extra styles."""
+    still-valid secret (Standard Webhooks) and with the current one in the extra styles, with
+    the endpoint's custom headers first (none of which may be a header set here)."""
     body = render_body(endpoint.format, event)
     secrets = endpoint.signing_secrets(now)
-    headers = signed_headers([secret_key(s) for s in secrets], webhook_id, timestamp_s, body)
+    headers = sendable(endpoint.headers) if endpoint.headers else {}
+    headers.update(signed_headers([secret_key(s) for s in secrets], webhook_id, timestamp_s, body))
     if secrets and endpoint.signature_styles:
         headers.update(style_headers(endpoint.signature_styles, secrets[0], body))
     return body, headers

@@ -308,6 +308,8 @@ class EndpointSecret(msgspec.Struct, frozen=True, omit_defaults=True):
 
 # The version of an endpoint not read from the topic (offsets start at 0).
 NO_VERSION = -1
+# How a write-only value (a custom header's) is shown.
+MASK = "••••"
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -325,6 +327,13 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     secrets: list[EndpointSecret]
     format: PayloadFormat = "standard"
     signature_styles: list[SignatureStyle] = []
+    # Checked when written (shared/model/endpoint_extras.py), not when read: a record written
+    # under other limits still loads.
+    headers: Annotated[
+        dict[str, str],
+        msgspec.Meta(description=f"the custom headers' names; values are write-only: {MASK}"),
+    ] = {}
+    metadata: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
     # The offset in ``webhook.endpoints`` of the write that made this state: its ETag. Set by
@@ -339,10 +348,11 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
         return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now]
 
     def public_view(self) -> dict[str, Any]:
-        """The endpoint as the API shows it: no rotated-out secrets, no internal fields."""
+        """The endpoint as the API shows it: no secrets, no internal fields, no header values."""
         view: dict[str, Any] = msgspec.to_builtins(self)
         view.pop("secrets")
         view.pop("v")
+        view["headers"] = dict.fromkeys(self.headers, MASK)
         return view
 
 

@@ -37,7 +37,7 @@ from services.ingest.portal.sessions import (
 from services.ingest.replay_api import ReplayApi, replay_status
 from services.ingest.responses import ApiError, read_json_body, struct_response
 from shared.kafka.endpoint_store import EndpointStore
-from shared.model.messages import Endpoint
+from shared.model.messages import MASK, Endpoint
 from shared.ops.settings import Settings
 
 HERE = Path(__file__).parent
@@ -464,6 +464,7 @@ def add_portal(app: web.Application, deps: PortalDeps) -> None:
     env.filters["when"] = _when
     env.globals["portal"] = PORTAL_PATH
     env.globals["etag"] = etag
+    env.globals["mask"] = MASK  # custom header values are write-only: never in a page
     router = sub.router
     router.add_get("/", portal.endpoints)
     router.add_get("/open", portal.open)
