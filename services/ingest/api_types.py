@@ -26,6 +26,7 @@ from shared.model.messages import (
     ReplayState,
     SignatureStyle,
 )
+from shared.model.signing import SignatureScheme
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
@@ -307,3 +308,35 @@ class PortalSessionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
 class PortalSession(msgspec.Struct, kw_only=True):
     url: Annotated[str, msgspec.Meta(description="open once, before expires_at")]
     expires_at: datetime
+
+
+# --- GET /v1/meta (services/ingest/meta_api.py) ---------------------------------------------
+
+
+class RetrySchedule(msgspec.Struct, kw_only=True):
+    delays_s: Annotated[
+        list[float], msgspec.Meta(description="the wait after each failed attempt, in seconds")
+    ]
+    written: Annotated[str, msgspec.Meta(description="as CLICKHOOK_RETRY_SCHEDULE writes it")]
+    attempts: Annotated[int, msgspec.Meta(ge=1, description="attempts before a dead letter")]
+
+
+class ServiceMeta(msgspec.Struct, kw_only=True):
+    """What a receiver may want to know about this clickhook, without a token."""
+
+    version: Annotated[str, msgspec.Meta(description="clickhook's package version")]
+    egress_cidrs: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="the address ranges webhook requests come from (CLICKHOOK_EGRESS_CIDRS,"
+            " as the operator declares them); empty when undeclared"
+        ),
+    ]
+    signature_schemes: list[SignatureScheme]
+    retry_schedule: RetrySchedule
+    event_types: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="the event types clickhook defines; a shortener may publish others"
+        ),
+    ]

@@ -10,6 +10,7 @@ from services.ingest.clicks import ClickIntake
 from services.ingest.delivery_log.api import DeliveryLogApi, add_delivery_log_routes
 from services.ingest.delivery_log.log import DeliveryLog
 from services.ingest.endpoints_api import EndpointApi
+from services.ingest.meta_api import add_meta_route
 from services.ingest.openapi import openapi_document
 from services.ingest.portal.views import PortalDeps, add_portal
 from services.ingest.replay_api import ReplayApi
@@ -58,5 +59,6 @@ def create_app(base: ServiceBase) -> web.Application:
         return web.json_response(document)
 
     app.router.add_get("/openapi.json", serve_openapi)
+    add_meta_route(app, settings)
     add_ops_routes(app, base.readiness)
     return app

@@ -29,7 +29,9 @@ from services.ingest.api_types import (
     ReplayStatus,
     RotatedSecret,
     SentTestEvent,
+    ServiceMeta,
 )
+from services.ingest.meta_api import META_MAX_AGE_S, META_PATH
 from shared.model.messages import ClickFields, Endpoint
 
 REF = "#/components/schemas/{name}"
@@ -260,6 +262,7 @@ def _paths() -> dict[str, Any]:
             },
         },
         **_delivery_log_paths(),
+        META_PATH: _meta_path(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {
@@ -276,6 +279,46 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "text exposition format"}},
             }
         },
+    }
+
+
+# --- GET /v1/meta (services/ingest/meta_api.py) ---
+
+META_NOTE = (
+    "No token. Receivers allowlist `egress_cidrs` (declared by the operator in "
+    "CLICKHOOK_EGRESS_CIDRS) and check signatures as `signature_schemes` says. The answer is "
+    f"fixed until the service restarts: cached for {META_MAX_AGE_S} s, revalidated with "
+    "If-None-Match (304)."
+)
+
+
+def _meta_path() -> dict[str, Any]:
+    cached = {
+        "ETag": {"description": "the answer's version", "schema": {"type": "string"}},
+        "Cache-Control": {
+            "description": f"`public, max-age={META_MAX_AGE_S}`",
+            "schema": {"type": "string"},
+        },
+    }
+    return {
+        "get": {
+            "summary": "Egress address ranges, signature schemes, retry schedule, version and"
+            " event types",
+            "description": META_NOTE,
+            "security": [],
+            "parameters": [
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": {**_ok(200, _ref("ServiceMeta"), "the facts")["200"], "headers": cached},
+                "304": {"description": "unchanged since the ETag given", "headers": cached},
+            },
+        }
     }
 
 
@@ -523,6 +566,7 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     SentTestEvent,
     PortalSessionRequest,
     PortalSession,
+    ServiceMeta,
 )
 # Stored on the endpoint record, never shown by the API (see ``Endpoint.public_view``).
 HIDDEN_ENDPOINT_FIELDS = ("secrets", "v")

@@ -32,6 +32,11 @@ Tag = Annotated[str, msgspec.Meta(max_length=MAX_TAG_CHARS)]
 
 # --- click events -------------------------------------------------------------------------
 
+# The event types clickhook itself defines (GET /v1/meta); a shortener may publish others,
+# which are delivered as they are.
+CLICK_EVENT_TYPE = "link.clicked"
+EVENT_TYPES = (CLICK_EVENT_TYPE,)
+
 
 class LinkFields(msgspec.Struct, frozen=True):
     id: Id
