@@ -49,15 +49,19 @@ class Sender:
     ) -> AttemptResult:
         started_s = self._clock()
         now = datetime.fromtimestamp(started_s, UTC)
-        body, headers = build_request(
-            endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
-        )
+        body: bytes = b""
+        headers: dict[str, str] = {}
         status: int | None = None
         error: str | None = None
         response_body: str | None = None
         retry_after_s: float | None = None
         started = time.perf_counter()
         try:
+            # Inside the try: a template that fails on this click (TemplateError) is a failed
+            # attempt, logged with the template's own message, retried like any other.
+            body, headers = build_request(
+                endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
+            )
             response = await self._client.post(endpoint.url, headers, body)
             status = response.status
             response_body = response.body.decode("utf-8", errors="replace") or None

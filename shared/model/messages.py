@@ -285,7 +285,8 @@ def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
 # --- endpoints ----------------------------------------------------------------------------
 
 # How a delivery's body is rendered (shared/model/formats.py); every format is signed the same way.
-PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt"]
+# "template" renders the endpoint's own Liquid template (shared/model/templates.py).
+PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt", "template"]
 # Signature headers sent besides the Standard Webhooks ones, for receivers that already verify
 # GitHub's or Dub's (shared/model/signing.py).
 SignatureStyle = Literal["github", "dub"]
@@ -331,6 +332,9 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     disabled_reason: str | None = None
     secrets: list[EndpointSecret]
     format: PayloadFormat = "standard"
+    # The Liquid source of the body when ``format`` is "template"; checked when written
+    # (it parses, and renders a sample click to JSON within the limits).
+    template: str | None = None
     signature_styles: list[SignatureStyle] = []
     # Checked when written (shared/model/endpoint_extras.py), not when read: a record written
     # under other limits still loads.
