@@ -34,6 +34,7 @@ def create_app(base: ServiceBase) -> web.Application:
     app.router.add_patch("/v1/endpoints/{endpoint_id}", endpoints.patch)
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/preview", endpoints.preview)
     app.router.add_post("/v1/endpoints/{endpoint_id}/replay", replays.start)
     app.router.add_get("/v1/endpoints/{endpoint_id}/replay", replays.status)
     app.router.add_delete("/v1/endpoints/{endpoint_id}/replay", replays.cancel)

@@ -25,6 +25,8 @@ from services.ingest.api_types import (
     Error,
     PortalSession,
     PortalSessionRequest,
+    Preview,
+    PreviewRequest,
     ReplayRequest,
     ReplayStatus,
     RotatedSecret,
@@ -40,6 +42,12 @@ REPLAY_NOTE = (
     "A job: it streams the endpoint's dead letters of the window back into the first retry "
     "tier, skipping those an earlier replay sent. Its progress is kept in Kafka, so any "
     "instance answers; a replay whose instance stopped shows as interrupted."
+)
+PREVIEW_NOTE = (
+    "Renders a click (a sample, or the body's event) in the endpoint's format, or in the format "
+    "and template of the body (unsaved edits), and answers the body and headers a delivery "
+    "would have: signed with the endpoint's secret as of now, custom header values masked. "
+    "Nothing is sent. A template that fails on the click is a 422 naming the line or the limit."
 )
 BACKFILL_NOTE = (
     "Progress lives in the memory of the ingest instance that started the backfill: status and "
@@ -203,6 +211,18 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     **_with_etag(_ok(200, _ref("RotatedSecret"), "rotated")),
                     **_errors(401, 404, 503, *CONDITIONAL_ERRORS),
+                },
+            },
+        },
+        "/v1/endpoints/{endpoint_id}/preview": {
+            **with_id,
+            "post": {
+                "summary": "The request a click would be delivered with; nothing is sent",
+                "description": PREVIEW_NOTE,
+                "requestBody": {**_body("PreviewRequest"), "required": False},
+                "responses": {
+                    **_ok(200, _ref("Preview"), "the body and headers"),
+                    **_errors(401, 404, 415, 422),
                 },
             },
         },
@@ -553,6 +573,8 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     EndpointPatch,
     ReplayRequest,
     BackfillRequest,
+    PreviewRequest,
+    Preview,
     Accepted,
     RotatedSecret,
     ReplayStatus,
