@@ -1,7 +1,9 @@
-"""Payload templates through the ingest API, in process: checked at create and PATCH, previewed."""
+"""Payload templates through the ingest API and the portal, in process: checked at create and
+PATCH, previewed (the API route, and the portal's edit page as you type)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.kafka.service_base import ServiceBase
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, auth
+from tests.integration.test_portal_access import open_portal
 
 pytestmark = pytest.mark.kafka
 
@@ -174,3 +177,69 @@ async def test_openapi_documents_the_template_and_the_preview(ingest: Client) ->
     assert preview_route["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Preview"
     }
+
+
+# --- the portal's edit page -----------------------------------------------------------------------
+
+
+async def edit_page_csrf(ingest: Client, endpoint_id: str) -> tuple[str, str]:
+    await open_portal(ingest)
+    page = await (await ingest.get(f"/portal/endpoints/{endpoint_id}/edit")).text()
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None
+    return page, found.group(1)
+
+
+async def test_the_edit_page_previews_the_typed_template_escaped(ingest: Client) -> None:
+    _, created = await create(ingest)
+    page, csrf = await edit_page_csrf(ingest, created["id"])
+    typed = '{"k": {{ "<b>" | append: link.key | json }}}'
+
+    response = await ingest.post(
+        f"/portal/endpoints/{created['id']}/preview",
+        data={"csrf": csrf, "format": "template", "template": typed},
+    )
+    fragment = await response.text()
+
+    assert f'data-preview="/portal/endpoints/{created["id"]}/preview"' in page
+    assert '<textarea id="template" name="template"' in page
+    assert response.status == 200
+    assert "{&#34;k&#34;: &#34;&lt;b&gt;clickhook-test&#34;}" in fragment
+    assert "webhook-signature: v1," in fragment
+
+
+async def test_the_edit_page_preview_names_the_limit_and_needs_the_csrf_token(
+    ingest: Client,
+) -> None:
+    _, created = await create(ingest)
+    _, csrf = await edit_page_csrf(ingest, created["id"])
+    path = f"/portal/endpoints/{created['id']}/preview"
+
+    failing = await ingest.post(
+        path, data={"csrf": csrf, "format": "template", "template": HUGE_LOOP}
+    )
+    forged = await ingest.post(path, data={"format": "template", "template": TEMPLATE})
+
+    assert "loop limit: more than 10000 loop iterations" in await failing.text()
+    assert forged.status == 403
+
+
+async def test_the_edit_form_saves_the_template(ingest: Client, base: ServiceBase) -> None:
+    _, created = await create(ingest)
+    _, csrf = await edit_page_csrf(ingest, created["id"])
+
+    response = await ingest.post(
+        f"/portal/endpoints/{created['id']}",
+        data={
+            "csrf": csrf,
+            "url": created["url"],
+            "format": "template",
+            "template": TEMPLATE.replace(", ", ",\r\n"),
+        },
+        allow_redirects=False,
+    )
+    stored = base.endpoints.table.get(created["id"])
+
+    assert response.status == 303
+    assert stored is not None
+    assert stored.template == TEMPLATE.replace(", ", ",\n")
