@@ -8,11 +8,12 @@ once and the document cannot drift from what the API enforces.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from services.ingest.backfill import MAX_CLICKS, BackfillState
+from shared.model.endpoint_extras import CustomHeaders, Metadata
 from shared.model.messages import (
     MAX_SIGNATURE_STYLES,
     MAX_STRING_CHARS,
@@ -25,12 +26,18 @@ from shared.model.messages import (
     ReplayState,
     SignatureStyle,
 )
+from shared.model.signing import SignatureScheme
+from shared.model.templates import MAX_TEMPLATE_BYTES, TEMPLATE_HELP
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
 SignatureStyles = Annotated[list[SignatureStyle], msgspec.Meta(max_length=MAX_SIGNATURE_STYLES)]
 ClickCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CLICKS)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
+# Characters bound the bytes from below; the byte limit itself is checked with the template.
+TemplateSource = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_TEMPLATE_BYTES, description=TEMPLATE_HELP)
+]
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -49,7 +56,10 @@ class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | None = None
     enabled: bool = True
     format: PayloadFormat = "standard"
+    template: TemplateSource | None = None  # with format "template" only, and then required
     signature_styles: SignatureStyles = []  # Standard Webhooks headers are always sent
+    headers: CustomHeaders = {}
+    metadata: Metadata = {}
     secret: str | None = None  # whsec_ + base64 of 24-64 bytes; generated when absent
     account_id: str | None = None  # admin tokens only
 
@@ -61,7 +71,23 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_s: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
+    template: TemplateSource | msgspec.UnsetType | None = msgspec.UNSET
     signature_styles: SignatureStyles | msgspec.UnsetType = msgspec.UNSET
+    # Each replaces the whole object: {} removes every custom header, or every key.
+    headers: CustomHeaders | msgspec.UnsetType = msgspec.UNSET
+    metadata: Metadata | msgspec.UnsetType = msgspec.UNSET
+
+
+class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What to preview: the endpoint as stored, or with an unsaved ``format`` and
+    ``template``; a sample click, or ``event``."""
+
+    event: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(description="a click event as POST /v1/clicks takes it; a sample if absent"),
+    ] = None
+    format: PayloadFormat | msgspec.UnsetType = msgspec.UNSET
+    template: TemplateSource | msgspec.UnsetType = msgspec.UNSET
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +113,17 @@ class RotatedSecret(msgspec.Struct, kw_only=True):
     id: str
     secret: str
     previous_secret_expires_at: datetime
+
+
+class Preview(msgspec.Struct, kw_only=True):
+    """The request a click would be delivered with; nothing is sent."""
+
+    body: Annotated[str, msgspec.Meta(description="the body exactly as it would be signed")]
+    headers: Annotated[
+        dict[str, str],
+        msgspec.Meta(description="signed as of now; custom header values masked"),
+    ]
+    event: Annotated[dict[str, Any], msgspec.Meta(description="the click rendered")]
 
 
 class ReplayStatus(msgspec.Struct, kw_only=True):
@@ -301,3 +338,35 @@ class PortalSessionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
 class PortalSession(msgspec.Struct, kw_only=True):
     url: Annotated[str, msgspec.Meta(description="open once, before expires_at")]
     expires_at: datetime
+
+
+# --- GET /v1/meta (services/ingest/meta_api.py) ---------------------------------------------
+
+
+class RetrySchedule(msgspec.Struct, kw_only=True):
+    delays_s: Annotated[
+        list[float], msgspec.Meta(description="the wait after each failed attempt, in seconds")
+    ]
+    written: Annotated[str, msgspec.Meta(description="as CLICKHOOK_RETRY_SCHEDULE writes it")]
+    attempts: Annotated[int, msgspec.Meta(ge=1, description="attempts before a dead letter")]
+
+
+class ServiceMeta(msgspec.Struct, kw_only=True):
+    """What a receiver may want to know about this clickhook, without a token."""
+
+    version: Annotated[str, msgspec.Meta(description="clickhook's package version")]
+    egress_cidrs: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="the address ranges webhook requests come from (CLICKHOOK_EGRESS_CIDRS,"
+            " as the operator declares them); empty when undeclared"
+        ),
+    ]
+    signature_schemes: list[SignatureScheme]
+    retry_schedule: RetrySchedule
+    event_types: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="the event types clickhook defines; a shortener may publish others"
+        ),
+    ]

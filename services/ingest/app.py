@@ -10,6 +10,7 @@ from services.ingest.clicks import ClickIntake
 from services.ingest.delivery_log.api import DeliveryLogApi, add_delivery_log_routes
 from services.ingest.delivery_log.log import DeliveryLog
 from services.ingest.endpoints_api import EndpointApi
+from services.ingest.meta_api import add_meta_route
 from services.ingest.openapi import openapi_document
 from services.ingest.portal.views import PortalDeps, add_portal
 from services.ingest.replay_api import ReplayApi
@@ -37,6 +38,7 @@ def create_app(base: ServiceBase) -> web.Application:
     app.router.add_patch("/v1/endpoints/{endpoint_id}", endpoints.patch)
     app.router.add_delete("/v1/endpoints/{endpoint_id}", endpoints.delete)
     app.router.add_post("/v1/endpoints/{endpoint_id}/rotate-secret", endpoints.rotate_secret)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/preview", endpoints.preview)
     app.router.add_post("/v1/endpoints/{endpoint_id}/replay", replays.start)
     app.router.add_get("/v1/endpoints/{endpoint_id}/replay", replays.status)
     app.router.add_delete("/v1/endpoints/{endpoint_id}/replay", replays.cancel)
@@ -63,5 +65,6 @@ def create_app(base: ServiceBase) -> web.Application:
         return web.json_response(document)
 
     app.router.add_get("/openapi.json", serve_openapi)
+    add_meta_route(app, settings)
     add_ops_routes(app, base.readiness)
     return app

@@ -28,6 +28,8 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.api_types import (
     EndpointCreate,
     EndpointPatch,
+    Preview,
+    PreviewRequest,
     RotatedSecret,
 )
 from services.ingest.auth import Authenticator, Principal, insufficient_scope
@@ -40,15 +42,20 @@ from shared.kafka.endpoint_store import (
     VersionMismatch,
     WriteContended,
 )
-from shared.model.errors import InvalidInput, Problem
+from shared.model.endpoint_extras import extras_problems, logged
+from shared.model.errors import InvalidInput, Problem, TemplateError
+from shared.model.formats import build_request, sample_click
 from shared.model.messages import (
     Endpoint,
     EndpointFilters,
     EndpointSecret,
+    PayloadFormat,
     decode_json,
+    validate_click,
     validation_problem,
 )
-from shared.model.signing import generate_secret, is_valid_secret
+from shared.model.signing import generate_secret, is_valid_secret, webhook_id
+from shared.model.templates import template_problems
 from shared.ops.settings import Settings
 
 # A strong entity tag, or a bare number (a client that dropped the quotes means the same).
@@ -87,10 +94,39 @@ def if_match_versions(header: str | None) -> frozenset[int] | None:
 
 def _decode_body(raw: bytes, kind: type[Any]) -> Any:
     obj = decode_json(raw)
+    # First, so that a bad header or key is named (msgspec's messages cannot name a key).
+    problems = extras_problems(obj) if isinstance(obj, dict) else []
+    if problems:
+        raise InvalidInput("invalid endpoint", problems)
     try:
         return msgspec.convert(obj, kind, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidInput("invalid endpoint", [validation_problem(exc)]) from None
+
+
+# The id of the sample click that templates are checked and previewed with.
+SAMPLE_EVENT_ID = "evt_clickhook_sample"
+
+
+def _check_template(endpoint: Endpoint, template: str | None) -> None:
+    """422 unless ``template`` parses and renders the sample click to JSON within the limits
+    (``None``: nothing to check)."""
+    if template is None:
+        return
+    sample = sample_click(endpoint, SAMPLE_EVENT_ID, datetime.now(UTC))
+    problems = template_problems(template, sample)
+    if problems:
+        raise ApiError(422, "invalid_request", "invalid template", problems)
+
+
+def _check_format(fmt: PayloadFormat, template: str | None, template_sent: bool) -> None:
+    """A template goes with format "template", which needs one."""
+    if fmt == "template" and not template:
+        problem = Problem("template", 'is required with format "template"')
+        raise ApiError(422, "invalid_request", "invalid endpoint", [problem])
+    if fmt != "template" and template_sent and template is not None:
+        problem = Problem("template", 'is used only with format "template"')
+        raise ApiError(422, "invalid_request", "invalid endpoint", [problem])
 
 
 def _shown(endpoint: Endpoint, *, status: int = 200, **extra: Any) -> web.Response:
@@ -231,6 +267,14 @@ class EndpointApi:
         )
         return _shown(updated)
 
+    async def preview(self, request: web.Request) -> web.Response:
+        principal = self._principal(request)
+        # No body at all: the endpoint as stored, with a sample click.
+        body = await self._read(request, PreviewRequest) if request.can_read_body else None
+        endpoint_id = request.match_info["endpoint_id"]
+        preview = self.preview_endpoint(principal, endpoint_id, body or PreviewRequest())
+        return struct_response(preview)
+
     async def delete(self, request: web.Request) -> web.Response:
         await self.delete_endpoint(
             self._principal(request),
@@ -286,6 +330,7 @@ class EndpointApi:
         if principal.account_id is not None and body.account_id not in (None, account_id):
             raise ApiError(404, "not_found", "no such account")
         self._check_url(body.url)
+        _check_format(body.format, body.template, template_sent=True)
         now = datetime.now(UTC)
         secret = body.secret if body.secret is not None else generate_secret()
         if not is_valid_secret(secret):
@@ -305,10 +350,14 @@ class EndpointApi:
             enabled=body.enabled,
             secrets=[EndpointSecret(secret)],
             format=body.format,
+            template=body.template,
             signature_styles=list(dict.fromkeys(body.signature_styles)),
+            headers=body.headers,
+            metadata=body.metadata,
             created_at=now,
             updated_at=now,
         )
+        _check_template(endpoint, endpoint.template)
         try:
             created = await self._store.create(endpoint)
         except EndpointExists:  # an id of 96 random bits taken: retrying is the whole fix
@@ -323,15 +372,68 @@ class EndpointApi:
         if_match: str | None = None,
     ) -> Endpoint:
         """Set the fields ``body`` names on the endpoint's latest version; returns it."""
-        await self.latest_endpoint_of(principal, endpoint_id)
+        latest = await self.latest_endpoint_of(principal, endpoint_id)
         if isinstance(body.url, str):
             self._check_url(body.url)
+        if isinstance(body.template, str):
+            _check_template(latest, body.template)
         fields = _patched(body, datetime.now(UTC))
-        return await self._change(
-            endpoint_id,
-            lambda current: msgspec.structs.replace(current, **fields),
-            if_match,
+
+        def patch(current: Endpoint) -> Endpoint:
+            # On the version the write applies to: a concurrent change of format or template
+            # is seen here (a template already stored was checked when written).
+            changed = msgspec.structs.replace(current, **fields)
+            _check_format(changed.format, changed.template, "template" in fields)
+            return changed
+
+        return await self._change(endpoint_id, patch, if_match)
+
+    def preview_endpoint(
+        self, principal: Principal, endpoint_id: str, body: PreviewRequest
+    ) -> Preview:
+        """The request a click would be delivered with, as the endpoint is or with the format
+        and template of ``body``; nothing is sent. 422 when the template fails on the click."""
+        endpoint = self.endpoint_of(principal, endpoint_id)
+        changes: dict[str, Any] = {}
+        if body.format is not msgspec.UNSET:
+            changes["format"] = body.format
+        if body.template is not msgspec.UNSET:
+            changes["template"] = body.template
+        endpoint = msgspec.structs.replace(endpoint, **changes)
+        _check_format(endpoint.format, endpoint.template, template_sent=False)
+        now = datetime.now(UTC)
+        event = self._preview_event(endpoint, body.event, now)
+        try:
+            rendered, headers = build_request(
+                endpoint,
+                event,
+                webhook_id=webhook_id(event["id"], endpoint.id),
+                timestamp_s=int(now.timestamp()),
+                now=now,
+            )
+        except TemplateError as exc:
+            problem = Problem("template", str(exc))
+            raise ApiError(
+                422, "invalid_request", "the template fails on this click", [problem]
+            ) from None
+        return Preview(
+            body=rendered.decode(),
+            headers=logged(headers, endpoint.headers),
+            event=event,
         )
+
+    @staticmethod
+    def _preview_event(
+        endpoint: Endpoint, given: dict[str, Any] | None, now: datetime
+    ) -> dict[str, Any]:
+        if given is None:
+            return sample_click(endpoint, SAMPLE_EVENT_ID, now)
+        try:
+            click = validate_click(given, now=now, default_id=SAMPLE_EVENT_ID)
+        except InvalidInput as exc:
+            problems = [Problem(f"event.{p.field}", p.problem) for p in exc.problems]
+            raise ApiError(422, "invalid_request", "invalid event", problems) from None
+        return click.payload
 
     async def delete_endpoint(
         self, principal: Principal, endpoint_id: str, if_match: str | None = None

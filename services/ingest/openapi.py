@@ -25,11 +25,15 @@ from services.ingest.api_types import (
     Error,
     PortalSession,
     PortalSessionRequest,
+    Preview,
+    PreviewRequest,
     ReplayRequest,
     ReplayStatus,
     RotatedSecret,
     SentTestEvent,
+    ServiceMeta,
 )
+from services.ingest.meta_api import META_MAX_AGE_S, META_PATH
 from shared.model.messages import ClickFields, Endpoint
 
 REF = "#/components/schemas/{name}"
@@ -40,6 +44,12 @@ REPLAY_NOTE = (
     "instance answers; a replay whose instance stopped shows as interrupted. One job per "
     "endpoint: a start while one runs (or racing one, on any instance) answers 409 "
     "`replay_running` with the running job's `replay.id` and progress in `details`."
+)
+PREVIEW_NOTE = (
+    "Renders a click (a sample, or the body's event) in the endpoint's format, or in the format "
+    "and template of the body (unsaved edits), and answers the body and headers a delivery "
+    "would have: signed with the endpoint's secret as of now, custom header values masked. "
+    "Nothing is sent. A template that fails on the click is a 422 naming the line or the limit."
 )
 BACKFILL_NOTE = (
     "Progress lives in the memory of the ingest instance that started the backfill: status and "
@@ -206,6 +216,18 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/endpoints/{endpoint_id}/preview": {
+            **with_id,
+            "post": {
+                "summary": "The request a click would be delivered with; nothing is sent",
+                "description": PREVIEW_NOTE,
+                "requestBody": {**_body("PreviewRequest"), "required": False},
+                "responses": {
+                    **_ok(200, _ref("Preview"), "the body and headers"),
+                    **_errors(401, 404, 415, 422),
+                },
+            },
+        },
         "/v1/endpoints/{endpoint_id}/replay": {
             **with_id,
             "post": {
@@ -262,6 +284,7 @@ def _paths() -> dict[str, Any]:
             },
         },
         **_delivery_log_paths(),
+        META_PATH: _meta_path(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {
@@ -278,6 +301,46 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "text exposition format"}},
             }
         },
+    }
+
+
+# --- GET /v1/meta (services/ingest/meta_api.py) ---
+
+META_NOTE = (
+    "No token. Receivers allowlist `egress_cidrs` (declared by the operator in "
+    "CLICKHOOK_EGRESS_CIDRS) and check signatures as `signature_schemes` says. The answer is "
+    f"fixed until the service restarts: cached for {META_MAX_AGE_S} s, revalidated with "
+    "If-None-Match (304)."
+)
+
+
+def _meta_path() -> dict[str, Any]:
+    cached = {
+        "ETag": {"description": "the answer's version", "schema": {"type": "string"}},
+        "Cache-Control": {
+            "description": f"`public, max-age={META_MAX_AGE_S}`",
+            "schema": {"type": "string"},
+        },
+    }
+    return {
+        "get": {
+            "summary": "Egress address ranges, signature schemes, retry schedule, version and"
+            " event types",
+            "description": META_NOTE,
+            "security": [],
+            "parameters": [
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": {**_ok(200, _ref("ServiceMeta"), "the facts")["200"], "headers": cached},
+                "304": {"description": "unchanged since the ETag given", "headers": cached},
+            },
+        }
     }
 
 
@@ -516,6 +579,8 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     EndpointPatch,
     ReplayRequest,
     BackfillRequest,
+    PreviewRequest,
+    Preview,
     Accepted,
     RotatedSecret,
     ReplayStatus,
@@ -529,6 +594,7 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     SentTestEvent,
     PortalSessionRequest,
     PortalSession,
+    ServiceMeta,
 )
 # Stored on the endpoint record, never shown by the API (see ``Endpoint.public_view``).
 HIDDEN_ENDPOINT_FIELDS = ("secrets", "v")

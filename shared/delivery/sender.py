@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.delivery.http_client import WebhookClient
+from shared.model.endpoint_extras import logged
 from shared.model.formats import build_request
 from shared.model.messages import LOGGED_BODY_CHARS, AttemptRecord, Endpoint, Outcome
 from shared.model.routing import (
@@ -48,15 +49,19 @@ class Sender:
     ) -> AttemptResult:
         started_s = self._clock()
         now = datetime.fromtimestamp(started_s, UTC)
-        body, headers = build_request(
-            endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
-        )
+        body: bytes = b""
+        headers: dict[str, str] = {}
         status: int | None = None
         error: str | None = None
         response_body: str | None = None
         retry_after_s: float | None = None
         started = time.perf_counter()
         try:
+            # Inside the try: a template that fails on this click (TemplateError) is a failed
+            # attempt, logged with the template's own message, retried like any other.
+            body, headers = build_request(
+                endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
+            )
             response = await self._client.post(endpoint.url, headers, body)
             status = response.status
             response_body = response.body.decode("utf-8", errors="replace") or None
@@ -79,7 +84,7 @@ class Sender:
             status=status,
             error=error,
             response_body=response_body,
-            request_headers=headers,
+            request_headers=logged(headers, endpoint.headers) if endpoint.headers else headers,
             request_body=body[:LOGGED_BODY_CHARS].decode("utf-8", errors="replace"),
         )
         return AttemptResult(record=record, retry_after_s=retry_after_s)

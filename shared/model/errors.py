@@ -57,6 +57,16 @@ class InvalidClick(InvalidInput):
         self.reason: InvalidClickReason = reason
 
 
+class TemplateError(ClickhookError):
+    """A payload template that cannot be used, or one render of it that failed: what, and on
+    which line of the template when known."""
+
+    def __init__(self, problem: str, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {problem}" if line else problem)
+        self.problem = problem
+        self.line = line
+
+
 class RefusedDestination(OSError):
     """The SSRF guard refused a destination address.
 

@@ -24,8 +24,10 @@ from typing import Any
 
 from yarl import URL
 
+from shared.model.endpoint_extras import sendable
 from shared.model.messages import Endpoint, PayloadFormat, encode, webhook_body
 from shared.model.signing import secret_key, signed_headers, style_headers
+from shared.model.templates import render_template
 
 # Slack's documented limits (https://docs.slack.dev/reference/block-kit/blocks). The budgets
 # below keep every text inside them; tests/support/slack.py checks that independently.
@@ -385,6 +387,36 @@ def ifttt_values(event: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+# --- a sample click ----------------------------------------------------------------------------
+
+# The link of every sample click: test events, template checks and previews.
+TEST_LINK_ID = "lnk_clickhook_test"
+
+
+def sample_click(endpoint: Endpoint, event_id: str, now: datetime) -> dict[str, Any]:
+    """A ``link.clicked`` that says it is a test (``"test": true``) and points nowhere real."""
+    return {
+        "id": event_id,
+        "type": "link.clicked",
+        "occurred_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "account_id": endpoint.account_id,
+        "test": True,
+        "link": {
+            "id": TEST_LINK_ID,
+            "domain": "example.com",
+            "key": "clickhook-test",
+            "url": "https://example.com/clickhook-test",
+            "tags": ["test"],
+        },
+        "click": {
+            "ip": "192.0.2.1",
+            "country": "US",
+            "user_agent": "clickhook test event",
+            "referer": None,
+        },
+    }
+
+
 # --- one entry point ---------------------------------------------------------------------------
 
 _RENDERERS: dict[PayloadFormat, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
@@ -395,10 +427,15 @@ _RENDERERS: dict[PayloadFormat, Callable[[Mapping[str, Any]], dict[str, Any]]] =
 }
 
 
-def render_body(payload_format: PayloadFormat, event: dict[str, Any]) -> bytes:
-    """The request body of one click for an endpoint of ``payload_format``."""
+def render_body(
+    payload_format: PayloadFormat, event: dict[str, Any], template: str | None = None
+) -> bytes:
+    """The request body of one click for an endpoint of ``payload_format``; for "template",
+    ``template`` rendered (``TemplateError`` when the click makes it fail)."""
     if payload_format == "standard":
         return webhook_body(event)
+    if payload_format == "template":
+        return render_template(template or "", event)
     return encode(_RENDERERS[payload_format](event))
 
 
@@ -411,10 +448,13 @@ def build_request(
     now: datetime,
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of one delivery: rendered in the endpoint's format, signed with every
-    still-valid secret (Standard Webhooks) and with the current one in the extra styles."""
-    body = render_body(endpoint.format, event)
+    still-valid secret (Standard Webhooks) and with the current one in the extra styles, with
+    the endpoint's custom headers first (none of which may be a header set here). A template
+    that fails on this click raises ``TemplateError``: nothing is sent."""
+    body = render_body(endpoint.format, event, endpoint.template)
     secrets = endpoint.signing_secrets(now)
-    headers = signed_headers([secret_key(s) for s in secrets], webhook_id, timestamp_s, body)
+    headers = sendable(endpoint.headers) if endpoint.headers else {}
+    headers.update(signed_headers([secret_key(s) for s in secrets], webhook_id, timestamp_s, body))
     if secrets and endpoint.signature_styles:
         headers.update(style_headers(endpoint.signature_styles, secrets[0], body))
     return body, headers

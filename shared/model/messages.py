@@ -32,6 +32,11 @@ Tag = Annotated[str, msgspec.Meta(max_length=MAX_TAG_CHARS)]
 
 # --- click events -------------------------------------------------------------------------
 
+# The event types clickhook itself defines (GET /v1/meta); a shortener may publish others,
+# which are delivered as they are.
+CLICK_EVENT_TYPE = "link.clicked"
+EVENT_TYPES = (CLICK_EVENT_TYPE,)
+
 
 class LinkFields(msgspec.Struct, frozen=True):
     id: Id
@@ -290,7 +295,8 @@ def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
 # --- endpoints ----------------------------------------------------------------------------
 
 # How a delivery's body is rendered (shared/model/formats.py); every format is signed the same way.
-PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt"]
+# "template" renders the endpoint's own Liquid template (shared/model/templates.py).
+PayloadFormat = Literal["standard", "slack", "discord", "teams", "ifttt", "template"]
 # Signature headers sent besides the Standard Webhooks ones, for receivers that already verify
 # GitHub's or Dub's (shared/model/signing.py).
 SignatureStyle = Literal["github", "dub"]
@@ -318,6 +324,8 @@ class EndpointSecret(msgspec.Struct, frozen=True, omit_defaults=True):
 
 # The version of an endpoint not read from the topic (offsets start at 0).
 NO_VERSION = -1
+# How a write-only value (a custom header's) is shown.
+MASK = "••••"
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -334,7 +342,17 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     disabled_reason: str | None = None
     secrets: list[EndpointSecret]
     format: PayloadFormat = "standard"
+    # The Liquid source of the body when ``format`` is "template"; checked when written
+    # (it parses, and renders a sample click to JSON within the limits).
+    template: str | None = None
     signature_styles: list[SignatureStyle] = []
+    # Checked when written (shared/model/endpoint_extras.py), not when read: a record written
+    # under other limits still loads.
+    headers: Annotated[
+        dict[str, str],
+        msgspec.Meta(description=f"the custom headers' names; values are write-only: {MASK}"),
+    ] = {}
+    metadata: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
     # The offset in ``webhook.endpoints`` of the write that made this state: its ETag. Set by
@@ -349,10 +367,11 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
         return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now]
 
     def public_view(self) -> dict[str, Any]:
-        """The endpoint as the API shows it: no rotated-out secrets, no internal fields."""
+        """The endpoint as the API shows it: no secrets, no internal fields, no header values."""
         view: dict[str, Any] = msgspec.to_builtins(self)
         view.pop("secrets")
         view.pop("v")
+        view["headers"] = dict.fromkeys(self.headers, MASK)
         return view
 
 

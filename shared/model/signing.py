@@ -8,6 +8,9 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
+from typing import Annotated, Literal
+
+import msgspec
 
 from shared.model.messages import SignatureStyle
 
@@ -126,3 +129,45 @@ def verify(
         return False
     expected = sign(secret_key(secret), msg_id, timestamp_s, body)
     return any(hmac.compare_digest(expected, candidate) for candidate in presented)
+
+
+class SignatureScheme(msgspec.Struct, frozen=True, kw_only=True):
+    """One way clickhook signs a request, as GET /v1/meta tells receivers."""
+
+    name: Literal["standard-webhooks-v1"] | SignatureStyle
+    always: Annotated[
+        bool, msgspec.Meta(description="false: sent when the endpoint's signature_styles has it")
+    ]
+    headers: list[str]
+    algorithm: Literal["HMAC-SHA256"]
+    signed_content: str
+    encoding: str
+    key: str
+
+
+def _style_scheme(name: SignatureStyle, header: str, encoding: str) -> SignatureScheme:
+    """A style of ``style_headers``: one HMAC of the body, keyed with the secret string."""
+    return SignatureScheme(
+        name=name,
+        always=False,
+        headers=[header],
+        algorithm="HMAC-SHA256",
+        signed_content="{body}",
+        encoding=encoding,
+        key="the whole secret string, whsec_ included, as UTF-8",
+    )
+
+
+SIGNATURE_SCHEMES = (
+    SignatureScheme(
+        name="standard-webhooks-v1",
+        always=True,
+        headers=[HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE],
+        algorithm="HMAC-SHA256",
+        signed_content="{webhook-id}.{webhook-timestamp}.{body}",
+        encoding="v1,<base64>, space-separated while a rotated-out secret still signs",
+        key="the bytes of the secret's base64 after whsec_",
+    ),
+    _style_scheme("github", HEADER_GITHUB_SIGNATURE, "sha256=<hex>"),
+    _style_scheme("dub", HEADER_DUB_SIGNATURE, "<hex>"),
+)

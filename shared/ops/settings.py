@@ -48,6 +48,9 @@ class Settings:
     retry_schedule_s: tuple[float, ...] = parse_schedule(DEFAULT_RETRY_SCHEDULE)
     delivery_timeout_s: float = 15.0
     allowed_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # The addresses deliveries leave from, as the operator declares them: published by
+    # GET /v1/meta for receivers to allowlist (clickhook cannot see its own NAT).
+    egress_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allow_http: bool = False
     log_format: LogFormat = "json"
     log_level: str = "info"
@@ -149,7 +152,9 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
-def parse_cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def parse_cidrs(
+    raw: str, name: str = "CLICKHOOK_ALLOWED_CIDRS"
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(
             ipaddress.ip_network(part.strip(), strict=False)
@@ -157,7 +162,7 @@ def parse_cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
             if part.strip()
         )
     except ValueError as exc:
-        raise SettingsError("CLICKHOOK_ALLOWED_CIDRS", raw, str(exc)) from None
+        raise SettingsError(name, raw, str(exc)) from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -194,6 +199,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_schedule_s=schedule,
         delivery_timeout_s=_duration(env, "CLICKHOOK_DELIVERY_TIMEOUT", 15.0),
         allowed_cidrs=parse_cidrs(env.get("CLICKHOOK_ALLOWED_CIDRS", "")),
+        egress_cidrs=parse_cidrs(env.get("CLICKHOOK_EGRESS_CIDRS", ""), "CLICKHOOK_EGRESS_CIDRS"),
         allow_http=_bool(env, "CLICKHOOK_ALLOW_HTTP", False),
         log_format=log_format,  # type: ignore[arg-type]  # checked just above
         log_level=env.get("CLICKHOOK_LOG_LEVEL", "info") or "info",

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from shared.model.messages import decode_dead_letter
+from shared.model.messages import MASK, decode_attempt, decode_dead_letter
 from shared.model.signing import generate_secret
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
@@ -254,3 +254,29 @@ async def test_database_recipe_from_the_readme_stores_each_click_once(
 def rows_in(database: Path) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(database)) as db:
         return db.execute("SELECT * FROM clicks").fetchall()
+
+
+async def test_custom_headers_reach_the_receiver_signed_and_stay_masked_in_the_log(
+    start_pipeline: StartPipeline, receiver: Receiver
+) -> None:
+    pipeline = await start_pipeline()
+    endpoint = await pipeline.create_endpoint(
+        receiver.url("/with-headers"),
+        headers={"Authorization": "Bearer receiver-token", "X-Tenant": "t 42"},
+        signature_styles=["github"],
+    )
+
+    await pipeline.post_clicks(make_click("evt_headers", account_id=ACCOUNT_ID))
+    [arrival] = await receiver.wait_for(1, timeout_s=15)
+    [logged] = await read_records(pipeline.bootstrap, pipeline.topic("webhook.attempts"), 1, 15)
+
+    assert arrival.headers["Authorization"] == "Bearer receiver-token"
+    assert arrival.headers["X-Tenant"] == "t 42"
+    Webhook(endpoint["secret"]).verify(arrival.body, arrival.headers)
+    assert arrival.headers["X-Hub-Signature-256"] == "sha256=" + hex_hmac(
+        endpoint["secret"], arrival.body
+    )
+    request_headers = decode_attempt(logged.value).request_headers
+    assert request_headers is not None
+    assert request_headers["Authorization"] == MASK
+    assert b"receiver-token" not in logged.value

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -127,4 +127,10 @@ def _stale(element: WebElement) -> bool:
         element.is_enabled()
     except StaleElementReferenceException:
         return True
+    except WebDriverException as exc:
+        # Chromium's answer while the old page is being replaced (a fetch of the page in flight
+        # makes this more likely): the element is gone all the same.
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
     return False

@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -37,6 +36,7 @@ from services.ingest.delivery_log.store import (
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.responses import ApiError, struct_response
 from shared.model.errors import DeliveryLogUnavailable, Problem
+from shared.model.formats import TEST_LINK_ID, sample_click
 from shared.model.messages import Endpoint, encode
 from shared.model.signing import webhook_id
 from shared.model.topics import HEADER_ENDPOINT, Topics
@@ -46,7 +46,6 @@ from shared.ops.supervision import Supervisor
 DEFAULT_PAGE = 50
 MAX_PAGE = 250
 STATUS = re.compile(r"success|failure|deferred|[1-5](xx|[0-9][0-9])")
-TEST_LINK_ID = "lnk_clickhook_test"
 
 
 def _problem(field: str, problem: str) -> ApiError:
@@ -117,30 +116,6 @@ def _next_cursor(found: list[Attempt], limit: int) -> str | None:
     parsed = parse_record_id(last.id, ATTEMPT_ID_PREFIX)
     assert parsed is not None  # ids come from the index
     return encode_cursor(int(last.at.timestamp() * 1000), position(*parsed))
-
-
-def sample_click(endpoint: Endpoint, event_id: str, now: datetime) -> dict[str, Any]:
-    """A ``link.clicked`` that says it is a test (``"test": true``) and points nowhere real."""
-    return {
-        "id": event_id,
-        "type": "link.clicked",
-        "occurred_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "account_id": endpoint.account_id,
-        "test": True,
-        "link": {
-            "id": TEST_LINK_ID,
-            "domain": "example.com",
-            "key": "clickhook-test",
-            "url": "https://example.com/clickhook-test",
-            "tags": ["test"],
-        },
-        "click": {
-            "ip": "192.0.2.1",
-            "country": "US",
-            "user_agent": "clickhook test event",
-            "referer": None,
-        },
-    }
 
 
 class DeliveryLogApi:

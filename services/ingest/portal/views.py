@@ -23,6 +23,7 @@ from services.ingest.api_types import (
     EndpointPatch,
     PortalSession,
     PortalSessionRequest,
+    PreviewRequest,
     ReplayRequest,
 )
 from services.ingest.auth import Authenticator, Principal, insufficient_scope
@@ -41,7 +42,7 @@ from services.ingest.replay_api import ReplayApi, replay_status
 from services.ingest.responses import ApiError, read_json_body, struct_response
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.errors import DeliveryLogUnavailable
-from shared.model.messages import Endpoint
+from shared.model.messages import MASK, Endpoint
 from shared.ops.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -124,7 +125,14 @@ def form_fields(form: Mapping[str, Any], signature_styles: list[str]) -> dict[st
         },
     }
     fields["rate_limit_per_s"] = _number(str(form.get("rate_limit_per_s", "")).strip())
+    fields["template"] = _template(form)
     return fields
+
+
+def _template(form: Mapping[str, Any]) -> str | None:
+    """The form's template; an empty box is none (browsers send textarea lines as CRLF)."""
+    text = str(form.get("template", "")).replace("\r\n", "\n")
+    return text if text.strip() else None
 
 
 def _number(text: str) -> float | str | None:
@@ -363,6 +371,28 @@ class Portal:
         response.set_status(422)
         return response
 
+    async def preview(self, request: web.Request) -> web.Response:
+        """The edit page's live preview: the form's format and template on a sample click,
+        as an HTML fragment (escaped by the template engine). Nothing is sent or saved."""
+        session, form = await self._write_session(request)
+        endpoint = self._endpoint(session, request)
+        context: dict[str, Any] = {"problems": [], "message": "", "preview": None}
+        asked: dict[str, Any] = {"format": str(form.get("format", endpoint.format))}
+        template = _template(form)
+        if template is not None:
+            asked["template"] = template
+        try:
+            body = msgspec.convert(asked, PreviewRequest, strict=True)
+            context["preview"] = self._deps.endpoints.preview_endpoint(
+                _principal(session), endpoint.id, body
+            )
+        except ApiError as exc:
+            context["message"] = exc.message
+            context["problems"] = [f"{d.field}: {d.problem}" for d in exc.details]
+        except msgspec.ValidationError as exc:
+            context["message"], context["problems"] = "invalid", [str(exc)]
+        return aiohttp_jinja2.render_template("preview.html", request, context)
+
     async def set_enabled(self, request: web.Request) -> web.Response:
         session, form = await self._write_session(request)
         endpoint = self._endpoint(session, request)
@@ -486,6 +516,7 @@ def add_portal(app: web.Application, deps: PortalDeps) -> None:
     env.filters["when"] = _when
     env.globals["portal"] = PORTAL_PATH
     env.globals["etag"] = etag
+    env.globals["mask"] = MASK  # custom header values are write-only: never in a page
     router = sub.router
     router.add_get("/", portal.endpoints)
     router.add_get("/open", portal.open)
@@ -502,6 +533,7 @@ def add_portal(app: web.Application, deps: PortalDeps) -> None:
     router.add_post("/endpoints/{endpoint_id}/secret", portal.reveal_secret)
     router.add_post("/endpoints/{endpoint_id}/rotate-secret", portal.rotate_secret)
     router.add_post("/endpoints/{endpoint_id}/test", portal.send_test)
+    router.add_post("/endpoints/{endpoint_id}/preview", portal.preview)
     router.add_post("/endpoints/{endpoint_id}/replay", portal.replay)
     router.add_static("/static/", HERE / "static", append_version=True)
     app.add_subapp(PORTAL_PATH, sub)

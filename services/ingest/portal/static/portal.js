@@ -38,3 +38,41 @@ document.addEventListener("submit", (event) => {
 for (const input of document.querySelectorAll("input.secret")) {
   input.addEventListener("focus", () => input.select());
 }
+
+// Preview as you type: on the edit page, the format and template are posted (with the CSRF
+// token, on the session cookie) to the portal's preview route at most every 400 ms of quiet;
+// the server renders the fragment (escaped) and nothing is sent to the endpoint.
+const preview = document.getElementById("preview");
+if (preview) {
+  const form = preview.closest("form");
+  let timer = null;
+  let latest = 0;
+  const refresh = async () => {
+    const asked = ++latest;
+    const body = new URLSearchParams({
+      csrf: preview.dataset.csrf,
+      format: form.elements.format.value,
+      template: form.elements.template.value,
+    });
+    try {
+      const response = await fetch(preview.dataset.preview, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { accept: "text/html" },
+        body,
+      });
+      if (asked === latest) {
+        preview.innerHTML = await response.text();
+      }
+    } catch (error) {
+      // Offline or the server restarting: the next keystroke tries again.
+    }
+  };
+  const later = () => {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 400);
+  };
+  form.elements.template.addEventListener("input", later);
+  form.elements.format.addEventListener("change", later);
+  refresh();
+}
