@@ -74,6 +74,12 @@ DEAD_LETTERS = Counter(
 INVALID_RECORDS = Counter(
     "clickhook_invalid_records_total", "Records moved to clicks.invalid", ["reason"]
 )
+UNDECODABLE_BATCHES = Counter(
+    "clickhook_undecodable_batches_total",
+    "Record batches a consumer could not decode (corrupt bytes, CRC mismatch, unknown codec or "
+    "format), skipped; on clicks each is also kept in clicks.invalid",
+    ["topic"],
+)
 RETRY_LATENESS_SECONDS = Histogram(
     "clickhook_retry_lateness_seconds",
     "How long after its due time a retry was attempted",
