@@ -18,6 +18,9 @@ echo "== lint and types"
 echo "== browser (the portal's tests drive Debian's headless Chromium)"
 bash deploy/local/browser.sh
 
+echo "== kcat (tests/e2e/test_any_producer.py produces with librdkafka, as shorteners do)"
+bash deploy/local/kcat.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)

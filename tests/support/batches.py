@@ -7,6 +7,7 @@ produce time, so on disk is the only place a test can put them.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,3 +93,16 @@ def corrupt_stored_batch(partition_dir: Path, base_offset: int, corruption: Corr
                     file.write(batch)
                 return
     raise AssertionError(f"no batch at offset {base_offset} in {partition_dir}")
+
+
+def broker_partition_dir(bootstrap: str, topic: str, partition: int) -> Path:
+    """Where a broker that deploy/local/kafka.sh started keeps the partition's segments."""
+    port = bootstrap.split(",", maxsplit=1)[0].rsplit(":", 1)[1]
+    cache = Path(os.environ.get("CLICKHOOK_CACHE_DIR", Path.home() / ".cache" / "clickhook"))
+    properties = (cache / f"run-{port}" / "server.properties").read_text()
+    [log_dirs] = [
+        line.removeprefix("log.dirs=")
+        for line in properties.splitlines()
+        if line.startswith("log.dirs=")
+    ]
+    return Path(log_dirs.split(",", maxsplit=1)[0]) / f"{topic}-{partition}"
