@@ -11,9 +11,7 @@ click reaches the loopback receiver, signed; every garbage record and every brok
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.model.topics import DISPATCHER_GROUP, HEADER_REASON, HEADER_SOURCE, Topics
 from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, PUBLISH_TOKEN, Pipeline
-from tests.e2e.test_bad_records import committed_offset, read_all
+from tests.e2e.test_bad_records import read_all, wait_committed
 from tests.support.batches import CORRUPTIONS, broker_partition_dir, corrupt_stored_batch
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver
@@ -39,7 +37,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 PARTITION = 0
 CODECS = ("gzip", "snappy", "lz4", "zstd")
-SETTLE_TIMEOUT_S = 60.0
+SETTLE_S = 60.0
 JAVA_PRODUCER = ROOT / "tests" / "e2e" / "producers" / "ClickProducer.java"
 # What the Java producer needs of the broker's jars (kafka.sh fetched them).
 JAVA_JARS = ("kafka-clients-", "lz4-java-", "snappy-java-", "zstd-jni-", "slf4j-api-")
@@ -145,15 +143,6 @@ class Run:
     logs: str
 
 
-async def wait_committed(bootstrap: str, group: str, topic: str, end: int) -> int | None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    committed = await committed_offset(bootstrap, group, topic)
-    while committed != end and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        committed = await committed_offset(bootstrap, group, topic)
-    return committed
-
-
 @pytest_asyncio.fixture(name="run", scope="module", loop_scope="module")
 async def fixture_run(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
@@ -182,9 +171,8 @@ async def fixture_run(
 
         services |= await launch(("dispatcher",), env, log_dir)
         end = await partition_end(kafka_bootstrap, topics.clicks)
-        committed = await wait_committed(
-            kafka_bootstrap, topics.group(DISPATCHER_GROUP), topics.clicks, end
-        )
+        group = topics.group(DISPATCHER_GROUP)
+        committed = await wait_committed(kafka_bootstrap, group, topics.clicks, end, SETTLE_S)
         verifier = Webhook(secret)
         delivered: dict[str, dict[str, object]] = {}
         unsigned: list[str] = []

@@ -130,6 +130,18 @@ async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None
     return None if meta is None else int(meta.offset)
 
 
+async def wait_committed(
+    bootstrap: str, group: str, topic: str, end: int, timeout_s: float = SETTLE_TIMEOUT_S
+) -> int | None:
+    """The group's committed offset once it reaches ``end``, or as it is after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    committed = await committed_offset(bootstrap, group, topic)
+    while committed != end and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        committed = await committed_offset(bootstrap, group, topic)
+    return committed
+
+
 async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of ``topic`` present now (big ones included)."""
     consumer = AIOKafkaConsumer(
@@ -174,11 +186,7 @@ async def fixture_run(
         await produce_in_order(kafka_bootstrap, topics.clicks, records)
 
         group = topics.group(DISPATCHER_GROUP)
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        committed = await committed_offset(kafka_bootstrap, group, topics.clicks)
-        while committed != len(records) and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            committed = await committed_offset(kafka_bootstrap, group, topics.clicks)
+        committed = await wait_committed(kafka_bootstrap, group, topics.clicks, len(records))
 
         invalid = await read_all(kafka_bootstrap, topics.clicks_invalid)
         yield Run(
