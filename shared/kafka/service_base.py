@@ -18,8 +18,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.kafka.clients import create_producer, ensure_topics
+from shared.kafka.clients import create_producer, ensure_topics, topic_specs
 from shared.kafka.endpoint_store import EndpointStore
+from shared.kafka.undecodable import count_from_zero
 from shared.ops.health import Readiness
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
@@ -80,6 +81,7 @@ async def service_base(settings: Settings) -> AsyncIterator[ServiceBase]:
     """The base, for the block's duration; raises ``BackgroundTaskFailed`` on the way out when
     a supervised task died (the block was stopped for it)."""
     stop = asyncio.Event()
+    count_from_zero(spec.name for spec in topic_specs(settings))
     await _ensure_topics_when_reachable(settings)
     producer = create_producer(settings)
     await producer.start()
