@@ -1,4 +1,4 @@
-# Sourced by the scripts that install what a test needs from Debian (browser.sh,
+# Sourced by the scripts that install what a test needs from Debian (browser.sh, kcat.sh,
 # prometheus.sh): nothing comes from anywhere but the distribution's archive.
 #
 #   ensure_debian_packages "what for" BINARY... -- PACKAGE...

@@ -21,6 +21,9 @@ bash deploy/local/browser.sh
 echo "== prometheus (promtool tests the alerts; a real Prometheus scrapes the services)"
 bash deploy/local/prometheus.sh
 
+echo "== kcat (tests/e2e/test_any_producer.py produces with librdkafka, as shorteners do)"
+bash deploy/local/kcat.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)

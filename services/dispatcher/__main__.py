@@ -35,6 +35,7 @@ def build_worker(
         max_in_flight=settings.max_in_flight,
         drain_grace_s=settings.drain_grace_s,
         on_drain_timeout=dispatcher.defer_running,
+        on_undecodable=dispatcher.set_aside_undecodable,
     )
     consumer.subscribe([topics.clicks], listener=worker.listener)
     return consumer, worker

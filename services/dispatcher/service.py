@@ -10,12 +10,13 @@ from aiokafka import AIOKafkaProducer
 
 from shared.delivery.deliverer import Deliverer
 from shared.delivery.endpoint_gate import EndpointGate
-from shared.kafka.clients import Record, set_aside
+from shared.kafka.clients import Record, set_aside, set_aside_batch
 from shared.kafka.endpoint_store import EndpointStore
+from shared.kafka.undecodable import UndecodableBatch
 from shared.model.envelopes import first_envelope
-from shared.model.errors import InvalidClick
+from shared.model.errors import InvalidClick, InvalidClickReason
 from shared.model.filters import endpoint_wants
-from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_click
+from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_stored_click
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
@@ -23,6 +24,7 @@ from shared.ops.metrics import Service
 from shared.ops.settings import Settings
 
 SERVICE: Service = "dispatcher"
+UNDECODABLE_BATCH: InvalidClickReason = "undecodable_batch"
 log = structlog.get_logger(__name__)
 
 
@@ -50,7 +52,7 @@ class Dispatcher:
     async def handle(self, record: Record) -> None:
         """Finish one ``clicks`` record: every delivery done or durably handed off."""
         try:
-            event = decode_click(record.value, now=datetime.now(UTC))
+            event = decode_stored_click(record, now=datetime.now(UTC))
         except InvalidClick as exc:
             await self._set_aside(record, exc)
             return
@@ -129,3 +131,10 @@ class Dispatcher:
         )
         metrics.INVALID_RECORDS.labels(reason=exc.reason).inc()
         log.warning("click_set_aside", source=source, reason=reason)
+
+    async def set_aside_undecodable(self, batch: UndecodableBatch) -> None:
+        """A batch of ``clicks`` nobody can decode is skipped (shared.kafka.undecodable) but
+        kept, as stored, in ``clicks.invalid``, like any click that does not validate."""
+        source = await set_aside_batch(self._producer, self._topics.clicks_invalid, batch)
+        metrics.INVALID_RECORDS.labels(reason=UNDECODABLE_BATCH).inc()
+        log.warning("click_batch_set_aside", source=source, reason=batch.reason)

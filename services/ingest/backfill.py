@@ -35,7 +35,7 @@ from shared.model.messages import (
     ClickEvent,
     DeliveryEnvelope,
     Endpoint,
-    decode_click,
+    decode_stored_click,
     encode,
 )
 from shared.model.topics import HEADER_DUE_AT_MS, Topics
@@ -102,7 +102,7 @@ class BackfillProgress:
 def _readable_click(record: Record, now: datetime) -> ClickEvent | None:
     """The click of a record; None for records the dispatcher set aside as invalid."""
     try:
-        return decode_click(record.value, now=now)
+        return decode_stored_click(record, now=now)
     except InvalidInput:
         return None
 

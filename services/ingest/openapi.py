@@ -604,6 +604,12 @@ def _schemas() -> dict[str, Any]:
     _, generated = msgspec.json.schema_components(STRUCTS, ref_template=REF)
     click = generated.pop("ClickFields")
     click["description"] = "A click. Unknown fields are kept and passed through to receivers."
+    click["properties"]["id"]["description"] = (
+        "The click's id; receivers dedupe on the webhook-id derived from it. Optional: ingest "
+        "assigns one (`evt_` and 32 hex digits), and a click produced straight to the clicks "
+        "topic without one gets one from its position, `evt_<topic>-<partition>-<offset>`, the "
+        "same for every redelivery, replay and replica."
+    )
     generated["ClickEvent"] = click
     endpoint = generated["Endpoint"]
     for name in HIDDEN_ENDPOINT_FIELDS:

@@ -15,4 +15,11 @@ May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
 - ``lag``: consumer lag of a service's own group, exported as metrics.
 - ``replay``: replay jobs, an endpoint's dead letters streamed back into delivery and
   recorded in ``webhook.replays``.
+- ``undecodable``: every batch any consumer of the process fetches is checked before aiokafka
+  reads it; one that cannot be decoded is skipped and reported, never raised (installed here,
+  on import, so that no consumer is left without it).
 """
+
+from shared.kafka import undecodable
+
+undecodable.install()

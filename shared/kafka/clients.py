@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
+from shared.kafka.undecodable import UndecodableBatch
 from shared.model.caps import CAPS_PARTITIONS
 from shared.model.topics import HEADER_REASON, HEADER_SOURCE, Topics
 from shared.model.watermark import decode_finished
@@ -168,9 +169,36 @@ async def set_aside(producer: AIOKafkaProducer, topic: str, record: Record, reas
     """Keep a record that cannot be processed, byte for byte, in ``topic``, with the reason and
     its source position in headers; returns that position (``topic/partition/offset``)."""
     source = f"{record.topic}/{record.partition}/{record.offset}"
-    headers = [(HEADER_REASON, reason.encode()), (HEADER_SOURCE, source.encode())]
-    await produce_durably(producer, topic, key=record.key, value=record.value, headers=headers)
+    await _keep(producer, topic, key=record.key, value=record.value, reason=reason, source=source)
     return source
+
+
+# Of an undecodable batch, what is kept: its first bytes (the header names the producer, the
+# codec and the offsets); a batch may be as large as the largest record a topic takes.
+KEPT_BATCH_BYTES = 1024 * 1024
+
+
+async def set_aside_batch(producer: AIOKafkaProducer, topic: str, batch: UndecodableBatch) -> str:
+    """Keep a batch that could not be decoded in ``topic``, as stored (its first
+    ``KEPT_BATCH_BYTES``), with the reason and its source range
+    (``topic/partition/first-last``) in headers; returns that range."""
+    kept = batch.stored[:KEPT_BATCH_BYTES]
+    reason = f"undecodable batch ({len(batch.stored)} bytes, {len(kept)} kept): {batch.reason}"
+    await _keep(producer, topic, key=None, value=kept, reason=reason, source=batch.source)
+    return batch.source
+
+
+async def _keep(
+    producer: AIOKafkaProducer,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    source: str,
+) -> None:
+    headers = [(HEADER_REASON, reason.encode()), (HEADER_SOURCE, source.encode())]
+    await produce_durably(producer, topic, key=key, value=value, headers=headers)
 
 
 async def finished_above_commits(

@@ -39,11 +39,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.kafka.clients import Record, finished_above_commits
+from shared.kafka.undecodable import UndecodableBatch, collecting
 from shared.model.watermark import PartitionWatermark, encode_finished
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Record], Awaitable[None]]
+# Records a batch that could not be decoded (it is skipped either way).
+UndecodableHandler = Callable[[UndecodableBatch], Awaitable[None]]
 # When a record may start (unix ms); None: at once.
 NotBefore = Callable[[Record], int | None]
 # Told, once per loop, which partitions wait for their head record.
@@ -98,7 +101,11 @@ class PartitionWorker:
         not_before_ms: NotBefore | None = None,
         on_held: HeldReport | None = None,
         on_drain_timeout: Callable[[], None] | None = None,
+        on_undecodable: UndecodableHandler | None = None,
     ) -> None:
+        # A skipped batch is finished at its last offset at once: with held records below it,
+        # that would commit past them.
+        assert not (on_undecodable and not_before_ms), "undecodable batches with holds"
         self._consumer = consumer
         self._handler = handler
         self._max_in_flight = max_in_flight
@@ -106,6 +113,7 @@ class PartitionWorker:
         self._not_before_ms = not_before_ms
         self._on_held = on_held
         self._on_drain_timeout = on_drain_timeout
+        self._on_undecodable = on_undecodable
         self._held: dict[TopicPartition, _Held] = {}
         self._held_records = 0  # the records in ``_held``: they count against the bound
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
@@ -143,9 +151,12 @@ class PartitionWorker:
             # records included) and what the per-endpoint queues are sized against. With no
             # room every partition is paused, and the poll only keeps the consumer in its group.
             room = max(1, self._max_in_flight - self._occupied())
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
+            with collecting() as undecodable:
+                batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batches.items():
                 self._take(tp, records)
+            for batch in undecodable:
+                self._take_undecodable(batch)
             if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                 await self.commit()
                 last_commit = time.monotonic()
@@ -205,15 +216,27 @@ class PartitionWorker:
             self._start(tp, record)
 
     def _start(self, tp: TopicPartition, record: Record) -> None:
+        self._start_work(tp, record.offset, functools.partial(self._handler, record))
+
+    def _take_undecodable(self, batch: UndecodableBatch) -> None:
+        """Recorded as work at the batch's last offset, so that the commit passes the batch
+        only once it is recorded (again, after a crash, rather than never)."""
+        if self._on_undecodable is not None:
+            tp = TopicPartition(batch.topic, batch.partition)
+            self._start_work(tp, batch.last_offset, functools.partial(self._on_undecodable, batch))
+
+    def _start_work(
+        self, tp: TopicPartition, offset: int, work: Callable[[], Awaitable[None]]
+    ) -> None:
         watermark = self._watermarks.setdefault(tp, PartitionWatermark())
         finished_before = self._finished_before.get(tp)
-        if finished_before and record.offset in finished_before:
-            finished_before.discard(record.offset)
-            watermark.start(record.offset)
-            watermark.finish(record.offset)
+        if finished_before and offset in finished_before:
+            finished_before.discard(offset)
+            watermark.start(offset)
+            watermark.finish(offset)
             return
-        watermark.start(record.offset)
-        task = asyncio.create_task(self._handle(tp, watermark, record))
+        watermark.start(offset)
+        task = asyncio.create_task(self._handle(tp, watermark, offset, work))
         partition_tasks = self._tasks_by_tp.setdefault(tp, set())
         self._tasks.add(task)
         partition_tasks.add(task)
@@ -285,12 +308,16 @@ class PartitionWorker:
                 await self._room.wait()
 
     async def _handle(
-        self, tp: TopicPartition, watermark: PartitionWatermark, record: Record
+        self,
+        tp: TopicPartition,
+        watermark: PartitionWatermark,
+        offset: int,
+        work: Callable[[], Awaitable[None]],
     ) -> None:
         delay_s = 0.5
         while True:
             try:
-                await self._handler(record)
+                await work()
                 break
             except asyncio.CancelledError:
                 raise
@@ -301,13 +328,13 @@ class PartitionWorker:
                     "record_handler_failed",
                     topic=tp.topic,
                     partition=tp.partition,
-                    offset=record.offset,
+                    offset=offset,
                 )
                 if self._stopping:
                     return
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, HANDLER_RETRY_MAX_S)
-        watermark.finish(record.offset)
+        watermark.finish(offset)
 
     def _saturated(self) -> bool:
         """Full at the bound; once full, until work is down to the resume share."""

@@ -46,7 +46,9 @@ class InvalidInput(ClickhookError):
 
 # Why a record of ``clicks`` cannot be delivered: the reason label of
 # clickhook_invalid_records_total, so a short fixed set (the message and problems say more).
-InvalidClickReason = Literal["null_value", "too_large", "malformed_json", "invalid_event"]
+InvalidClickReason = Literal[
+    "null_value", "too_large", "malformed_json", "invalid_event", "undecodable_batch"
+]
 
 
 class InvalidClick(InvalidInput):

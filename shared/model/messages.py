@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 import msgspec
 
@@ -273,7 +273,32 @@ def decode_json(raw: bytes) -> Any:
     return obj
 
 
-def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
+def position_event_id(topic: str, partition: int, offset: int) -> str:
+    """The id of a click produced to Kafka without one: from where it is stored, so that every
+    read of it (a redelivery, a replica, a replay, a backfill) gives the same ``webhook-id``."""
+    return f"evt_{topic}-{partition}-{offset}"
+
+
+class StoredRecord(Protocol):
+    """What a click read from Kafka is decoded from (aiokafka's ``ConsumerRecord`` is one)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def decode_stored_click(record: StoredRecord, *, now: datetime) -> ClickEvent:
+    """A click read from ``clicks``, with ``position_event_id`` when it came without an id."""
+    default_id = position_event_id(record.topic, record.partition, record.offset)
+    return decode_click(record.value, now=now, default_id=default_id)
+
+
+def decode_click(raw: bytes | None, *, now: datetime, default_id: str | None = None) -> ClickEvent:
     """A ``clicks`` record's value as a click; raises ``InvalidClick`` saying why it is not."""
     if raw is None:
         raise InvalidClick(
@@ -287,7 +312,7 @@ def decode_click(raw: bytes | None, *, now: datetime) -> ClickEvent:
     except InvalidInput as exc:
         raise InvalidClick("malformed_json", exc.message, exc.problems) from None
     try:
-        return validate_click(obj, now=now)
+        return validate_click(obj, now=now, default_id=default_id)
     except InvalidInput as exc:
         raise InvalidClick("invalid_event", exc.message, exc.problems) from None
 

@@ -89,3 +89,8 @@ class Topics:
     def retry_tiers(self, schedule_s: tuple[float, ...]) -> list[str]:
         """Distinct tier topics of a schedule, in schedule order."""
         return list(dict.fromkeys(self.retry(delay) for delay in schedule_s))
+
+    def every(self, tier_delays_s: tuple[float, ...]) -> list[str]:
+        """Every topic of the deployment: the fixed ones and the tiers of these delays."""
+        fixed = [self.clicks, self.clicks_invalid, self.endpoints, self.dlq, self.attempts]
+        return [*fixed, self.replays, self.caps, *self.retry_tiers(tier_delays_s)]

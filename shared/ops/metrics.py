@@ -101,6 +101,12 @@ DEAD_LETTERS = Counter(
 INVALID_RECORDS = Counter(
     "clickhook_invalid_records_total", "Records moved to clicks.invalid", ["reason"]
 )
+UNDECODABLE_BATCHES = Counter(
+    "clickhook_undecodable_batches_total",
+    "Record batches a consumer could not decode (corrupt bytes, CRC mismatch, unknown codec or "
+    "format), skipped; on clicks each is also kept in clicks.invalid",
+    ["topic"],
+)
 RETRY_LATENESS_SECONDS = Histogram(
     "clickhook_retry_lateness_seconds",
     "How long after its due time a retry was attempted",
@@ -216,6 +222,9 @@ def zero(metric: MetricWrapperBase, **values: Iterable[str]) -> None:
 def initialise(service: Service, settings: Settings) -> None:
     """Create, at zero, each series ``service`` may ever write that ops read: every known
     label value (outcome, reason, tier, topic, state). Call once at service start."""
+    topics = Topics(settings.topic_prefix)
+    # Every service reads some of every kind of topic; a skip is counted by topic alone.
+    zero(UNDECODABLE_BATCHES, topic=topics.every(settings.tier_delays_s))
     if service == "ingest":
         _initialise_ingest(settings)
     else:

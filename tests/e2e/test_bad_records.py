@@ -59,7 +59,6 @@ BAD_RECORDS: dict[str, bytes | None] = {
     "wrong-nested-type": orjson.dumps(
         {**make_click("evt_wrong_link", account_id=ACCOUNT_ID), "link": {"id": ["lnk_9"]}}
     ),
-    "missing-id": orjson.dumps(make_click(None, account_id=ACCOUNT_ID)),
     "five-megabytes": valid_json("evt_five_mb", padding="x" * (5 * 1024 * 1024)),
     "null-value": None,
     "invalid-utf8": valid_json("evt_bad_utf8").replace(b"link.clicked", b"link.\xff\xfeclicked"),
@@ -75,6 +74,8 @@ BAD_RECORDS: dict[str, bytes | None] = {
 DEEP_DELIVERED = 63
 DEEP_VALID_DEPTHS = [DEEP_DELIVERED, 64, 500, *range(940, 1000, 8)]
 GOOD_AFTER = ["evt_good_after_1", "evt_good_after_2"]
+# Produced last, without an id: delivered with one derived from its position.
+WITHOUT_ID = orjson.dumps(make_click(None, account_id=ACCOUNT_ID))
 
 
 def deep_valid(depth: int) -> bytes:
@@ -89,6 +90,7 @@ class Run:
     invalid: dict[bytes | None, ConsumerRecord]
     delivered_ids: list[str]
     logs: str
+    clicks_topic: str
 
 
 async def start_services(bootstrap: str, prefix: str, log_dir: Path) -> dict[str, ServiceProcess]:
@@ -126,6 +128,18 @@ async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None
         await admin.close()
     meta = offsets.get(TopicPartition(topic, PARTITION))
     return None if meta is None else int(meta.offset)
+
+
+async def wait_committed(
+    bootstrap: str, group: str, topic: str, end: int, timeout_s: float = SETTLE_TIMEOUT_S
+) -> int | None:
+    """The group's committed offset once it reaches ``end``, or as it is after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    committed = await committed_offset(bootstrap, group, topic)
+    while committed != end and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        committed = await committed_offset(bootstrap, group, topic)
+    return committed
 
 
 async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
@@ -168,14 +182,11 @@ async def fixture_run(
         records = [(name.encode(), value) for name, value in BAD_RECORDS.items()]
         records += [(f"deep-{d}".encode(), deep_valid(d)) for d in DEEP_VALID_DEPTHS]
         records += [(b"lnk_9", valid_json(event_id)) for event_id in GOOD_AFTER]
+        records += [(b"without-id", WITHOUT_ID)]
         await produce_in_order(kafka_bootstrap, topics.clicks, records)
 
         group = topics.group(DISPATCHER_GROUP)
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        committed = await committed_offset(kafka_bootstrap, group, topics.clicks)
-        while committed != len(records) and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            committed = await committed_offset(kafka_bootstrap, group, topics.clicks)
+        committed = await wait_committed(kafka_bootstrap, group, topics.clicks, len(records))
 
         invalid = await read_all(kafka_bootstrap, topics.clicks_invalid)
         yield Run(
@@ -184,6 +195,7 @@ async def fixture_run(
             invalid={record.key: record for record in invalid},
             delivered_ids=[orjson.loads(r.body)["data"]["id"] for r in receiver.received],
             logs=pipeline.logs(),
+            clicks_topic=topics.clicks,
         )
     finally:
         await session.close()
@@ -209,7 +221,6 @@ EXPECTED_REASONS = {
     "truncated-json": "malformed JSON",
     "wrong-types": "account_id",
     "wrong-nested-type": "link.id",
-    "missing-id": "id: is required",
     "five-megabytes": "click too large",
     "null-value": "null record value",
     "invalid-utf8": "malformed JSON",
@@ -236,6 +247,11 @@ def test_bad_record_carries_its_source_position(run: Run) -> None:
 
 def test_valid_clicks_produced_after_the_bad_records_are_delivered(run: Run) -> None:
     assert set(GOOD_AFTER) <= set(run.delivered_ids), run.logs
+
+
+def test_a_click_without_id_is_delivered_with_an_id_from_its_position(run: Run) -> None:
+    offset = run.produced - 1
+    assert f"evt_{run.clicks_topic}-{PARTITION}-{offset}" in run.delivered_ids, run.logs
 
 
 def test_no_bad_record_is_delivered(run: Run) -> None:

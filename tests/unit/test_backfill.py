@@ -37,6 +37,9 @@ SETTINGS = load_settings({})
 @dataclass
 class FakeRecord:
     value: bytes | None
+    topic: str = "clicks"
+    partition: int = 0
+    offset: int = 0
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, get_args
 
@@ -27,6 +28,7 @@ from shared.model.messages import (
     decode_endpoint,
     decode_envelope,
     decode_json,
+    decode_stored_click,
     encode,
     validate_click,
     webhook_body,
@@ -327,6 +329,29 @@ def test_validate_click_assigns_the_default_id(click: dict[str, Any], missing: s
     assert event.id == "evt_new"
     assert event.payload == {**original, "id": "evt_new"}
     assert click == original
+
+
+@dataclass(frozen=True)
+class Stored:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+def test_a_stored_click_without_id_gets_one_from_its_position(click: dict[str, Any]) -> None:
+    del click["id"]
+    raw = msgspec.json.encode(click)
+    first = decode_stored_click(Stored("p.clicks", 3, 1234, raw), now=NOW)
+    again = decode_stored_click(Stored("p.clicks", 3, 1234, raw), now=NOW)
+    assert first.id == again.id == "evt_p.clicks-3-1234"
+    assert first.payload["id"] == first.id
+    assert decode_stored_click(Stored("p.clicks", 3, 1235, raw), now=NOW).id != first.id
+
+
+def test_a_stored_click_keeps_its_own_id(click: dict[str, Any]) -> None:
+    stored = Stored("clicks", 0, 7, msgspec.json.encode(click))
+    assert decode_stored_click(stored, now=NOW).id == click["id"]
 
 
 def test_validate_click_keeps_its_own_id_over_the_default(click: dict[str, Any]) -> None:
