@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from services.ingest.app import create_app
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.ops.settings import Settings, load_settings
+from tests.support.postgres import PostgresServer, running_postgres
 
 PUBLISH = "tok-publish"
 ACCOUNT_A = "tok-account-a"
@@ -59,3 +60,20 @@ async def fixture_base(settings: Settings) -> AsyncIterator[ServiceBase]:
 @pytest.fixture(name="ingest")
 async def fixture_ingest(base: ServiceBase, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(base))
+
+
+@pytest.fixture(name="postgres", scope="session")
+def fixture_postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session (started only when a test asks for it)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(name="delivery_log_url", params=["sqlite", "postgresql"])
+def fixture_delivery_log_url(request: pytest.FixtureRequest) -> str:
+    """The delivery log's store, once each: the embedded SQLite index (empty URL) and
+    PostgreSQL (a schema of this test's own)."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_schema()

@@ -962,6 +962,11 @@ class IndexQueries:
         """Once no reader thread runs any more."""
         raise NotImplementedError
 
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Where the writers have got to in each topic partition."""
+        rows = self._db().execute("SELECT topic, partition, next_offset FROM positions")
+        return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
+
     def _endpoint_key(self, endpoint_id: str) -> int | None:
         row = (
             self._db()
