@@ -21,6 +21,9 @@ bash deploy/local/browser.sh
 echo "== prometheus (promtool tests the alerts; a real Prometheus scrapes the services)"
 bash deploy/local/prometheus.sh
 
+echo "== postgresql (the delivery log's tests run on SQLite and on a throwaway PostgreSQL)"
+bash deploy/local/postgres.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)
