@@ -105,16 +105,21 @@ def attempt_record(rng: random.Random, endpoint_id: str, n: int, now_ms: int) ->
     )
 
 
+def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
+    """For filling topics fast: one acknowledgement, large batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )  # fmt: skip
+
+
 async def produce_everything(bootstrap: str, prefix: str, records: int, endpoints: int) -> float:
     """The endpoints, then the attempt records; returns the seconds the records took."""
     settings = load_settings(
         {"CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap, "CLICKHOOK_TOPIC_PREFIX": prefix}
     )
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )  # fmt: skip
+    producer = bulk_producer(bootstrap)
     await producer.start()
     try:
         now = datetime.now(UTC)
@@ -289,10 +294,7 @@ async def produce_at_cap(bootstrap: str, prefix: str, scale: float) -> dict[str,
     letter_endpoints = max(1, round(CAP_LETTER_ENDPOINTS * scale))
     records = endpoints * CAP_ATTEMPTS_PER_ENDPOINT
     await produce_everything(bootstrap, prefix, records, endpoints)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )  # fmt: skip
+    producer = bulk_producer(bootstrap)
     await producer.start()
     try:
         ids = endpoint_ids(endpoints)[:letter_endpoints]

@@ -77,3 +77,24 @@ def fixture_delivery_log_url(request: pytest.FixtureRequest) -> str:
         return ""
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.new_schema()
+
+
+async def assert_only_the_log_is_degraded(ingest: TestClient[Any, Any], endpoint_id: str) -> None:
+    """The log's routes answer 503 with Retry-After; what does not read the log (click intake,
+    the endpoint API, readiness) goes on answering, the endpoint shown without ``delivery``."""
+    answer = await ingest.get(f"/v1/endpoints/{endpoint_id}/stats", headers=auth(ACCOUNT_A))
+    assert answer.status == 503
+    assert int(answer.headers["retry-after"]) >= 1
+    assert (await answer.json())["error"]["code"] == "delivery_log_unavailable"
+    click = {"type": "link.clicked", "occurred_at": "2026-11-27T11:00:00Z",
+             "account_id": "acc_a", "link": {"id": "lnk_1"}}  # fmt: skip
+    published = await ingest.post("/v1/clicks", json=click, headers=auth(PUBLISH))
+    assert published.status == 202, await published.text()
+    another = await ingest.post(
+        "/v1/endpoints", json={"url": "http://127.0.0.1:9/other"}, headers=auth(ACCOUNT_A)
+    )
+    assert another.status == 201
+    shown = await ingest.get(f"/v1/endpoints/{endpoint_id}", headers=auth(ACCOUNT_A))
+    assert shown.status == 200
+    assert "delivery" not in await shown.json()
+    assert (await ingest.get("/readyz")).status == 200
