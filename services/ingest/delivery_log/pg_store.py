@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from services.ingest.delivery_log.store import (
     ATTEMPTS_KEPT_MS,
@@ -139,14 +140,16 @@ class PgDatabase:
 
 
 def open_connection(url: str) -> psycopg.Connection[Any]:
-    """Autocommit (transactions are explicit), bounded waits: a store that hangs fails."""
-    return psycopg.connect(
-        url,
-        autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        options=f"-c statement_timeout={QUERY_TIMEOUT_MS}",
+    """Autocommit (transactions are explicit), bounded waits: a store that hangs fails. The
+    URL's own ``options`` (a search_path naming the deployment's schema) are kept."""
+    params = conninfo_to_dict(url)
+    options = f"{params.get('options') or ''} -c statement_timeout={QUERY_TIMEOUT_MS}"
+    params.update(
+        options=options.strip(),
+        connect_timeout=params.get("connect_timeout") or CONNECT_TIMEOUT_S,
         application_name="clickhook-delivery-log",
     )
+    return psycopg.connect(make_conninfo("", **params), autocommit=True)
 
 
 def _now_ms() -> int:
