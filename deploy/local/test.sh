@@ -24,6 +24,9 @@ bash deploy/local/prometheus.sh
 echo "== kcat (tests/e2e/test_any_producer.py produces with librdkafka, as shorteners do)"
 bash deploy/local/kcat.sh
 
+echo "== postgresql (the delivery log's tests run on SQLite and on a throwaway PostgreSQL)"
+bash deploy/local/postgres.sh
+
 echo "== broker"
 started=$(date +%s)
 CLICKHOOK_KAFKA_BOOTSTRAP=$(bash deploy/local/kafka.sh start | tail -n 1)

@@ -21,6 +21,8 @@ CAPS = "webhook.caps"
 DISPATCHER_GROUP = "clickhook-dispatcher"
 RETRY_GROUP = "clickhook-retry"
 CAPS_GROUP = "clickhook-caps"
+# The ingest replicas that fill the delivery log's PostgreSQL store, each a share of the topics.
+DELIVERY_LOG_GROUP = "clickhook-delivery-log"
 
 HEADER_REASON = "clickhook-reason"
 HEADER_SOURCE = "clickhook-source"

@@ -79,6 +79,10 @@ class Settings:
     delivery_log_resumes: bool = False
     delivery_log_per_endpoint: int = 10_000
     delivery_log_max_bytes: int = DELIVERY_LOG_MAX_BYTES
+    # The delivery log in PostgreSQL instead of each replica's SQLite file (one store for all
+    # ingest replicas): a libpq URL, postgresql://user:password@host/db. Empty: SQLite. It may
+    # hold a password: never printed.
+    delivery_log_url: str = field(default="", repr=False)
     # The customer portal: the key its links and sessions are signed with (every ingest replica
     # needs the same: hex or base64 of at least 32 random bytes; without one the portal is off),
     # the origins that may show it in a frame, and the public base URL its links start with
@@ -98,6 +102,20 @@ class Settings:
         """Every delay a delivery may wait in a tier topic: the schedule's, then the
         deferrals'."""
         return self.retry_schedule_s + self.deferral_delays_s
+
+
+DELIVERY_LOG_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def parse_delivery_log_url(raw: str) -> str:
+    """A PostgreSQL URL, or empty for the embedded SQLite index; anything else fails at start
+    (the URL itself is not echoed: it may carry a password)."""
+    url = raw.strip()
+    if url and not url.startswith(DELIVERY_LOG_URL_SCHEMES):
+        raise SettingsError(
+            "CLICKHOOK_DELIVERY_LOG_URL", "(not shown)", "expected postgresql://… or empty"
+        )
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -227,6 +245,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             DELIVERY_LOG_MAX_BYTES,
             minimum=DELIVERY_LOG_MIN_BYTES,
         ),
+        delivery_log_url=parse_delivery_log_url(env.get("CLICKHOOK_DELIVERY_LOG_URL", "")),
         portal_key=env.get("CLICKHOOK_PORTAL_KEY", ""),
         portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",
         public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),

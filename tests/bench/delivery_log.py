@@ -8,6 +8,14 @@ RSS <= 150 MB.
 
     python -m tests.bench.delivery_log [--records 1000000] [--endpoints 1000] [--requests 2000]
 
+At the cap (issue 23), on the SQLite index and on PostgreSQL: 1,000 endpoints x 10,000
+attempts, 100 of them also holding 10,000 dead letters of 8 attempts with 1 KiB answers; index
+bytes and rate, restart-to-serving, a new replica's time to serve the newest hour, first page
+p95, ingest RSS (``docs/benchmarks/delivery_log_cap.json``); ``--scale 0.05`` runs 1/20 of the
+endpoints (the per-endpoint counts stay at the cap):
+
+    python -m tests.bench.delivery_log at-cap [--scale 1] [--stores sqlite postgres]
+
 It starts its own broker (deploy/local/kafka.sh) unless ``--bootstrap`` names one, and writes
 ``docs/benchmarks/delivery_log.json``.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import psycopg
 from aiokafka import AIOKafkaProducer
 
 from shared.kafka.clients import ensure_topics
@@ -35,6 +45,8 @@ from shared.model.signing import generate_secret, webhook_id
 from shared.ops.settings import load_settings
 from tests.bench.figures import percentile
 from tests.bench.stack import ADMIN_TOKEN, Broker, Stack
+from tests.support.attempts import attempt, dead_letter
+from tests.support.postgres import running_postgres, server_version
 from tests.support.services import ROOT
 
 ACCOUNT = "acc_bench"
@@ -93,16 +105,21 @@ def attempt_record(rng: random.Random, endpoint_id: str, n: int, now_ms: int) ->
     )
 
 
+def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
+    """For filling topics fast: one acknowledgement, large batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )  # fmt: skip
+
+
 async def produce_everything(bootstrap: str, prefix: str, records: int, endpoints: int) -> float:
     """The endpoints, then the attempt records; returns the seconds the records took."""
     settings = load_settings(
         {"CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap, "CLICKHOOK_TOPIC_PREFIX": prefix}
     )
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )  # fmt: skip
+    producer = bulk_producer(bootstrap)
     await producer.start()
     try:
         now = datetime.now(UTC)
@@ -226,6 +243,9 @@ def _size_of(directory: Path) -> int:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["at-cap"]:
+        main_at_cap(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--endpoints", type=int, default=1_000)
@@ -234,6 +254,213 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     figures = asyncio.run(measure(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
+    print(msgspec.json.format(msgspec.json.encode(figures)).decode())
+
+
+# --- at the cap (issue 23): both stores ------------------------------------------------------
+
+CAP_ENDPOINTS = 1_000
+CAP_ATTEMPTS_PER_ENDPOINT = 10_000  # CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT's default
+CAP_LETTER_ENDPOINTS = 100
+CAP_LETTERS_PER_ENDPOINT = 10_000
+LETTER_ATTEMPTS = 8
+ANSWER_1K = "<html>" + "x" * 1018
+HOUR_MS = 3_600_000
+CAP_OUTPUT = ROOT / "docs" / "benchmarks" / "delivery_log_cap.json"
+STORES = ("sqlite", "postgres")
+
+
+def cap_letter(endpoint_id: str, n: int, now_ms: int) -> bytes:
+    """A dead letter of 8 failed attempts, each answered with 1 KiB."""
+    event_id = f"evt_dl{n:010x}"
+    start = now_ms - DAY_MS + (n * 7919) % (DAY_MS - HOUR_MS)
+    history = [
+        attempt(endpoint_id, event_id, account_id=ACCOUNT, attempt=k + 1, at_ms=start + k * 1000,
+                outcome="http_5xx", status=503, response_body=ANSWER_1K)
+        for k in range(LETTER_ATTEMPTS)
+    ]  # fmt: skip
+    return encode(
+        dead_letter(endpoint_id, event_id, history, account_id=ACCOUNT, dead_at_ms=start + 9000)
+    )
+
+
+async def produce_at_cap(bootstrap: str, prefix: str, scale: float) -> dict[str, int]:
+    """``CAP_ENDPOINTS`` x ``CAP_ATTEMPTS_PER_ENDPOINT`` attempts, and dead letters for
+    ``CAP_LETTER_ENDPOINTS`` of them, all scaled by ``scale`` in endpoints (never per
+    endpoint: the cap is what is measured)."""
+    endpoints = max(1, round(CAP_ENDPOINTS * scale))
+    letter_endpoints = max(1, round(CAP_LETTER_ENDPOINTS * scale))
+    records = endpoints * CAP_ATTEMPTS_PER_ENDPOINT
+    await produce_everything(bootstrap, prefix, records, endpoints)
+    producer = bulk_producer(bootstrap)
+    await producer.start()
+    try:
+        ids = endpoint_ids(endpoints)[:letter_endpoints]
+        now_ms = int(time.time() * 1000)
+        futures = []
+        for n in range(letter_endpoints * CAP_LETTERS_PER_ENDPOINT):
+            endpoint_id = ids[n % letter_endpoints]
+            value = cap_letter(endpoint_id, n, now_ms)
+            futures.append(
+                await producer.send(prefix + "webhook.dlq", key=endpoint_id.encode(), value=value)
+            )
+            if len(futures) >= PRODUCE_CHUNK // 10:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    letters = letter_endpoints * CAP_LETTERS_PER_ENDPOINT
+    return {"endpoints": endpoints, "attempts": records, "dead_letters": letters}
+
+
+async def until_caught_up(client: Client, rng: random.Random, started: float) -> float:
+    while True:
+        try:
+            _, body = await client.first_page(rng)
+        except (RuntimeError, aiohttp.ClientError):
+            body = {"index": {"caught_up": False, "behind": -1}}
+        if body["index"]["caught_up"] and body["index"]["behind"] == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > INDEX_TIMEOUT_S * 4:
+            raise RuntimeError(f"not indexed after {INDEX_TIMEOUT_S * 4} s: {body['index']}")
+        await asyncio.sleep(POLL_S)
+
+
+async def newest_hour(stack: Stack, endpoint_id: str) -> int | None:
+    """How many attempts of the last hour the endpoint's log lists (None: not answering)."""
+    since = datetime.fromtimestamp(time.time() - 3600, tz=UTC).isoformat()
+    url = stack.url("ingest", f"/v1/endpoints/{endpoint_id}/attempts")
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        async with stack.session.get(
+            url, params={"since": since, "limit": "250"}, headers=headers
+        ) as response:
+            if response.status != 200:
+                return None
+            body: dict[str, Any] = await response.json()
+    except aiohttp.ClientError:
+        return None
+    return len(body["data"])
+
+
+async def until_lists(stack: Stack, endpoint_id: str, expected: int | None) -> None:
+    deadline = time.monotonic() + INDEX_TIMEOUT_S * 4
+    while time.monotonic() < deadline:
+        if await newest_hour(stack, endpoint_id) == expected:
+            return
+        await asyncio.sleep(POLL_S)
+    raise RuntimeError(f"the new replica did not list the newest hour of {endpoint_id}")
+
+
+def index_bytes(store: str, state_dir: Path, url: str) -> int:
+    if store == "sqlite":
+        return _size_of(state_dir)
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+            " WHERE c.relnamespace = CAST(current_schema() AS regnamespace) AND c.relkind = 'r'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def measure_store(
+    store: str, bootstrap: str, prefix: str, counts: dict[str, int], url: str, requests: int
+) -> dict[str, Any]:
+    """One store: index from the topics, first pages, a restart, a new replica."""
+    log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
+    state_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
+    env = {"CLICKHOOK_STATE_DIR": str(state_dir), "CLICKHOOK_DELIVERY_LOG_URL": url}
+    ids = endpoint_ids(counts["endpoints"])
+    rng = random.Random(23)
+    async with aiohttp.ClientSession() as session:
+        stack = Stack(bootstrap, log_dir, session, extra_env=env, prefix=prefix)
+        client = Client(stack, ids)
+        started = time.monotonic()
+        await stack.start("ingest")
+        index_s = await until_caught_up(client, rng, started)
+        records = counts["attempts"] + counts["dead_letters"]
+        print(f"{store}: indexed {records:,} records in {index_s:.1f} s", flush=True)
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            while len(latencies) < requests:
+                latencies.append((await client.first_page(rng))[0])
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        peak_rss = stack.usage("ingest").peak_rss_mb
+        used_bytes = await asyncio.to_thread(index_bytes, store, state_dir, url)
+        expected_hour = await newest_hour(stack, ids[0])
+
+        await stack.stop("ingest")
+        started = time.monotonic()
+        await stack.start("ingest")
+        restart_s = await until_caught_up(client, rng, started)
+
+        # A new replica beside the running one: its own state directory (SQLite) or the
+        # shared store (PostgreSQL), until it lists the newest hour as the first one does.
+        fresh_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
+        fresh_env = {**env, "CLICKHOOK_STATE_DIR": str(fresh_dir)}
+        second = Stack(bootstrap, log_dir, session, extra_env=fresh_env, prefix=prefix)
+        started = time.monotonic()
+        await second.start("ingest")
+        second_client = Client(second, ids)
+        if store == "sqlite":
+            await until_caught_up(second_client, rng, started)
+        await until_lists(second, ids[0], expected_hour)
+        new_replica_s = time.monotonic() - started
+        await second.stop("ingest")
+        await stack.stop("ingest")
+    return {
+        "records": records,
+        "index_s": round(index_s, 1),
+        "index_records_per_s": round(records / index_s),
+        "index_mb": round(used_bytes / 1024 / 1024, 1),
+        "first_page_ms": _percentiles(latencies),
+        "ingest_peak_rss_mb": round(peak_rss, 1),
+        "restart_to_serving_s": round(restart_s, 1),
+        "new_replica_newest_hour_s": round(new_replica_s, 1),
+    }
+
+
+async def measure_at_cap(args: argparse.Namespace) -> dict[str, Any]:
+    log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
+    async with broker(args.bootstrap, log_dir) as bootstrap:
+        prefix = f"bench{random.Random().getrandbits(32):08x}."
+        started = time.monotonic()
+        counts = await produce_at_cap(bootstrap, prefix, args.scale)
+        print(f"produced {counts} in {time.monotonic() - started:.1f} s", flush=True)
+        found: dict[str, Any] = {
+            "scale": args.scale,
+            **counts,
+            "targets": {"first_page_p95_ms": 300, "peak_rss_mb": 150},
+        }
+        for store in args.stores:
+            if store == "postgres":
+                with running_postgres() as server:
+                    url = await asyncio.to_thread(server.new_schema)
+                    found[store] = await measure_store(
+                        store, bootstrap, prefix, counts, url, args.requests
+                    )
+                    found[store]["server"] = server_version()
+            else:
+                found[store] = await measure_store(
+                    store, bootstrap, prefix, counts, "", args.requests
+                )
+    return found
+
+
+def main_at_cap(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="the delivery log at the cap, on both stores")
+    parser.add_argument("--scale", type=float, default=1.0, help="of 1,000 endpoints (and 100)")
+    parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
+    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--bootstrap", help="an existing broker instead of a throwaway one")
+    parser.add_argument("--output", type=Path, default=CAP_OUTPUT)
+    args = parser.parse_args(argv)
+    figures = asyncio.run(measure_at_cap(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
     print(msgspec.json.format(msgspec.json.encode(figures)).decode())

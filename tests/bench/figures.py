@@ -294,6 +294,26 @@ def _delivery_log_specs() -> list[Spec]:
             Target("<=", 150, on="max"),
         ),
         Spec("delivery_log.index_file_mb", "delivery log: index file", "MB"),
+        *(spec for store in ("sqlite", "postgres") for spec in _delivery_log_cap_specs(store)),
+    ]
+
+
+def _delivery_log_cap_specs(store: str) -> list[Spec]:
+    """Issue 23's bench at the cap (``python -m tests.bench.delivery_log at-cap``), per store."""
+    key = f"delivery_log.{store}"
+    label = f"delivery log at the cap, {store}"
+    return [
+        Spec(f"{key}.index_mb", f"{label}: index bytes", "MB"),
+        Spec(f"{key}.index_records_per_s", f"{label}: index rate", "records/s"),
+        Spec(f"{key}.restart_to_serving_s", f"{label}: restart to serving", "s"),
+        Spec(f"{key}.new_replica_newest_hour_s", f"{label}: new replica serves newest hour", "s"),
+        Spec(f"{key}.first_page_ms.p95", f"{label}: first page p95", "ms", Target("<=", 300)),
+        Spec(
+            f"{key}.ingest_peak_rss_mb",
+            f"{label}: ingest peak RSS",
+            "MB",
+            Target("<=", 150, on="max"),
+        ),
     ]
 
 

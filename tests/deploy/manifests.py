@@ -210,6 +210,8 @@ def resolve_env(
             secret = _secret_data(rendered, namespace, ref["name"])
             if secret is not None:
                 env[name] = secret[ref["key"]]
+            elif ref.get("optional") and (ref["name"], ref["key"]) not in external_secrets:
+                continue  # as Kubernetes does for an optional Secret that does not exist
             else:
                 assert (ref["name"], ref["key"]) in external_secrets, (
                     f"no test value for Secret {ref['name']} key {ref['key']}"

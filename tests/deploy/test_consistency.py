@@ -37,6 +37,7 @@ pytestmark = pytest.mark.timeout(KUSTOMIZE_INSTALL_TIMEOUT_S + 60)
 TEST_SECRETS = {
     ("clickhook-api-keys", "api-keys"): "test-publish:publish,test-admin:admin",
     ("clickhook-portal-key", "portal-key"): secrets.token_hex(32),
+    ("clickhook-delivery-log-url", "url"): "postgresql://clickhook:pw@pg.example:5432/clickhook",
 }
 GROUPS = {"dispatcher": DISPATCHER_GROUP, "retry": RETRY_GROUP}
 
@@ -61,9 +62,12 @@ def test_the_environment_of_each_service_loads(rendered: Rendered, service: str)
     if service == "ingest":
         assert settings.api_keys, "ingest gets CLICKHOOK_API_KEYS"
         assert portal_key(settings), "ingest gets a usable CLICKHOOK_PORTAL_KEY"
+        delivery_log_url = TEST_SECRETS[("clickhook-delivery-log-url", "url")]
+        assert settings.delivery_log_url == delivery_log_url, "ingest may use PostgreSQL"
     else:
         assert "CLICKHOOK_API_KEYS" not in env, f"{service} needs no API keys"
         assert "CLICKHOOK_PORTAL_KEY" not in env, f"{service} needs no portal key"
+        assert "CLICKHOOK_DELIVERY_LOG_URL" not in env, f"{service} keeps no delivery log"
 
 
 def test_the_topics_job_runs_topic_creation_with_the_settings(rendered: Rendered) -> None:

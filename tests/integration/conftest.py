@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from services.ingest.app import create_app
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.ops.settings import Settings, load_settings
+from tests.support.postgres import PostgresServer, running_postgres
 
 PUBLISH = "tok-publish"
 ACCOUNT_A = "tok-account-a"
@@ -74,3 +75,41 @@ async def fixture_replica(
     replica_base: ServiceBase, aiohttp_client: AiohttpClient
 ) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(replica_base))
+
+
+@pytest.fixture(name="postgres", scope="session")
+def fixture_postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session (started only when a test asks for it)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(name="delivery_log_url", params=["sqlite", "postgresql"])
+def fixture_delivery_log_url(request: pytest.FixtureRequest) -> str:
+    """The delivery log's store, once each: the embedded SQLite index (empty URL) and
+    PostgreSQL (a schema of this test's own)."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_schema()
+
+
+async def assert_only_the_log_is_degraded(ingest: TestClient[Any, Any], endpoint_id: str) -> None:
+    """The log's routes answer 503 with Retry-After; what does not read the log (click intake,
+    the endpoint API, readiness) goes on answering, the endpoint shown without ``delivery``."""
+    answer = await ingest.get(f"/v1/endpoints/{endpoint_id}/stats", headers=auth(ACCOUNT_A))
+    assert answer.status == 503
+    assert int(answer.headers["retry-after"]) >= 1
+    assert (await answer.json())["error"]["code"] == "delivery_log_unavailable"
+    click = {"type": "link.clicked", "occurred_at": "2026-11-27T11:00:00Z",
+             "account_id": "acc_a", "link": {"id": "lnk_1"}}  # fmt: skip
+    published = await ingest.post("/v1/clicks", json=click, headers=auth(PUBLISH))
+    assert published.status == 202, await published.text()
+    another = await ingest.post(
+        "/v1/endpoints", json={"url": "http://127.0.0.1:9/other"}, headers=auth(ACCOUNT_A)
+    )
+    assert another.status == 201
+    shown = await ingest.get(f"/v1/endpoints/{endpoint_id}", headers=auth(ACCOUNT_A))
+    assert shown.status == 200
+    assert "delivery" not in await shown.json()
+    assert (await ingest.get("/readyz")).status == 200

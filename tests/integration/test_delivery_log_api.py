@@ -1,5 +1,6 @@
-"""The delivery log API against the real broker: records produced to the topics the way the
-services write them, read back through ingest's routes."""
+"""The delivery log API against the real broker, on both stores (the SQLite index and
+PostgreSQL): records produced to the topics the way the services write them, read back through
+ingest's routes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from shared.model.signing import webhook_id
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops.settings import Settings
-from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth
+from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth, make_settings
 from tests.support.attempts import (
     KeyedProducer,
     attempt,
@@ -28,6 +29,11 @@ from tests.support.topics import read_records
 pytestmark = pytest.mark.kafka
 
 Client = TestClient[Any, Any]
+
+
+@pytest.fixture(name="settings")
+def fixture_settings(kafka_bootstrap: str, prefix: str, delivery_log_url: str) -> Settings:
+    return make_settings(kafka_bootstrap, prefix, delivery_log_url=delivery_log_url)
 
 
 @pytest.fixture(name="producer")

@@ -2,11 +2,16 @@
 ``webhook.replays`` and the tombstones of ``webhook.endpoints`` into the index (``store``), and
 answers queries.
 
-Every ingest replica keeps its own index, so any of them answers and none depends on another.
-The index keeps the topic positions it has read in the same transactions as its rows: a
-restart on the same state directory resumes where it stopped; a fresh one (or one that finds
-no usable file) builds the index from the topics. Readiness does not wait for it: answers
-carry how far behind the index is (``IndexStatus``).
+By default every ingest replica keeps its own SQLite index, so any of them answers and none
+depends on another. The index keeps the topic positions it has read in the same transactions
+as its rows: a restart on the same state directory resumes where it stopped; a fresh one (or
+one that finds no usable file) builds the index from the topics. Readiness does not wait for
+it: answers carry how far behind the index is (``IndexStatus``).
+
+With ``CLICKHOOK_DELIVERY_LOG_URL`` the replicas share one PostgreSQL store (``pg_store``): the
+members of one consumer group (``DELIVERY_LOG_GROUP``) each index their share of the topics,
+seeking each partition they are given to the position the store holds for it; every replica
+answers from the store, consumer or not, and follows ``webhook.replays`` on its own.
 
 Click intake never depends on it. A failure of the index (a full disk, a corrupt file) never
 ends the following task, so never the process: the log's routes answer 503
@@ -33,14 +38,18 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import psycopg
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from services.ingest.api_types import IndexStatus
+from services.ingest.delivery_log.pg_store import PgReader, PgWriter, PositionsMoved
 from services.ingest.delivery_log.store import (
     Fetched,
     IndexFormatChanged,
     IndexFull,
+    IndexQueries,
+    IndexWriter,
     LogReader,
     LogWriter,
     failure_reason,
@@ -50,7 +59,7 @@ from shared.kafka.metadata import partitions_when_ready
 from shared.model.errors import DeliveryLogUnavailable
 from shared.model.messages import AttemptRecord, ReplayJob, decode_attempt
 from shared.model.replays import ReplayBook
-from shared.model.topics import Topics
+from shared.model.topics import DELIVERY_LOG_GROUP, Topics
 from shared.ops import metrics
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
@@ -79,6 +88,17 @@ POLL_MS = 500
 EXPIRE_EVERY_S = 60.0
 READER_THREADS = 2
 DETAIL_TIMEOUT_S = 5.0
+# How often a replica of a shared store asks how far the store is behind the topics.
+SHARED_STATUS_EVERY_S = 2.0
+# What a failed query of either store raises.
+QUERY_ERRORS = (sqlite3.Error, psycopg.Error)
+
+
+def store_failure_reason(exc: BaseException) -> str:
+    """``full`` (SQLite's limit, a full disk, PostgreSQL's disk), ``corrupt`` or ``error``."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return "full"
+    return failure_reason(exc)
 
 
 def _now_ms() -> int:
@@ -200,24 +220,26 @@ class DeliveryLog:
         self._reader_threads = ThreadPoolExecutor(
             READER_THREADS, thread_name_prefix="delivery-log-reader"
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            client_id="clickhook-delivery-log",
+        # Shared (PostgreSQL): the group's members index; every replica follows the replays
+        # (and asks the topics' ends) with a consumer of its own.
+        self._shared = bool(settings.delivery_log_url)
+        self._consumer = _follower(
+            settings, topics.group(DELIVERY_LOG_GROUP) if self._shared else None
         )
+        self._replays = _follower(settings, None) if self._shared else self._consumer
+        self._unpositioned: set[TopicPartition] = set()
+        # Of a shared store: the partitions other members index, as of the last look.
+        self._others_behind = 0
+        self._status_known = False
+        self._status_at = 0.0
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._start_ends: dict[TopicPartition, int] = {}
         self._caught_up = False
-        self._writer: LogWriter | None = None
-        self._reader: LogReader | None = None
+        self._writer: IndexWriter | None = None
+        self._reader: IndexQueries | None = None
         self._state: tuple[Path, int] | None = None
         # Why the routes answer 503 now (None: they answer), and when to ask again.
         self._unavailable: str | None = "opening"
@@ -237,10 +259,13 @@ class DeliveryLog:
             self._assignment += await partitions_when_ready(self._settings, topic)
         await self._consumer.start()
         await self.attempt_reader.start()
-        self._consumer.assign(self._assignment)
-        self._start_ends = await self._consumer.end_offsets(self._assignment)
-        await self._consumer.seek_to_beginning(*self._assignment)
-        self._positions = await self._consumer.beginning_offsets(self._assignment)
+        if self._shared:
+            await self._start_shared()
+        else:
+            self._consumer.assign(self._assignment)
+            self._start_ends = await self._consumer.end_offsets(self._assignment)
+            await self._consumer.seek_to_beginning(*self._assignment)
+            self._positions = await self._consumer.beginning_offsets(self._assignment)
         try:
             await self._open()
         except Exception as exc:  # noqa: BLE001 - the follower retries; intake starts regardless
@@ -255,16 +280,25 @@ class DeliveryLog:
                 if self._writer is None:
                     await self._open()
                 await self._follow()
+            except PositionsMoved as exc:
+                # Not a failure: another member indexed these partitions since (a rebalance).
+                log.info("delivery_log_positions_moved", detail=str(exc))
+                self._unpositioned |= set(self._positions)
             except Exception as exc:  # noqa: BLE001 - a read model never stops the service
                 rebuild = self._failed(exc)
                 await asyncio.sleep(self._retry_after_s)
-                if rebuild:
+                if self._shared:
+                    # Connect again; nothing of the shared store is ever thrown away.
+                    await self._close_index(discard=False)
+                elif rebuild:
                     await self._close_index(discard=True)
                 else:
                     await self._seek_to_indexed()
 
     async def stop(self) -> None:
         await close_quietly("delivery log consumer", self._consumer.stop())
+        if self._replays is not self._consumer:
+            await close_quietly("delivery log replays consumer", self._replays.stop())
         await self.attempt_reader.stop()
         self._reader_threads.shutdown(wait=True)
         await self._close_index(discard=False)
@@ -281,15 +315,20 @@ class DeliveryLog:
         except BaseException:
             await self._close_index(discard=True)
             raise
-        for tp in self._assignment:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                self._consumer.seek(tp, offset)
-                self._positions[tp] = offset
+        if self._shared:
+            self._unpositioned |= set(self._positions)  # sought before their next batch
+        else:
+            for tp in self._assignment:
+                offset = stored.get((tp.topic, tp.partition))
+                if offset is not None:
+                    self._consumer.seek(tp, offset)
+                    self._positions[tp] = offset
         self._recovered()
 
     async def _open_file(self) -> dict[tuple[str, int], int]:
         settings = self._settings
+        if self._shared:
+            return await self._open_shared()
         state_dir = Path(settings.state_dir)
         resumed = resumed_file_name(settings) if settings.delivery_log_resumes else None
         self._state = path, _ = _claim_state_file(state_dir, resumed)
@@ -318,12 +357,97 @@ class DeliveryLog:
         state, self._state = self._state, None
         if state is not None:
             _release_state_file(*state, discard=discard)
-        if discard and self._assignment:
+        if discard and self._assignment and not self._shared:
             indexed = [tp for tp in self._assignment if tp.topic != self._replays_topic]
             await self._consumer.seek_to_beginning(*indexed)
             beginnings = await self._consumer.beginning_offsets(indexed)
             self._positions.update(beginnings)
             self._caught_up = False
+
+    # --- a shared store (PostgreSQL) --------------------------------------------------------------
+
+    async def _start_shared(self) -> None:
+        """Join the group on the indexed topics; follow the replays from their beginning."""
+        indexed = [self._attempts_topic, self._dlq_topic, self._endpoints_topic]
+        self._consumer.subscribe(indexed, listener=_SharedListener(self))
+        replays = [tp for tp in self._assignment if tp.topic == self._replays_topic]
+        await self._replays.start()
+        self._replays.assign(replays)
+        await self._replays.seek_to_beginning(*replays)
+
+    async def _open_shared(self) -> dict[tuple[str, int], int]:
+        settings = self._settings
+        self._writer = writer = await self._write(
+            PgWriter,
+            settings.delivery_log_url,
+            settings.delivery_log_per_endpoint,
+            settings.delivery_log_max_bytes,
+            _now_ms(),
+        )
+        stored = await self._write(writer.positions)
+        self._reader = PgReader(settings.delivery_log_url)
+        log.info("delivery_log_opened", store="postgresql", resumed=bool(stored))
+        return stored
+
+    def _assigned(self, tps: set[TopicPartition]) -> None:
+        self._unpositioned |= tps
+
+    def _revoked(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self._positions.pop(tp, None)
+        self._unpositioned -= tps
+
+    async def _follow_shared(
+        self, batches: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Apply new replay jobs; seek partitions given to this member to the positions the
+        store holds (their records fetched before are dropped); refresh the status."""
+        replays = await self._replays.getmany(timeout_ms=0)
+        for records in replays.values():
+            for record in records:
+                self._apply_replay(record)
+        if self._unpositioned:
+            sought = await self._seek_stored()
+            batches = {tp: records for tp, records in batches.items() if tp not in sought}
+        await self._refresh_shared_status()
+        return batches
+
+    async def _seek_stored(self) -> set[TopicPartition]:
+        """Each newly assigned partition to its stored position (its beginning without one,
+        or when retention removed the records up to it)."""
+        assert self._writer is not None
+        tps: set[TopicPartition] = self._unpositioned & self._consumer.assignment()
+        stored = await self._write(self._writer.positions)
+        beginnings = await self._consumer.beginning_offsets(list(tps))
+        for tp in tps:
+            offset = max(stored.get((tp.topic, tp.partition), 0), beginnings[tp])
+            self._consumer.seek(tp, offset)
+            self._positions[tp] = offset
+        self._unpositioned.clear()
+        log.info("delivery_log_partitions_sought", partitions=len(tps))
+        return tps
+
+    async def _refresh_shared_status(self) -> None:
+        """How far the whole group is behind: the topics' ends against the store's positions."""
+        if time.monotonic() - self._status_at < SHARED_STATUS_EVERY_S or self._reader is None:
+            return
+        self._status_at = time.monotonic()
+        counted = [
+            tp for tp in self._assignment if tp.topic in (self._attempts_topic, self._dlq_topic)
+        ]
+        ends = await self._replays.end_offsets(counted)
+        beginnings = await self._replays.beginning_offsets(counted)
+        stored = await self.read(self._reader.positions)
+        # Partitions this member indexes count as of its own fetches (``status``).
+        self._others_behind = sum(
+            max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
+            for tp in counted
+            if tp not in self._positions
+        )
+        self._status_known = True
+        if not self._caught_up and self.status().caught_up:
+            self._caught_up = True
+            log.info("delivery_log_caught_up", store="postgresql")
 
     async def _seek_to_indexed(self) -> None:
         """Back to the first record not indexed: what was fetched after it is fetched again."""
@@ -332,7 +456,7 @@ class DeliveryLog:
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
-        reason = failure_reason(exc)
+        reason = store_failure_reason(exc)
         self._failures += 1
         self._unavailable = reason
         self._retry_after_s = math.ceil(retry_delay_s(self._failures))
@@ -379,6 +503,8 @@ class DeliveryLog:
         if writing is not None:
             await writing
             writing = None
+        if self._shared:
+            batches = await self._follow_shared(batches)
         if batches:
             writing = asyncio.ensure_future(self._index(batches))
         else:
@@ -387,7 +513,7 @@ class DeliveryLog:
             for tp in self._positions:
                 self._positions[tp] = await self._consumer.position(tp)
         metrics.DELIVERY_LOG_BEHIND.set(self.status().behind)
-        if not self._caught_up and self._reached_start_ends():
+        if not self._shared and not self._caught_up and self._reached_start_ends():
             self._caught_up = True
             log.info("delivery_log_caught_up", indexed=sum(self._positions.values()))
         if time.monotonic() - expired_at > EXPIRE_EVERY_S:
@@ -448,15 +574,20 @@ class DeliveryLog:
         )
 
     def status(self) -> IndexStatus:
-        """How far the index is behind the topics, as of the consumer's last fetches."""
-        behind = 0
+        """How far the index is behind the topics, as of the consumer's last fetches (of a
+        shared store: the whole group's, as of the last look)."""
+        behind = self._others_behind if self._shared else 0
         for tp, indexed in self._positions.items():
             if tp.topic == self._endpoints_topic:
                 continue  # tombstones to apply are not records missing from answers
             highwater = self._consumer.highwater(tp)
             end = highwater if highwater is not None else self._start_ends.get(tp, 0)
             behind += max(0, end - indexed)
-        return IndexStatus(caught_up=behind == 0 and self._reached_start_ends(), behind=behind)
+        if self._shared:
+            caught_up = behind == 0 and self._status_known and not self._unpositioned
+        else:
+            caught_up = behind == 0 and self._reached_start_ends()
+        return IndexStatus(caught_up=caught_up, behind=behind)
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
         return self.replays.of_endpoint(endpoint_id)
@@ -473,12 +604,12 @@ class DeliveryLog:
             return await asyncio.get_running_loop().run_in_executor(
                 self._reader_threads, work, *args
             )
-        except sqlite3.Error as exc:
+        except QUERY_ERRORS as exc:
             log.warning("delivery_log_query_failed", error=repr(exc))
-            raise self._unavailable_error(failure_reason(exc)) from exc
+            raise self._unavailable_error(store_failure_reason(exc)) from exc
 
     @property
-    def reader(self) -> LogReader:
+    def reader(self) -> IndexQueries:
         """The index's queries; ``DeliveryLogUnavailable`` while it cannot answer."""
         if self._unavailable is not None or self._reader is None:
             raise self._unavailable_error(self._unavailable or "opening")
@@ -486,6 +617,35 @@ class DeliveryLog:
 
     def _unavailable_error(self, reason: str) -> DeliveryLogUnavailable:
         return DeliveryLogUnavailable(reason, self._retry_after_s)
+
+
+def _follower(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
+    """A consumer of the log's topics: assigned (``group_id`` None) or a group member; its
+    positions come from the index, never from committed offsets."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        client_id="clickhook-delivery-log",
+    )
+
+
+class _SharedListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A member's share of the topics changes: the log seeks what it is given before its next
+    batch, and forgets what it lost (another member writes it now; the store fences this one)."""
+
+    def __init__(self, delivery_log: DeliveryLog) -> None:
+        self._log = delivery_log
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._log._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._log._assigned(set(assigned))
 
 
 def _tombstone_of(record: Record) -> str:

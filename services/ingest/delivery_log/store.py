@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -148,6 +148,23 @@ ATTEMPT_COLUMNS = (
     " a.deferred_because, a.breaker"
 )
 K = TypeVar("K")
+
+
+class Rows(Protocol):
+    """What a query answers (an sqlite3 or a psycopg cursor)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Database(Protocol):
+    """A connection as the shared queries use it: ``?`` placeholders, tuples of values. An
+    sqlite3 connection is one; ``pg_store`` adapts a psycopg one."""
+
+    def execute(self, sql: str, args: Any = (), /) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 class StoredAttempt(msgspec.Struct, frozen=True, array_like=True):
@@ -329,38 +346,41 @@ class _AttemptBatch:
             if record.outcome != "deferred":
                 self.durations[(ep, minute, duration_bucket(record.duration_ms))] += 1
 
-    def write(self, db: sqlite3.Connection) -> None:
+    def write(self, db: Database) -> None:
+        # Keys in one order: two writers of a shared store (PostgreSQL) never wait on each
+        # other's rows in opposite orders.
         db.executemany(
-            "INSERT OR IGNORE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self.rows
+            "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            self.rows,
         )
         db.executemany(
             "INSERT INTO deliveries VALUES (?,?,?,?,?) ON CONFLICT (ep, webhook_key) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (deliveries.at_ms, deliveries.pos)",
-            [(*key, v.at_ms, v.pos, *v.values) for key, v in self.deliveries.items()],
+            [(*key, v.at_ms, v.pos, *v.values) for key, v in sorted(self.deliveries.items())],
         )
         db.executemany(
             "INSERT INTO breakers VALUES (?,?,?,?) ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (breakers.at_ms, breakers.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in self.breakers.items()],
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.breakers.items())],
         )
         db.executemany(
             "INSERT INTO last_errors VALUES (?,?,?,?,?,?,?) ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, webhook_id = excluded.webhook_id,"
             " outcome = excluded.outcome, status = excluded.status, error = excluded.error"
             " WHERE (excluded.at_ms, excluded.pos) > (last_errors.at_ms, last_errors.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in self.errors.items()],
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.errors.items())],
         )
         db.executemany(
             "INSERT INTO rollups VALUES (?,?,?,?) ON CONFLICT (ep, minute, kind)"
-            " DO UPDATE SET n = n + excluded.n",
-            [(*key, n) for key, n in self.kinds.items()],
+            " DO UPDATE SET n = rollups.n + excluded.n",
+            sorted((*key, n) for key, n in self.kinds.items()),
         )
         db.executemany(
             "INSERT INTO durations VALUES (?,?,?,?) ON CONFLICT (ep, minute, bucket)"
-            " DO UPDATE SET n = n + excluded.n",
-            [(*key, n) for key, n in self.durations.items()],
+            " DO UPDATE SET n = durations.n + excluded.n",
+            sorted((*key, n) for key, n in self.durations.items()),
         )
 
 
@@ -389,7 +409,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Timed:
+class Timed:
     """A table whose oldest rows go first when the index is over its budget."""
 
     table: str
@@ -397,12 +417,10 @@ class _Timed:
     key: str
 
 
+ATTEMPTS_TIMED = Timed("attempts", "at_ms", "pos")
+LETTERS_TIMED = Timed("dead_letters", "dead_at_ms", "pos")
 # Everything that grows with traffic; rollups and durations are bounded by the 25 h window.
-EVICTABLE = (
-    _Timed("attempts", "at_ms", "pos"),
-    _Timed("dead_letters", "dead_at_ms", "pos"),
-    _Timed("deliveries", "at_ms", "ep, webhook_key"),
-)
+EVICTABLE = (ATTEMPTS_TIMED, LETTERS_TIMED, Timed("deliveries", "at_ms", "ep, webhook_key"))
 ENDPOINT_TABLES = (
     "attempts",
     "dead_letters",
@@ -414,62 +432,87 @@ ENDPOINT_TABLES = (
 )
 
 
-class LogWriter:
-    """Indexes batches of records within a byte budget; used by one thread only."""
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A readable record of a batch, at its position."""
 
-    def __init__(self, path: Path, per_endpoint: int, max_bytes: int) -> None:
-        self._db = connect(path, WRITER_CACHE_KIB)
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version not in (0, INDEX_VERSION):
-            self._db.close()
-            raise IndexFormatChanged(f"index version {version}, this build writes {INDEX_VERSION}")
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version={INDEX_VERSION}")
-        (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
-        # The hard limit: SQLite refuses to grow the file past it (SQLITE_FULL), so the file
-        # never outgrows the budget whatever the eviction below does.
-        self.max_pages = max(MIN_PAGES, max_bytes // page_size)
-        self._db.execute(f"PRAGMA max_page_count={self.max_pages}")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        self.page_size: int = page_size
+    pos: int
+    record: Any
+
+
+class IndexWriter:
+    """What both stores do with a batch (decode, fold, write in one transaction with the
+    positions reached, keep each endpoint's newest rows); the stores differ in how endpoints
+    get their keys, how a transaction runs, and how they stay within their bounds. Used by one
+    thread only."""
+
+    # Deletes of an endpoint's rows past its newest ``per_endpoint`` (ep, ep, limit).
+    attempt_trim: str
+    letter_trim: str
+    delivery_trim: str
+
+    def __init__(self, db: Database, per_endpoint: int) -> None:
+        self._db = db
         self._per_endpoint = per_endpoint
-        self._endpoint_keys: dict[str, int] = {}
-        self._next_key = 1
-        self._deleted: set[str] = set()
         self._attempt_counts: Counter[int] = Counter()
         self._letter_counts: Counter[int] = Counter()
         self._delivery_counts: Counter[int] = Counter()
         self.unreadable = 0
-        self._load_endpoints()
-        self._recount()
 
-    def close(self) -> None:
-        self._db.close()
+    # --- what each store does its own way --------------------------------------------------
 
-    # --- endpoints ---------------------------------------------------------------------------
+    def _transaction(self, write: Callable[[], None]) -> None:
+        raise NotImplementedError
 
-    def _load_endpoints(self) -> None:
-        """The endpoint keys as committed (again after a batch was rolled back)."""
-        rows = self._db.execute("SELECT endpoint_id, key FROM endpoints").fetchall()
-        self._endpoint_keys = dict(rows)
-        self._next_key = max(self._endpoint_keys.values(), default=0) + 1
-        deleted = self._db.execute("SELECT endpoint_id FROM deleted_endpoints").fetchall()
-        self._deleted = {endpoint_id for (endpoint_id,) in deleted}
+    def _fitted(self, write: Callable[[], None]) -> None:
+        """Write a batch in one transaction (the SQLite store makes room when it is full)."""
+        self._transaction(write)
+
+    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
+        """Before a batch's transaction: what it needs in place (endpoint keys, partitions).
+        Returns the time below which its rows are not kept at all."""
+        raise NotImplementedError
 
     def _endpoint_key(self, endpoint_id: str, account_id: str) -> int | None:
         """The endpoint's key; None for a deleted endpoint, whose records are not kept."""
-        if endpoint_id in self._deleted:
-            return None
-        key = self._endpoint_keys.get(endpoint_id)
-        if key is None:
-            key = self._next_key
-            self._next_key += 1
-            self._db.execute(
-                "INSERT INTO endpoints (key, endpoint_id, account_id) VALUES (?, ?, ?)",
-                (key, endpoint_id, account_id),
-            )
-            self._endpoint_keys[endpoint_id] = key
-        return key
+        raise NotImplementedError
+
+    def _stored_key(self, endpoint_id: str) -> int | None:
+        raise NotImplementedError
+
+    def _forget_endpoints(self) -> None:
+        """After a purge (or a rolled-back batch): endpoint keys as committed."""
+        raise NotImplementedError
+
+    def _count_new(self, eps: Iterable[int]) -> None:
+        """Per-endpoint row counts of endpoints not counted yet (the trims work from them)."""
+
+    def _unseen(self, fetched: Iterable[Fetched], positions: Positions) -> list[Fetched]:
+        """The records not indexed yet (a shared store skips what another writer did)."""
+        return list(fetched)
+
+    def _save_positions(self, positions: Positions) -> None:
+        self._db.executemany(
+            "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
+            " DO UPDATE SET next_offset = excluded.next_offset",
+            [(topic, partition, offset) for (topic, partition), offset in positions],
+        )
+
+    def keep_within_budget(self) -> None:
+        raise NotImplementedError
+
+    def expire(self, now_ms: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Where each topic partition's next record is, as of the last batch written."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
+        return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
 
     def purge_endpoints(
         self, endpoint_ids: Iterable[str], now_ms: int, positions: Positions = ()
@@ -480,20 +523,20 @@ class LogWriter:
 
         def write() -> None:
             for endpoint_id in ids:
-                key = self._endpoint_keys.get(endpoint_id)
+                key = self._stored_key(endpoint_id)
                 if key is not None:
                     for table in ENDPOINT_TABLES:
                         self._db.execute(f"DELETE FROM {table} WHERE ep = ?", (key,))  # noqa: S608 - constant table names
                     self._db.execute("DELETE FROM endpoints WHERE key = ?", (key,))
                 self._db.execute(
-                    "INSERT OR REPLACE INTO deleted_endpoints VALUES (?, ?)", (endpoint_id, now_ms)
+                    "INSERT INTO deleted_endpoints VALUES (?, ?) ON CONFLICT (endpoint_id)"
+                    " DO UPDATE SET deleted_at_ms = excluded.deleted_at_ms",
+                    (endpoint_id, now_ms),
                 )
             self._save_positions(positions)
 
         self._transaction(write)
-        self._load_endpoints()
-
-    # --- batches -----------------------------------------------------------------------------
+        self._forget_endpoints()
 
     def add_attempts(
         self, fetched: Iterable[Fetched], now_ms: int, positions: Positions = ()
@@ -501,96 +544,73 @@ class LogWriter:
         """Index attempt records; returns how many. Unreadable ones are counted and left in
         the topic (they are never deleted from it). Raises ``IndexFull`` (nothing written)
         when the batch does not fit."""
-        items = list(fetched)
+        positions = list(positions)
+        decoded = self._decoded(self._unseen(fetched, positions), decode_attempt)
+        endpoints = {(d.record.endpoint_id, d.record.account_id) for d in decoded}
+        kept_from = self._prepare(endpoints, ATTEMPTS_TIMED, {d.record.at_ms for d in decoded})
         batches: list[_AttemptBatch] = []
 
         def write() -> None:
             batch = _AttemptBatch(rollup_from_ms=now_ms - ROLLUPS_KEPT_MS)
-            for item in items:
-                record = self._decode(item, decode_attempt)
-                if record is None:
-                    continue
+            for item in decoded:
+                record: AttemptRecord = item.record
                 ep = self._endpoint_key(record.endpoint_id, record.account_id)
-                if ep is not None:
-                    batch.add(ep, position(item.partition, item.offset), record)
+                if ep is not None and record.at_ms >= kept_from:
+                    batch.add(ep, item.pos, record)
             batch.write(self._db)
             self._save_positions(positions)
+            batches.clear()
             batches.append(batch)
 
         self._fitted(write)
         (batch,) = batches
+        self._count_new({row[1] for row in batch.rows} | {ep for ep, _ in batch.deliveries})
         for row in batch.rows:
             self._attempt_counts[row[1]] += 1
         for ep, _ in batch.deliveries:
             self._delivery_counts[ep] += 1  # at most: some only updated a row
-        self._trim(self._attempt_counts, ATTEMPT_TRIM)
-        self._trim(self._delivery_counts, DELIVERY_TRIM)
+        self._trim(self._attempt_counts, self.attempt_trim)
+        self._trim(self._delivery_counts, self.delivery_trim)
         self.keep_within_budget()
         return len(batch.rows)
 
     def add_dead_letters(self, fetched: Iterable[Fetched], positions: Positions = ()) -> int:
-        items = list(fetched)
+        positions = list(positions)
+        decoded = self._decoded(self._unseen(fetched, positions), decode_dead_letter)
+        endpoints = {(d.record.envelope.endpoint_id, d.record.envelope.account_id) for d in decoded}
+        kept_from = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
         rows: list[tuple[Any, ...]] = []
 
         def write() -> None:
             rows.clear()
-            for item in items:
-                letter = self._decode(item, decode_dead_letter)
-                if letter is None:
-                    continue
+            for item in decoded:
+                letter: DeadLetter = item.record
                 envelope = letter.envelope
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
-                if ep is not None:
-                    rows.append(_letter_row(position(item.partition, item.offset), ep, letter))
+                if ep is not None and letter.dead_at_ms >= kept_from:
+                    rows.append(_letter_row(item.pos, ep, letter))
             self._db.executemany(
-                "INSERT OR IGNORE INTO dead_letters VALUES (?,?,?,?,?,?,?,?)", rows
+                "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows
             )
             self._save_positions(positions)
 
         self._fitted(write)
+        self._count_new({row[1] for row in rows})
         for row in rows:
             self._letter_counts[row[1]] += 1
-        self._trim(self._letter_counts, LETTER_TRIM)
+        self._trim(self._letter_counts, self.letter_trim)
         self.keep_within_budget()
         return len(rows)
 
-    def _fitted(self, write: Callable[[], None]) -> None:
-        """Write a batch; when it does not fit, evict the oldest and try once more. Below the
-        budget the disk itself may be full: then what the index holds now is what fits."""
-        try:
-            self._transaction(write)
-        except IndexFull:
-            budget = self.max_pages * self.page_size
-            self.make_room(int(BUDGET_LOW * min(budget, self.used_bytes())))
-            self._transaction(write)  # IndexFull again: the caller backs off
+    def _decoded(self, fetched: Iterable[Fetched], decode: Callable[[bytes], Any]) -> list[Decoded]:
+        found: list[Decoded] = []
+        for item in fetched:
+            record = self._decode(item, decode)
+            if record is not None:
+                found.append(Decoded(position(item.partition, item.offset), record))
+        return found
 
-    def _transaction(self, write: Callable[[], None]) -> None:
-        """One transaction; on any failure nothing of it stays, in the file or in memory."""
-        self._db.execute("BEGIN")
-        try:
-            write()
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            self._load_endpoints()
-            if is_full(exc):
-                raise IndexFull(str(exc)) from exc
-            raise
-
-    def _save_positions(self, positions: Positions) -> None:
-        self._db.executemany(
-            "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
-            " DO UPDATE SET next_offset = excluded.next_offset",
-            [(topic, partition, offset) for (topic, partition), offset in positions],
-        )
-
-    def positions(self) -> dict[tuple[str, int], int]:
-        """Where each topic partition's next record is, as of the last batch written."""
-        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
-        return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
-
-    def _decode(self, item: Fetched, decode: Any) -> Any:
+    def _decode(self, item: Fetched, decode: Callable[[bytes], Any]) -> Any:
         if item.value is None:
             return None
         try:
@@ -605,8 +625,111 @@ class LogWriter:
         limit = self._per_endpoint
         over = [ep for ep, n in counts.items() if n > limit * (1 + TRIM_SLACK)]
         for ep in over:
-            self._db.execute(trim, (ep, ep, limit))
+            self._db.execute(trim, (ep, ep, limit))  # one statement: its own transaction
             counts[ep] = limit
+
+
+class LogWriter(IndexWriter):
+    """The embedded index: an SQLite file within a byte budget."""
+
+    attempt_trim = (
+        "DELETE FROM attempts WHERE ep = ? AND pos IN (SELECT pos FROM attempts WHERE ep = ?"
+        " ORDER BY at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
+    )
+    letter_trim = (
+        "DELETE FROM dead_letters WHERE ep = ? AND pos IN (SELECT pos FROM dead_letters"
+        " WHERE ep = ? ORDER BY dead_at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
+    )
+    # Deliveries still waiting in a retry tier are all kept (``waiting`` counts them); the ones
+    # that ended only matter for the endpoint's newest dead letters.
+    delivery_trim = (
+        "DELETE FROM deliveries WHERE ep = ? AND state != 'waiting' AND webhook_key IN"
+        " (SELECT webhook_key FROM deliveries WHERE ep = ? AND state != 'waiting'"
+        " ORDER BY at_ms DESC LIMIT -1 OFFSET ?)"
+    )
+
+    def __init__(self, path: Path, per_endpoint: int, max_bytes: int) -> None:
+        db = connect(path, WRITER_CACHE_KIB)
+        super().__init__(db, per_endpoint)
+        self._sqlite = db
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version not in (0, INDEX_VERSION):
+            db.close()
+            raise IndexFormatChanged(f"index version {version}, this build writes {INDEX_VERSION}")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version={INDEX_VERSION}")
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        # The hard limit: SQLite refuses to grow the file past it (SQLITE_FULL), so the file
+        # never outgrows the budget whatever the eviction below does.
+        self.max_pages = max(MIN_PAGES, max_bytes // page_size)
+        db.execute(f"PRAGMA max_page_count={self.max_pages}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        self.page_size: int = page_size
+        self._endpoint_keys: dict[str, int] = {}
+        self._next_key = 1
+        self._deleted: set[str] = set()
+        self._forget_endpoints()
+        self._recount()
+
+    def close(self) -> None:
+        self._sqlite.close()
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    def _forget_endpoints(self) -> None:
+        """The endpoint keys as committed (again after a batch was rolled back)."""
+        rows = self._db.execute("SELECT endpoint_id, key FROM endpoints").fetchall()
+        self._endpoint_keys = dict(rows)
+        self._next_key = max(self._endpoint_keys.values(), default=0) + 1
+        deleted = self._db.execute("SELECT endpoint_id FROM deleted_endpoints").fetchall()
+        self._deleted = {endpoint_id for (endpoint_id,) in deleted}
+
+    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
+        return 0  # every row goes in; ``expire`` drops what retention no longer covers
+
+    def _stored_key(self, endpoint_id: str) -> int | None:
+        return self._endpoint_keys.get(endpoint_id)
+
+    def _endpoint_key(self, endpoint_id: str, account_id: str) -> int | None:
+        if endpoint_id in self._deleted:
+            return None
+        key = self._endpoint_keys.get(endpoint_id)
+        if key is None:
+            key = self._next_key
+            self._next_key += 1
+            self._db.execute(
+                "INSERT INTO endpoints (key, endpoint_id, account_id) VALUES (?, ?, ?)",
+                (key, endpoint_id, account_id),
+            )
+            self._endpoint_keys[endpoint_id] = key
+        return key
+
+    # --- batches -----------------------------------------------------------------------------
+
+    def _fitted(self, write: Callable[[], None]) -> None:
+        """Write a batch; when it does not fit, evict the oldest and try once more. Below the
+        budget the disk itself may be full: then what the index holds now is what fits."""
+        try:
+            self._transaction(write)
+        except IndexFull:
+            budget = self.max_pages * self.page_size
+            self.make_room(int(BUDGET_LOW * min(budget, self.used_bytes())))
+            self._transaction(write)  # IndexFull again: the caller backs off
+
+    def _transaction(self, write: Callable[[], None]) -> None:
+        """One transaction; on any failure nothing of it stays, in the file or in memory."""
+        db = self._sqlite
+        db.execute("BEGIN")
+        try:
+            write()
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._forget_endpoints()
+            if is_full(exc):
+                raise IndexFull(str(exc)) from exc
+            raise
 
     def _recount(self) -> None:
         """The per-endpoint row counts the trims work from, after rows went another way."""
@@ -656,7 +779,7 @@ class LogWriter:
         if not cutoffs:
             return 0
         cutoff = min(cutoffs)
-        before = self._db.total_changes
+        before = self._sqlite.total_changes
 
         def write() -> None:
             for timed in EVICTABLE:
@@ -668,9 +791,9 @@ class LogWriter:
                 )
 
         self._transaction(write)
-        return self._db.total_changes - before
+        return self._sqlite.total_changes - before
 
-    def _cutoff(self, timed: _Timed, rows: int) -> int | None:
+    def _cutoff(self, timed: Timed, rows: int) -> int | None:
         """The time of the table's ``rows``-th oldest row (its newest when it has fewer)."""
         column, table = timed.time_column, timed.table
         found = self._db.execute(
@@ -699,23 +822,6 @@ class LogWriter:
         self._transaction(write)
         self._recount()
         self.used_bytes()
-
-
-ATTEMPT_TRIM = (
-    "DELETE FROM attempts WHERE ep = ? AND pos IN (SELECT pos FROM attempts WHERE ep = ?"
-    " ORDER BY at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
-)
-LETTER_TRIM = (
-    "DELETE FROM dead_letters WHERE ep = ? AND pos IN (SELECT pos FROM dead_letters WHERE ep = ?"
-    " ORDER BY dead_at_ms DESC, pos DESC LIMIT -1 OFFSET ?)"
-)
-# Deliveries still waiting in a retry tier are all kept (``waiting`` counts them); the ones
-# that ended only matter for the endpoint's newest dead letters.
-DELIVERY_TRIM = (
-    "DELETE FROM deliveries WHERE ep = ? AND state != 'waiting' AND webhook_key IN"
-    " (SELECT webhook_key FROM deliveries WHERE ep = ? AND state != 'waiting'"
-    " ORDER BY at_ms DESC LIMIT -1 OFFSET ?)"
-)
 
 
 def _letter_row(pos: int, ep: int, letter: DeadLetter) -> tuple[Any, ...]:
@@ -827,13 +933,14 @@ def parse_record_id(text: str, prefix: str) -> tuple[int, int] | None:
     return int(partition), int(offset)
 
 
-def _jobs_condition(jobs: Sequence[ReplayJob]) -> tuple[str, tuple[Any, ...]]:
+def _jobs_condition(jobs: Sequence[ReplayJob], spans_covering: str) -> tuple[str, tuple[Any, ...]]:
     """SQL true for a dead letter that one of ``jobs`` replayed (``ReplayJob.covers``).
 
-    The jobs travel as one JSON array in one bound variable: a variable per job would fail
-    past SQLite's limit (32,766) on an endpoint replayed that many times."""
+    The jobs travel as one JSON array in one bound variable, tested by the store's own
+    ``spans_covering`` (each database spells JSON tables its own way): a variable per job would
+    fail past SQLite's limit (32,766) on an endpoint replayed that many times."""
     if not jobs:
-        return "0", ()
+        return "FALSE", ()
     spans = [
         (
             position(job.dlq_partition, 0),
@@ -843,13 +950,7 @@ def _jobs_condition(jobs: Sequence[ReplayJob]) -> tuple[str, tuple[Any, ...]]:
         )
         for job in jobs
     ]
-    covered = (
-        "EXISTS (SELECT 1 FROM json_each(?) j"
-        " WHERE d.pos >= json_extract(j.value, '$[0]') AND d.pos < json_extract(j.value, '$[1]')"
-        " AND d.dead_at_ms >= json_extract(j.value, '$[2]')"
-        " AND d.dead_at_ms < json_extract(j.value, '$[3]'))"
-    )
-    return covered, (_spans_encoder.encode(spans).decode(),)
+    return spans_covering, (_spans_encoder.encode(spans).decode(),)
 
 
 def covering_job(jobs: Sequence[ReplayJob], pos: int, dead_at_ms: int) -> ReplayJob | None:
@@ -860,31 +961,30 @@ def covering_job(jobs: Sequence[ReplayJob], pos: int, dead_at_ms: int) -> Replay
     return None
 
 
-class LogReader:
-    """Queries on the index; every method runs in a reader thread, one connection each."""
+class IndexQueries:
+    """Queries on the index, the same SQL on both stores; every method runs in a reader
+    thread, on that thread's connection (``_db``)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+    # True for a dead letter ``d`` inside one of the spans [first pos, end pos, since ms,
+    # until ms] of the JSON array bound to its one placeholder (``_jobs_condition``).
+    SPANS_COVERING = (
+        "EXISTS (SELECT 1 FROM json_each(?) j"
+        " WHERE d.pos >= json_extract(j.value, '$[0]') AND d.pos < json_extract(j.value, '$[1]')"
+        " AND d.dead_at_ms >= json_extract(j.value, '$[2]')"
+        " AND d.dead_at_ms < json_extract(j.value, '$[3]'))"
+    )
 
-    def _db(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if connection is None:
-            connection = connect(self._path, READER_CACHE_KIB)
-            connection.execute("PRAGMA query_only=1")
-            self._local.db = connection
-            with self._lock:
-                self._opened.append(connection)
-        return connection
+    def _db(self) -> Database:
+        raise NotImplementedError
 
     def close_all(self) -> None:
         """Once no reader thread runs any more."""
-        with self._lock:
-            for connection in self._opened:
-                connection.close()
-            self._opened.clear()
+        raise NotImplementedError
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Where the writers have got to in each topic partition."""
+        rows = self._db().execute("SELECT topic, partition, next_offset FROM positions")
+        return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
 
     def _endpoint_key(self, endpoint_id: str) -> int | None:
         row = (
@@ -960,12 +1060,14 @@ class LogReader:
         first_minute = since_ms // MINUTE_MS
         kinds = dict(
             db.execute(
-                "SELECT kind, SUM(n) FROM rollups WHERE ep = ? AND minute >= ? GROUP BY kind",
+                "SELECT kind, CAST(SUM(n) AS BIGINT) FROM rollups"
+                " WHERE ep = ? AND minute >= ? GROUP BY kind",
                 (ep, first_minute),
             ).fetchall()
         )
         histogram = db.execute(
-            "SELECT bucket, SUM(n) FROM durations WHERE ep = ? AND minute >= ? GROUP BY bucket",
+            "SELECT bucket, CAST(SUM(n) AS BIGINT) FROM durations"
+            " WHERE ep = ? AND minute >= ? GROUP BY bucket",
             (ep, first_minute),
         ).fetchall()
         successes = kinds.pop("success", 0)
@@ -997,7 +1099,7 @@ class LogReader:
         (waiting,) = db.execute(
             "SELECT COUNT(*) FROM deliveries WHERE ep = ? AND state = 'waiting'", (ep,)
         ).fetchone()
-        replayed, args = _jobs_condition(jobs)
+        replayed, args = _jobs_condition(jobs, self.SPANS_COVERING)
         (dead_open,) = db.execute(
             f"SELECT COUNT(*) FROM dead_letters d WHERE d.ep = ? AND NOT {replayed}",  # noqa: S608 - built from constants, values bound
             (ep, *args),
@@ -1076,6 +1178,32 @@ class LogReader:
             (text_key(event_id), ep, webhook_id),
         )
         return dict(rows.fetchall())
+
+
+class LogReader(IndexQueries):
+    """The SQLite index's queries: one read-only connection per reader thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if connection is None:
+            connection = connect(self._path, READER_CACHE_KIB)
+            connection.execute("PRAGMA query_only=1")
+            self._local.db = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def close_all(self) -> None:
+        with self._lock:
+            for connection in self._opened:
+                connection.close()
+            self._opened.clear()
 
 
 def _history(stored: StoredAttempt, answers: dict[int, str]) -> HistoryAttempt:

@@ -1,0 +1,138 @@
+"""The delivery log in PostgreSQL, against the real broker and a real server: two ingest
+replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down
+degrades only the log's routes (503 with Retry-After) until it is back, without a restart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
+
+from services.ingest.app import create_app
+from shared.kafka.service_base import service_base
+from shared.model.topics import Topics
+from tests.integration.conftest import (
+    ACCOUNT_A,
+    AiohttpClient,
+    assert_only_the_log_is_degraded,
+    auth,
+    make_settings,
+)
+from tests.support.attempts import KeyedProducer, attempt, eventually, now_ms
+from tests.support.postgres import PostgresServer, running_postgres
+
+pytestmark = pytest.mark.kafka
+
+Client = TestClient[Any, Any]
+REPLICAS = 2
+
+
+@pytest.fixture(name="own_postgres")
+def fixture_own_postgres() -> Iterator[PostgresServer]:
+    """A server of this test's own, which it stops and starts."""
+    with running_postgres() as server:
+        yield server
+
+
+async def replica(
+    kafka_bootstrap: str, prefix: str, url: str, aiohttp_client: AiohttpClient
+) -> AsyncGenerator[Client]:
+    settings = make_settings(kafka_bootstrap, prefix, delivery_log_url=url)
+    async with service_base(settings) as base:
+        await base.endpoints.loaded.wait()
+        yield await aiohttp_client(create_app(base))
+
+
+@pytest.fixture(name="replicas")
+async def fixture_replicas(
+    kafka_bootstrap: str, prefix: str, postgres: PostgresServer, aiohttp_client: AiohttpClient
+) -> AsyncIterator[list[Client]]:
+    url = postgres.new_schema()
+    first = replica(kafka_bootstrap, prefix, url, aiohttp_client)
+    second = replica(kafka_bootstrap, prefix, url, aiohttp_client)
+    clients = [await anext(first), await anext(second)]
+    yield clients
+    for started in (second, first):
+        await started.aclose()
+
+
+async def create_endpoint(ingest: Client) -> str:
+    created = await ingest.post(
+        "/v1/endpoints", json={"url": "http://127.0.0.1:9/hook"}, headers=auth(ACCOUNT_A)
+    )
+    assert created.status == 201, await created.text()
+    endpoint_id: str = (await created.json())["id"]
+    return endpoint_id
+
+
+async def listed(ingest: Client, endpoint_id: str) -> list[str] | None:
+    """The event ids of the endpoint's first page; None while the log answers 503."""
+    response = await ingest.get(
+        f"/v1/endpoints/{endpoint_id}/attempts", params={"limit": "250"}, headers=auth(ACCOUNT_A)
+    )
+    if response.status == 503:
+        return None
+    assert response.status == 200, await response.text()
+    return [a["event_id"] for a in (await response.json())["data"]]
+
+
+async def test_every_replica_answers_from_the_one_store_and_each_record_counts_once(
+    replicas: list[Client], kafka_bootstrap: str, prefix: str
+) -> None:
+    endpoints = [await create_endpoint(replicas[0]) for _ in range(6)]
+    base = now_ms() - 60_000
+    async with KeyedProducer(kafka_bootstrap) as producer:
+        for n, endpoint_id in enumerate(endpoints):
+            records = [attempt(endpoint_id, f"evt_{n}_{i}", at_ms=base + i) for i in range(5)]
+            await producer.send(Topics(prefix).attempts, endpoint_id, records)
+
+    async def all_listed() -> bool:
+        for ingest in replicas:
+            for endpoint_id in endpoints:
+                if len(await listed(ingest, endpoint_id) or []) != 5:
+                    return False
+        return True
+
+    await eventually(all_listed, timeout_s=30.0)
+    for ingest in replicas:
+        stats = await ingest.get(f"/v1/endpoints/{endpoints[0]}/stats", headers=auth(ACCOUNT_A))
+        assert (await stats.json())["last_hour"]["attempts"] == 5  # once, whoever indexed it
+
+
+async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
+    own_postgres: PostgresServer,
+    kafka_bootstrap: str,
+    prefix: str,
+    aiohttp_client: AiohttpClient,
+) -> None:
+    started = replica(kafka_bootstrap, prefix, own_postgres.new_schema(), aiohttp_client)
+    ingest = await anext(started)
+    try:
+        endpoint_id = await create_endpoint(ingest)
+        topic = Topics(prefix).attempts
+        async with KeyedProducer(kafka_bootstrap) as producer:
+            await producer.send(topic, endpoint_id, [attempt(endpoint_id, "evt_before")])
+            await eventually(lambda: _shows(ingest, endpoint_id, "evt_before"))
+
+            own_postgres.stop()
+            await producer.send(topic, endpoint_id, [attempt(endpoint_id, "evt_during")])
+
+            async def degraded() -> bool:
+                return await listed(ingest, endpoint_id) is None
+
+            await eventually(degraded, timeout_s=30.0)
+            await assert_only_the_log_is_degraded(ingest, endpoint_id)
+
+            own_postgres.start()
+            # Back by itself: what was written meanwhile is indexed, and the routes answer.
+            await eventually(lambda: _shows(ingest, endpoint_id, "evt_during"), timeout_s=90.0)
+            assert REGISTRY.get_sample_value("clickhook_delivery_log_unavailable") == 0
+    finally:
+        await started.aclose()
+
+
+async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:
+    return event_id in (await listed(ingest, endpoint_id) or [])
