@@ -5,8 +5,11 @@ answers queries.
 Every ingest replica keeps its own index, so any of them answers and none depends on another.
 The index keeps the topic positions it has read in the same transactions as its rows: a
 restart on the same state directory resumes where it stopped; a fresh one (or one that finds
-no usable file) builds the index from the topics. Readiness does not wait for it: answers
-carry how far behind the index is (``IndexStatus``).
+no usable file) builds the index from the topics, the newest hour first: it follows the
+topics from an hour back, and once it has caught up with them fills the older history behind
+it, an hour at a time, newest first (``fill.py``, ``history.py``), between the batches it
+follows. Readiness does not wait for it: answers carry how far behind the index is and since
+when it is complete (``IndexStatus``).
 
 Click intake never depends on it. A failure of the index (a full disk, a corrupt file) never
 ends the following task, so never the process: the log's routes answer 503
@@ -27,7 +30,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -37,13 +40,22 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.ingest.api_types import IndexStatus
+from services.ingest.delivery_log.fill import (
+    complete_since_ms,
+    loaded_state,
+    next_positions,
+    stored_positions,
+)
+from services.ingest.delivery_log.history import HistoryBatch, HistoryReader
 from services.ingest.delivery_log.store import (
     Fetched,
     IndexFormatChanged,
     IndexFull,
     LogReader,
     LogWriter,
+    Positions,
     failure_reason,
+    ms_to_datetime,
 )
 from shared.kafka.clients import Record
 from shared.kafka.metadata import partitions_when_ready
@@ -210,6 +222,12 @@ class DeliveryLog:
             client_id="clickhook-delivery-log",
         )
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
+        self.history = HistoryReader(
+            settings,
+            (self._attempts_topic, self._dlq_topic),
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        )
         self.replay_jobs: dict[str, ReplayJob] = {}
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
@@ -236,6 +254,7 @@ class DeliveryLog:
             self._assignment += await partitions_when_ready(self._settings, topic)
         await self._consumer.start()
         await self.attempt_reader.start()
+        await self.history.start(self._assignment)
         self._consumer.assign(self._assignment)
         self._start_ends = await self._consumer.end_offsets(self._assignment)
         await self._consumer.seek_to_beginning(*self._assignment)
@@ -265,6 +284,7 @@ class DeliveryLog:
     async def stop(self) -> None:
         await close_quietly("delivery log consumer", self._consumer.stop())
         await self.attempt_reader.stop()
+        await self.history.stop()
         self._reader_threads.shutdown(wait=True)
         await self._close_index(discard=False)
         self._writer_thread.shutdown(wait=True)
@@ -273,19 +293,43 @@ class DeliveryLog:
 
     async def _open(self) -> None:
         """Open the index (the one a previous run left, when usable) and seek every topic
-        partition to where it stopped; a fresh index starts from the beginning. On failure
-        nothing stays open, and the file goes (the next try builds a fresh one)."""
+        partition to where it stopped, and the history fill to where it stood; a fresh index
+        starts with the newest hour. On failure nothing stays open, and the file goes (the
+        next try builds a fresh one)."""
         try:
             stored = await self._open_file()
+            if not any(self._key(tp) in stored for tp in self._history_partitions()):
+                stored = await self._start_fresh(stored)
         except BaseException:
             await self._close_index(discard=True)
             raise
         for tp in self._assignment:
-            offset = stored.get((tp.topic, tp.partition))
+            offset = stored.get(self._key(tp))
             if offset is not None:
                 self._consumer.seek(tp, offset)
                 self._positions[tp] = offset
+        self.history.resume(loaded_state(stored))
         self._recovered()
+
+    async def _start_fresh(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """A fresh index: where following the attempts and dead letters starts (an hour
+        back) and the fill of their history, kept before any record is read, so a restart
+        goes on with both instead of starting again an hour later (a gap between them)."""
+        assert self._writer is not None
+        heads = await self.history.plan(_now_ms(), self._start_ends)
+        kept = [*heads.items(), *stored_positions(self.history.state)]
+        await self._write(self._writer.save_positions, kept)
+        log.info("delivery_log_newest_first", since=complete_since_ms(self.history.state))
+        return {**stored, **dict(kept)}
+
+    def _history_partitions(self) -> list[TopicPartition]:
+        return [
+            tp for tp in self._assignment if tp.topic in (self._attempts_topic, self._dlq_topic)
+        ]
+
+    @staticmethod
+    def _key(tp: TopicPartition) -> tuple[str, int]:
+        return (tp.topic, tp.partition)
 
     async def _open_file(self) -> dict[tuple[str, int], int]:
         settings = self._settings
@@ -317,6 +361,7 @@ class DeliveryLog:
         state, self._state = self._state, None
         if state is not None:
             _release_state_file(*state, discard=discard)
+        self.history.resume(None)
         if discard and self._assignment:
             indexed = [tp for tp in self._assignment if tp.topic != self._replays_topic]
             await self._consumer.seek_to_beginning(*indexed)
@@ -328,6 +373,7 @@ class DeliveryLog:
         """Back to the first record not indexed: what was fetched after it is fetched again."""
         for tp, offset in self._positions.items():
             self._consumer.seek(tp, offset)
+        self.history.resume(self.history.state)
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
@@ -373,14 +419,22 @@ class DeliveryLog:
     async def _step(
         self, writing: asyncio.Future[None] | None, expired_at: float
     ) -> tuple[asyncio.Future[None] | None, float]:
-        """Fetch a batch, wait for the previous one's indexing, start this one's."""
-        batches = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_RECORDS)
+        """Fetch a batch, wait for the previous one's indexing, start this one's. Once the
+        index has caught up with the topics, each step also reads a batch of the history it
+        has yet to fill (after the previous one is written: the fill's state is then settled)."""
+        filling = self._caught_up and self.history.wanted
+        batches = await self._consumer.getmany(
+            timeout_ms=0 if filling else POLL_MS, max_records=BATCH_RECORDS
+        )
         if writing is not None:
             await writing
             writing = None
-        if batches:
-            writing = asyncio.ensure_future(self._index(batches))
-        else:
+        older = None
+        if self._caught_up and self.history.wanted:  # again: that write may have ended it
+            older = await self.history.fetch(0 if batches else POLL_MS, BATCH_RECORDS)
+        if batches or older is not None:
+            writing = asyncio.ensure_future(self._index_both(batches, older))
+        if not batches:
             # Idle: everything fetched is indexed. Positions, not offsets seen: compaction and
             # transaction markers leave gaps.
             for tp in self._positions:
@@ -394,6 +448,49 @@ class DeliveryLog:
             assert self._writer is not None
             await self._write(self._writer.expire, _now_ms())
         return writing, expired_at
+
+    async def _index_both(
+        self, batches: dict[TopicPartition, list[Record]], older: HistoryBatch | None
+    ) -> None:
+        if batches:
+            await self._index(batches)
+        if older is not None:
+            await self._fill(older)
+
+    async def _fill(self, older: HistoryBatch) -> None:
+        """Index a batch of history with how far the fill got (one transaction per topic),
+        and once its window is read in full, move on to the one before."""
+        fetched: dict[str, list[Fetched]] = {self._attempts_topic: [], self._dlq_topic: []}
+        reached: dict[str, list[tuple[tuple[str, int], int]]] = {}
+        for tp, records in older.records.items():
+            fetched[tp.topic] += [Fetched(r.partition, r.offset, r.value) for r in records]
+        for tp, offset in older.reached.items():
+            reached.setdefault(tp.topic, []).extend(next_positions([(self._key(tp), offset)]))
+        await self._write_topics(fetched, reached)
+        self.history.advance(older.reached)
+        state = self.history.state
+        if state is not None and state.window_done:
+            following = await self.history.next_window()
+            assert self._writer is not None
+            await self._write(self._writer.save_positions, stored_positions(following))
+            self.history.resume(following)
+            since = complete_since_ms(following)
+            log.info("delivery_log_history_filled", since=since, complete=following is None)
+
+    async def _write_topics(
+        self, fetched: dict[str, list[Fetched]], reached: Mapping[str, Positions]
+    ) -> None:
+        """Attempts and dead letters, each topic's in one transaction with its positions."""
+        writer = self._writer
+        assert writer is not None
+        now = _now_ms()
+        if self._attempts_topic in reached:
+            positions = reached[self._attempts_topic]
+            await self._write(writer.add_attempts, fetched[self._attempts_topic], now, positions)
+        if self._dlq_topic in reached:
+            await self._write(
+                writer.add_dead_letters, fetched[self._dlq_topic], reached[self._dlq_topic]
+            )
 
     async def _index(self, batches: dict[TopicPartition, list[Record]]) -> None:
         """One batch of every partition, one transaction per topic, each with the positions
@@ -416,15 +513,9 @@ class DeliveryLog:
                 ]
             else:
                 fetched[tp.topic] += [Fetched(r.partition, r.offset, r.value) for r in records]
-        now = _now_ms()
-        if self._attempts_topic in reached:
-            positions = reached[self._attempts_topic]
-            await self._write(writer.add_attempts, fetched[self._attempts_topic], now, positions)
-        if self._dlq_topic in reached:
-            await self._write(
-                writer.add_dead_letters, fetched[self._dlq_topic], reached[self._dlq_topic]
-            )
+        await self._write_topics(fetched, {t: p for t, p in reached.items() if t in fetched})
         if self._endpoints_topic in reached:
+            now = _now_ms()
             await self._write(writer.purge_endpoints, deleted, now, reached[self._endpoints_topic])
         for tp, records in batches.items():
             self._positions[tp] = records[-1].offset + 1
@@ -460,7 +551,12 @@ class DeliveryLog:
             highwater = self._consumer.highwater(tp)
             end = highwater if highwater is not None else self._start_ends.get(tp, 0)
             behind += max(0, end - indexed)
-        return IndexStatus(caught_up=behind == 0 and self._reached_start_ends(), behind=behind)
+        since_ms = complete_since_ms(self.history.state)
+        return IndexStatus(
+            caught_up=behind == 0 and self._reached_start_ends(),
+            behind=behind,
+            complete_since=None if since_ms is None else ms_to_datetime(since_ms),
+        )
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
         return [job for job in self.replay_jobs.values() if job.endpoint_id == endpoint_id]

@@ -582,6 +582,12 @@ class LogWriter:
             [(topic, partition, offset) for (topic, partition), offset in positions],
         )
 
+    def save_positions(self, positions: Positions) -> None:
+        """Positions on their own, in one transaction: where a fresh index starts following
+        the topics and filling their history (``fill.py``), before it reads a record."""
+        rows = list(positions)
+        self._transaction(lambda: self._save_positions(rows))
+
     def positions(self) -> dict[tuple[str, int], int]:
         """Where each topic partition's next record is, as of the last batch written."""
         rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
