@@ -19,57 +19,35 @@ import asyncio
 import random
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
-from aiokafka import AIOKafkaProducer
 
-from shared.kafka.clients import ensure_topics
-from shared.model.messages import Endpoint, EndpointSecret, encode
-from shared.model.signing import generate_secret
-from shared.ops.settings import load_settings
+from shared.model.messages import encode
 from tests.bench.delivery_log import (
-    ACCOUNT,
     DAY_MS,
     POLL_S,
+    PRODUCE_CHUNK,
     Client,
     attempt_record,
+    bench_topics,
     broker,
     endpoint_ids,
+    write_figures,
 )
 from tests.bench.stack import Stack
 from tests.support.services import ROOT
 
-HOUR_MS = 3_600_000
 TIMEOUT_S = 1800.0
 OUTPUT = ROOT / "docs" / "benchmarks" / "delivery_log_fill.json"
 
 
-async def produce_history(bootstrap: str, prefix: str, records: int, endpoints: int) -> int:
+async def produce_history(bootstrap: str, prefix: str, records: int, endpoints: int) -> None:
     """The endpoints, then ``records`` attempts evenly over the last day, oldest first, each
-    stamped with its time; returns the time of the first."""
-    settings = load_settings(
-        {"CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap, "CLICKHOOK_TOPIC_PREFIX": prefix}
-    )
-    await ensure_topics(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )  # fmt: skip
-    await producer.start()
-    try:
-        now = datetime.now(UTC)
-        ids = endpoint_ids(endpoints)
-        for endpoint_id in ids:
-            endpoint = Endpoint(id=endpoint_id, account_id=ACCOUNT, url="https://hooks.example.com/x",
-                                secrets=[EndpointSecret(generate_secret())], created_at=now,
-                                updated_at=now)  # fmt: skip
-            await producer.send(
-                prefix + "webhook.endpoints", key=endpoint_id.encode(), value=encode(endpoint)
-            )
+    stamped with its time."""
+    async with bench_topics(bootstrap, prefix, endpoints) as (producer, ids):
         rng = random.Random(23)
         first_ms = int(time.time() * 1000) - DAY_MS
         futures = []
@@ -78,21 +56,14 @@ async def produce_history(bootstrap: str, prefix: str, records: int, endpoints: 
             record = msgspec.structs.replace(
                 attempt_record(rng, ids[n % endpoints], n, at_ms), at_ms=at_ms
             )
-            futures.append(
-                await producer.send(
-                    prefix + "webhook.attempts",
-                    key=record.endpoint_id.encode(),
-                    value=encode(record),
-                    timestamp_ms=at_ms,
-                )
-            )
-            if len(futures) >= 20_000:
+            value = encode(record)
+            key = record.endpoint_id.encode()
+            topic = prefix + "webhook.attempts"
+            futures.append(await producer.send(topic, value, key=key, timestamp_ms=at_ms))
+            if len(futures) >= PRODUCE_CHUNK:
                 await asyncio.gather(*futures)
                 futures.clear()
         await asyncio.gather(*futures)
-        return first_ms
-    finally:
-        await producer.stop()
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,10 +116,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", help="an existing broker instead of a throwaway one")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
-    figures = asyncio.run(measure(args))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
-    print(msgspec.json.format(msgspec.json.encode(figures)).decode())
+    write_figures(asyncio.run(measure(args)), args.output)
 
 
 if __name__ == "__main__":

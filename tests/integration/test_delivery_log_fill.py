@@ -5,7 +5,7 @@ twice and cursors still valid; a restart during the fill resumes it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +44,14 @@ def history(now: int) -> list[AttemptRecord]:
         attempt(ENDPOINT_ID, f"evt_{n:03}", account_id="acc_a", at_ms=now - 60_000 - n * EVERY_MS)
         for n in reversed(range(count))
     ]
+
+
+async def six_hours_in_the_topics(settings: Settings) -> list[AttemptRecord]:
+    """The attempts of ``history`` and the rest of ``produce_history``, in the topics."""
+    now = now_ms()
+    records = history(now)
+    await produce_history(settings, records, now)
+    return records
 
 
 async def produce_history(settings: Settings, records: list[AttemptRecord], now: int) -> None:
@@ -92,6 +100,20 @@ async def page(ingest: Client, path: str = LOG_PATH, **query: str) -> Any:
     return await response.json()
 
 
+def caught_up_on(ingest: Client) -> Callable[[], Awaitable[bool]]:
+    async def caught_up() -> bool:
+        return bool((await page(ingest))["index"]["caught_up"])
+
+    return caught_up
+
+
+def complete_on(ingest: Client) -> Callable[[], Awaitable[bool]]:
+    async def complete() -> bool:
+        return (await page(ingest))["index"]["complete_since"] is None
+
+    return complete
+
+
 def event_ids(found: Any) -> list[str]:
     return [a["event_id"] for a in found["data"]]
 
@@ -110,20 +132,15 @@ def fixture_settings(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> Setti
 async def test_a_fresh_index_serves_the_newest_hour_before_the_older_history(
     settings: Settings, aiohttp_client: AiohttpClient
 ) -> None:
-    now = now_ms()
-    records = history(now)
-    await produce_history(settings, records, now)
+    records = await six_hours_in_the_topics(settings)
     newest_first = [r.event_id for r in reversed(records)]
 
     async with ingest_on(settings, aiohttp_client, batches_allowed=0) as (ingest, delivery_log):
-
-        async def caught_up() -> bool:
-            return bool((await page(ingest))["index"]["caught_up"])
-
-        await eventually(caught_up)
+        await eventually(caught_up_on(ingest))
         newest_hour = await page(ingest)
         since = since_ms(newest_hour)
-        assert abs(since - (now - 3_600_000)) < 30_000, "the newest hour, by Kafka timestamp"
+        newest_ms = records[-1].at_ms + 60_000  # when they were produced
+        assert abs(since - (newest_ms - 3_600_000)) < 30_000, "the newest hour, by Kafka time"
         expected = [r.event_id for r in reversed(records) if r.at_ms >= since]
         assert event_ids(newest_hour) == expected, "the newest hour, whole, and nothing older"
         assert 11 <= len(expected) <= 13
@@ -132,11 +149,7 @@ async def test_a_fresh_index_serves_the_newest_hour_before_the_older_history(
         assert [d["event_id"] for d in letters["data"]] == ["evt_dead_new"]
 
         delivery_log.history.batches_allowed = None
-
-        async def complete() -> bool:
-            return (await page(ingest))["index"]["complete_since"] is None
-
-        await eventually(complete)
+        await eventually(complete_on(ingest))
         everything = await page(ingest)
         assert event_ids(everything) == newest_first, "every attempt once, newest first"
         older = await page(ingest, limit="5", cursor=first["next_cursor"])
@@ -148,16 +161,10 @@ async def test_a_fresh_index_serves_the_newest_hour_before_the_older_history(
 async def test_a_restart_during_the_fill_resumes_it(
     settings: Settings, aiohttp_client: AiohttpClient
 ) -> None:
-    now = now_ms()
-    records = history(now)
-    await produce_history(settings, records, now)
+    records = await six_hours_in_the_topics(settings)
 
     async with ingest_on(settings, aiohttp_client, batches_allowed=0) as (ingest, delivery_log):
-
-        async def caught_up() -> bool:
-            return bool((await page(ingest))["index"]["caught_up"])
-
-        await eventually(caught_up)
+        await eventually(caught_up_on(ingest))
         newest_hour = event_ids(await page(ingest))
         delivery_log.history.batches_allowed = 1
 
@@ -174,11 +181,7 @@ async def test_a_restart_during_the_fill_resumes_it(
         assert resumed == before, "the same rows, the fill where it stood"
         assert await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/stats") == stats
         delivery_log.history.batches_allowed = None
-
-        async def complete() -> bool:
-            return (await page(ingest))["index"]["complete_since"] is None
-
-        await eventually(complete)
+        await eventually(complete_on(ingest))
         assert event_ids(await page(ingest)) == [r.event_id for r in reversed(records)]
         stats = await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/stats")
         assert stats["last_24h"]["attempts"] == len(records), "no record counted twice"

@@ -33,6 +33,23 @@ class HistoryBatch:
     reached: dict[TopicPartition, int]
 
 
+def index_consumer(
+    settings: Settings, client_id: str, fetch_max_bytes: int, partition_fetch_bytes: int
+) -> AIOKafkaConsumer:
+    """A consumer of the topics the index is built from: no group (every replica reads all
+    of them), committed records only, from what is left when its position is gone."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=partition_fetch_bytes,
+        fetch_max_bytes=fetch_max_bytes,
+        client_id=client_id,
+    )
+
+
 def _key(tp: TopicPartition) -> Key:
     return (tp.topic, tp.partition)
 
@@ -50,16 +67,8 @@ class HistoryReader:
         partition_fetch_bytes: int,
     ) -> None:
         self._topics = tuple(topics)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            # A window start that retention removed since: from what is left.
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=partition_fetch_bytes,
-            fetch_max_bytes=fetch_max_bytes,
-            client_id="clickhook-delivery-log-history",
+        self._consumer = index_consumer(
+            settings, "clickhook-delivery-log-history", fetch_max_bytes, partition_fetch_bytes
         )
         self._partitions: list[TopicPartition] = []
         self.state: FillState | None = None

@@ -46,7 +46,7 @@ from services.ingest.delivery_log.fill import (
     next_positions,
     stored_positions,
 )
-from services.ingest.delivery_log.history import HistoryBatch, HistoryReader
+from services.ingest.delivery_log.history import HistoryBatch, HistoryReader, index_consumer
 from services.ingest.delivery_log.store import (
     Fetched,
     IndexFormatChanged,
@@ -211,15 +211,8 @@ class DeliveryLog:
         self._reader_threads = ThreadPoolExecutor(
             READER_THREADS, thread_name_prefix="delivery-log-reader"
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            client_id="clickhook-delivery-log",
+        self._consumer = index_consumer(
+            settings, "clickhook-delivery-log", FETCH_MAX_BYTES, PARTITION_FETCH_BYTES
         )
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.history = HistoryReader(
