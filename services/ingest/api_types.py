@@ -196,6 +196,14 @@ class IndexStatus(msgspec.Struct, kw_only=True):
 
     caught_up: bool
     behind: Annotated[int, msgspec.Meta(ge=0, description="records written but not indexed")]
+    complete_since: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="the log holds every attempt and dead letter since this time; older"
+            " ones are still being read (a fresh instance reads the newest hour first). null:"
+            " it holds all the topics keep"
+        ),
+    ] = None
 
 
 class Attempt(msgspec.Struct, kw_only=True):

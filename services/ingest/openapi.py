@@ -348,14 +348,16 @@ def _meta_path() -> dict[str, Any]:
 
 LOG_NOTE = (
     "Served by every ingest instance from its own index of webhook.attempts and webhook.dlq, "
-    "built from the topics: `index` says how far behind it is. The log keeps 7 days "
+    "built from the topics: `index` says how far behind it is, and since when it is complete "
+    "(`complete_since`: a fresh instance reads the newest hour first, then older history). "
+    "The log keeps 7 days "
     "(the topic's retention), at most CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT attempts per "
     "endpoint, newest first, and at most CLICKHOOK_DELIVERY_LOG_MAX_BYTES in all, the oldest "
     "going first; cursors are valid on every instance. While the index cannot answer (its disk "
     "full, its file being rebuilt) these routes answer 503 `delivery_log_unavailable` with "
     "`Retry-After`; the log recovers by itself, and clicks and endpoints never depend on it."
 )
-EXAMPLE_INDEX = {"caught_up": True, "behind": 0}
+EXAMPLE_INDEX = {"caught_up": True, "behind": 0, "complete_since": None}
 EXAMPLE_ATTEMPT = {
     "id": "att_2_18042",
     "webhook_id": "msg_2kq5yq3hd7x6m4rj2a5mqbz5bu",

@@ -113,8 +113,11 @@ def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
     )  # fmt: skip
 
 
-async def produce_everything(bootstrap: str, prefix: str, records: int, endpoints: int) -> float:
-    """The endpoints, then the attempt records; returns the seconds the records took."""
+@asynccontextmanager
+async def bench_topics(
+    bootstrap: str, prefix: str, endpoints: int
+) -> AsyncIterator[tuple[AIOKafkaProducer, list[str]]]:
+    """The topics with ``endpoints`` endpoints in them, and a producer for the records."""
     settings = load_settings(
         {"CLICKHOOK_KAFKA_BOOTSTRAP": bootstrap, "CLICKHOOK_TOPIC_PREFIX": prefix}
     )
@@ -132,6 +135,14 @@ async def produce_everything(bootstrap: str, prefix: str, records: int, endpoint
                 prefix + "webhook.endpoints", key=endpoint_id.encode(), value=encode(endpoint)
             )
         await producer.flush()
+        yield producer, ids
+    finally:
+        await producer.stop()
+
+
+async def produce_everything(bootstrap: str, prefix: str, records: int, endpoints: int) -> float:
+    """The endpoints, then the attempt records; returns the seconds the records took."""
+    async with bench_topics(bootstrap, prefix, endpoints) as (producer, ids):
         rng = random.Random(16)
         now_ms = int(time.time() * 1000)
         started = time.monotonic()
@@ -147,8 +158,6 @@ async def produce_everything(bootstrap: str, prefix: str, records: int, endpoint
                 )
             await asyncio.gather(*futures)
         return time.monotonic() - started
-    finally:
-        await producer.stop()
 
 
 @asynccontextmanager
@@ -242,6 +251,12 @@ def _size_of(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.iterdir())
 
 
+def write_figures(figures: dict[str, Any], output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
+    print(msgspec.json.format(msgspec.json.encode(figures)).decode())
+
+
 def main() -> None:
     if sys.argv[1:2] == ["at-cap"]:
         main_at_cap(sys.argv[2:])
@@ -253,10 +268,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", help="an existing broker instead of a throwaway one")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
-    figures = asyncio.run(measure(args))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(msgspec.json.format(msgspec.json.encode(figures)) + b"\n")
-    print(msgspec.json.format(msgspec.json.encode(figures)).decode())
+    write_figures(asyncio.run(measure(args)), args.output)
 
 
 # --- at the cap (issue 23): both stores ------------------------------------------------------

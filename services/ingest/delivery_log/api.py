@@ -46,6 +46,8 @@ from shared.ops.supervision import Supervisor
 DEFAULT_PAGE = 50
 MAX_PAGE = 250
 STATUS = re.compile(r"success|failure|deferred|[1-5](xx|[0-9][0-9])")
+# The app's delivery log, for what looks at it from outside the routes (tests hold its fill).
+DELIVERY_LOG = web.AppKey("delivery_log", DeliveryLog)
 
 
 def _problem(field: str, problem: str) -> ApiError:
@@ -135,6 +137,10 @@ class DeliveryLogApi:
         self._producer = producer
         self._supervisor = supervisor
         self._clicks_topic = Topics(settings.topic_prefix).clicks
+
+    @property
+    def delivery_log(self) -> DeliveryLog:
+        return self._log
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         await self._log.start()
@@ -284,6 +290,7 @@ class DeliveryLogApi:
 
 def add_delivery_log_routes(app: web.Application, api: DeliveryLogApi) -> None:
     """The routes, and the log's lifecycle: it follows the topics while the app runs."""
+    app[DELIVERY_LOG] = api.delivery_log
     router = app.router
     router.add_get("/v1/endpoints/{endpoint_id}/attempts", api.attempts)
     router.add_get("/v1/endpoints/{endpoint_id}/attempts/{attempt_id}", api.attempt)

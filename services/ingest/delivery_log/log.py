@@ -3,10 +3,14 @@
 answers queries.
 
 By default every ingest replica keeps its own SQLite index, so any of them answers and none
-depends on another. The index keeps the topic positions it has read in the same transactions
-as its rows: a restart on the same state directory resumes where it stopped; a fresh one (or
-one that finds no usable file) builds the index from the topics. Readiness does not wait for
-it: answers carry how far behind the index is (``IndexStatus``).
+depends on another.
+The index keeps the topic positions it has read in the same transactions as its rows: a
+restart on the same state directory resumes where it stopped; a fresh one (or one that finds
+no usable file) builds the index from the topics, the newest hour first: it follows the
+topics from an hour back, and once it has caught up with them fills the older history behind
+it, an hour at a time, newest first (``fill.py``, ``history.py``), between the batches it
+follows. Readiness does not wait for it: answers carry how far behind the index is and since
+when it is complete (``IndexStatus``).
 
 With ``CLICKHOOK_DELIVERY_LOG_URL`` the replicas share one PostgreSQL store (``pg_store``): the
 members of one consumer group (``DELIVERY_LOG_GROUP``) each index their share of the topics,
@@ -32,7 +36,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +47,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from services.ingest.api_types import IndexStatus
+from services.ingest.delivery_log.fill import (
+    complete_since_ms,
+    loaded_state,
+    next_positions,
+    stored_positions,
+)
+from services.ingest.delivery_log.history import HistoryBatch, HistoryReader, index_consumer
 from services.ingest.delivery_log.pg_store import PgReader, PgWriter, PositionsMoved
 from services.ingest.delivery_log.store import (
     Fetched,
@@ -52,7 +63,9 @@ from services.ingest.delivery_log.store import (
     IndexWriter,
     LogReader,
     LogWriter,
+    Positions,
     failure_reason,
+    ms_to_datetime,
 )
 from shared.kafka.clients import Record
 from shared.kafka.metadata import partitions_when_ready
@@ -223,10 +236,20 @@ class DeliveryLog:
         # Shared (PostgreSQL): the group's members index; every replica follows the replays
         # (and asks the topics' ends) with a consumer of its own.
         self._shared = bool(settings.delivery_log_url)
-        self._consumer = _follower(
-            settings, topics.group(DELIVERY_LOG_GROUP) if self._shared else None
+        self._consumer = index_consumer(
+            settings,
+            "clickhook-delivery-log",
+            FETCH_MAX_BYTES,
+            PARTITION_FETCH_BYTES,
+            group_id=topics.group(DELIVERY_LOG_GROUP) if self._shared else None,
         )
-        self._replays = _follower(settings, None) if self._shared else self._consumer
+        self._replays = (
+            index_consumer(
+                settings, "clickhook-delivery-log", FETCH_MAX_BYTES, PARTITION_FETCH_BYTES
+            )
+            if self._shared
+            else self._consumer
+        )
         self._unpositioned: set[TopicPartition] = set()
         # Of a shared store: the partitions other members index, as of the last look.
         self._others_behind = 0
@@ -234,6 +257,14 @@ class DeliveryLog:
         self._status_at = 0.0
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
+        # A fresh embedded index fills its history behind the newest hour (a shared store is
+        # filled by the group from the positions it holds: no fill).
+        self.history = HistoryReader(
+            settings,
+            (self._attempts_topic, self._dlq_topic),
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        )
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._start_ends: dict[TopicPartition, int] = {}
@@ -262,6 +293,7 @@ class DeliveryLog:
         if self._shared:
             await self._start_shared()
         else:
+            await self.history.start(self._assignment)
             self._consumer.assign(self._assignment)
             self._start_ends = await self._consumer.end_offsets(self._assignment)
             await self._consumer.seek_to_beginning(*self._assignment)
@@ -300,6 +332,7 @@ class DeliveryLog:
         if self._replays is not self._consumer:
             await close_quietly("delivery log replays consumer", self._replays.stop())
         await self.attempt_reader.stop()
+        await self.history.stop()
         self._reader_threads.shutdown(wait=True)
         await self._close_index(discard=False)
         self._writer_thread.shutdown(wait=True)
@@ -308,10 +341,14 @@ class DeliveryLog:
 
     async def _open(self) -> None:
         """Open the index (the one a previous run left, when usable) and seek every topic
-        partition to where it stopped; a fresh index starts from the beginning. On failure
-        nothing stays open, and the file goes (the next try builds a fresh one)."""
+        partition to where it stopped, and the history fill to where it stood; a fresh index
+        starts with the newest hour. On failure nothing stays open, and the file goes (the
+        next try builds a fresh one)."""
         try:
             stored = await self._open_file()
+            fresh = not any(self._key(tp) in stored for tp in self._history_partitions())
+            if fresh and not self._shared:
+                stored = await self._start_fresh(stored)
         except BaseException:
             await self._close_index(discard=True)
             raise
@@ -319,11 +356,32 @@ class DeliveryLog:
             self._unpositioned |= set(self._positions)  # sought before their next batch
         else:
             for tp in self._assignment:
-                offset = stored.get((tp.topic, tp.partition))
+                offset = stored.get(self._key(tp))
                 if offset is not None:
                     self._consumer.seek(tp, offset)
                     self._positions[tp] = offset
+            self.history.resume(loaded_state(stored))
         self._recovered()
+
+    async def _start_fresh(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """A fresh index: where following the attempts and dead letters starts (an hour
+        back) and the fill of their history, kept before any record is read, so a restart
+        goes on with both instead of starting again an hour later (a gap between them)."""
+        assert self._writer is not None
+        heads = await self.history.plan(_now_ms(), self._start_ends)
+        kept = [*heads.items(), *stored_positions(self.history.state)]
+        await self._write(self._writer.save_positions, kept)
+        log.info("delivery_log_newest_first", since=complete_since_ms(self.history.state))
+        return {**stored, **dict(kept)}
+
+    def _history_partitions(self) -> list[TopicPartition]:
+        return [
+            tp for tp in self._assignment if tp.topic in (self._attempts_topic, self._dlq_topic)
+        ]
+
+    @staticmethod
+    def _key(tp: TopicPartition) -> tuple[str, int]:
+        return (tp.topic, tp.partition)
 
     async def _open_file(self) -> dict[tuple[str, int], int]:
         settings = self._settings
@@ -357,6 +415,7 @@ class DeliveryLog:
         state, self._state = self._state, None
         if state is not None:
             _release_state_file(*state, discard=discard)
+        self.history.resume(None)
         if discard and self._assignment and not self._shared:
             indexed = [tp for tp in self._assignment if tp.topic != self._replays_topic]
             await self._consumer.seek_to_beginning(*indexed)
@@ -453,6 +512,7 @@ class DeliveryLog:
         """Back to the first record not indexed: what was fetched after it is fetched again."""
         for tp, offset in self._positions.items():
             self._consumer.seek(tp, offset)
+        self.history.resume(self.history.state)
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
@@ -498,16 +558,24 @@ class DeliveryLog:
     async def _step(
         self, writing: asyncio.Future[None] | None, expired_at: float
     ) -> tuple[asyncio.Future[None] | None, float]:
-        """Fetch a batch, wait for the previous one's indexing, start this one's."""
-        batches = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_RECORDS)
+        """Fetch a batch, wait for the previous one's indexing, start this one's. Once the
+        index has caught up with the topics, each step also reads a batch of the history it
+        has yet to fill (after the previous one is written: the fill's state is then settled)."""
+        filling = self._caught_up and self.history.wanted
+        batches = await self._consumer.getmany(
+            timeout_ms=0 if filling else POLL_MS, max_records=BATCH_RECORDS
+        )
         if writing is not None:
             await writing
             writing = None
         if self._shared:
             batches = await self._follow_shared(batches)
-        if batches:
-            writing = asyncio.ensure_future(self._index(batches))
-        else:
+        older = None
+        if self._caught_up and self.history.wanted:  # again: that write may have ended it
+            older = await self.history.fetch(0 if batches else POLL_MS, BATCH_RECORDS)
+        if batches or older is not None:
+            writing = asyncio.ensure_future(self._index_both(batches, older))
+        if not batches:
             # Idle: everything fetched is indexed. Positions, not offsets seen: compaction and
             # transaction markers leave gaps.
             for tp in self._positions:
@@ -521,6 +589,49 @@ class DeliveryLog:
             assert self._writer is not None
             await self._write(self._writer.expire, _now_ms())
         return writing, expired_at
+
+    async def _index_both(
+        self, batches: dict[TopicPartition, list[Record]], older: HistoryBatch | None
+    ) -> None:
+        if batches:
+            await self._index(batches)
+        if older is not None:
+            await self._fill(older)
+
+    async def _fill(self, older: HistoryBatch) -> None:
+        """Index a batch of history with how far the fill got (one transaction per topic),
+        and once its window is read in full, move on to the one before."""
+        fetched: dict[str, list[Fetched]] = {self._attempts_topic: [], self._dlq_topic: []}
+        reached: dict[str, list[tuple[tuple[str, int], int]]] = {}
+        for tp, records in older.records.items():
+            fetched[tp.topic] += [Fetched(r.partition, r.offset, r.value) for r in records]
+        for tp, offset in older.reached.items():
+            reached.setdefault(tp.topic, []).extend(next_positions([(self._key(tp), offset)]))
+        await self._write_topics(fetched, reached)
+        self.history.advance(older.reached)
+        state = self.history.state
+        if state is not None and state.window_done:
+            following = await self.history.next_window()
+            assert self._writer is not None
+            await self._write(self._writer.save_positions, stored_positions(following))
+            self.history.resume(following)
+            since = complete_since_ms(following)
+            log.info("delivery_log_history_filled", since=since, complete=following is None)
+
+    async def _write_topics(
+        self, fetched: dict[str, list[Fetched]], reached: Mapping[str, Positions]
+    ) -> None:
+        """Attempts and dead letters, each topic's in one transaction with its positions."""
+        writer = self._writer
+        assert writer is not None
+        now = _now_ms()
+        if self._attempts_topic in reached:
+            positions = reached[self._attempts_topic]
+            await self._write(writer.add_attempts, fetched[self._attempts_topic], now, positions)
+        if self._dlq_topic in reached:
+            await self._write(
+                writer.add_dead_letters, fetched[self._dlq_topic], reached[self._dlq_topic]
+            )
 
     async def _index(self, batches: dict[TopicPartition, list[Record]]) -> None:
         """One batch of every partition, one transaction per topic, each with the positions
@@ -543,15 +654,9 @@ class DeliveryLog:
                 ]
             else:
                 fetched[tp.topic] += [Fetched(r.partition, r.offset, r.value) for r in records]
-        now = _now_ms()
-        if self._attempts_topic in reached:
-            positions = reached[self._attempts_topic]
-            await self._write(writer.add_attempts, fetched[self._attempts_topic], now, positions)
-        if self._dlq_topic in reached:
-            await self._write(
-                writer.add_dead_letters, fetched[self._dlq_topic], reached[self._dlq_topic]
-            )
+        await self._write_topics(fetched, {t: p for t, p in reached.items() if t in fetched})
         if self._endpoints_topic in reached:
+            now = _now_ms()
             await self._write(writer.purge_endpoints, deleted, now, reached[self._endpoints_topic])
         for tp, records in batches.items():
             self._positions[tp] = records[-1].offset + 1
@@ -587,7 +692,12 @@ class DeliveryLog:
             caught_up = behind == 0 and self._status_known and not self._unpositioned
         else:
             caught_up = behind == 0 and self._reached_start_ends()
-        return IndexStatus(caught_up=caught_up, behind=behind)
+        since_ms = complete_since_ms(self.history.state)
+        return IndexStatus(
+            caught_up=caught_up,
+            behind=behind,
+            complete_since=None if since_ms is None else ms_to_datetime(since_ms),
+        )
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
         return self.replays.of_endpoint(endpoint_id)
@@ -617,21 +727,6 @@ class DeliveryLog:
 
     def _unavailable_error(self, reason: str) -> DeliveryLogUnavailable:
         return DeliveryLogUnavailable(reason, self._retry_after_s)
-
-
-def _follower(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
-    """A consumer of the log's topics: assigned (``group_id`` None) or a group member; its
-    positions come from the index, never from committed offsets."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-        fetch_max_bytes=FETCH_MAX_BYTES,
-        client_id="clickhook-delivery-log",
-    )
 
 
 class _SharedListener(ConsumerRebalanceListener):  # type: ignore[misc]

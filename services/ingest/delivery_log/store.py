@@ -514,6 +514,12 @@ class IndexWriter:
         rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
         return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
 
+    def save_positions(self, positions: Positions) -> None:
+        """Positions on their own, in one transaction: where a fresh index starts following
+        the topics and filling their history (``fill.py``), before it reads a record."""
+        rows = list(positions)
+        self._transaction(lambda: self._save_positions(rows))
+
     def purge_endpoints(
         self, endpoint_ids: Iterable[str], now_ms: int, positions: Positions = ()
     ) -> None:
