@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from tests.support.broker import PrivateBroker
 from tests.support.receiver import Receiver
+from tests.support.topics import delete_topics_of
+
+DELETE_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(name="kafka_bootstrap", scope="session")
@@ -25,9 +31,17 @@ def fixture_kafka_bootstrap() -> str:
 
 
 @pytest.fixture(name="prefix")
-def fixture_prefix() -> str:
-    """Topics and groups of one test never meet another test's."""
-    return f"t{uuid.uuid4().hex[:10]}."
+async def fixture_prefix() -> AsyncIterator[str]:
+    """Topics and groups of one test never meet another test's; its topics are deleted after
+    it (on the broker of ``make test``, when there is one)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    bootstrap = os.environ.get("CLICKHOOK_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        # A broker that a test stopped or left unreachable keeps the topics: not this test's
+        # failure to report.
+        with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(delete_topics_of(bootstrap, prefix), DELETE_TIMEOUT_S)
 
 
 @pytest.fixture(name="private_broker")

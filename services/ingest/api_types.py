@@ -179,6 +179,31 @@ class Error(msgspec.Struct, kw_only=True):
     error: ErrorInfo
 
 
+# --- endpoint import (services/ingest/endpoint_import.py) -------------------------------------
+
+# One request's limits: a bigger file is sent in parts (``clickhook endpoints import`` does).
+IMPORT_MAX_LINES = 10_000
+IMPORT_MAX_BYTES = 8 * 1024 * 1024
+
+
+class ImportCreated(msgspec.Struct, kw_only=True):
+    """An endpoint the import created: what a single create answers, in short."""
+
+    line: Annotated[int, msgspec.Meta(ge=1, description="the request body's line, from 1")]
+    status: Literal[201]
+    id: str
+    secret: Annotated[str, msgspec.Meta(description="shown once, as for a single create")]
+    version: Annotated[int, msgspec.Meta(description="its ETag, without the quotes")]
+
+
+class ImportFailed(msgspec.Struct, kw_only=True):
+    """A line the import refused: the status and error a single create would answer."""
+
+    line: Annotated[int, msgspec.Meta(ge=1, description="the request body's line, from 1")]
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)]
+    error: ErrorInfo
+
+
 # --- the delivery log (services/ingest/delivery_log) ------------------------------------------
 
 AttemptStatusFilter = Annotated[

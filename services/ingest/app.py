@@ -9,6 +9,7 @@ from services.ingest.backfill_api import BackfillApi
 from services.ingest.clicks import ClickIntake
 from services.ingest.delivery_log.api import DeliveryLogApi, add_delivery_log_routes
 from services.ingest.delivery_log.log import DeliveryLog
+from services.ingest.endpoint_import import EndpointImport
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.meta_api import add_meta_route
 from services.ingest.openapi import openapi_document
@@ -33,6 +34,7 @@ def create_app(base: ServiceBase) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.router.add_post(metrics.INGEST_CLICKS_ROUTE, clicks.post_clicks)
     app.router.add_post("/v1/endpoints", endpoints.create)
+    app.router.add_post("/v1/endpoints/import", EndpointImport(endpoints).post)
     app.router.add_get("/v1/endpoints", endpoints.list)
     app.router.add_get("/v1/endpoints/{endpoint_id}", endpoints.get)
     app.router.add_patch("/v1/endpoints/{endpoint_id}", endpoints.patch)

@@ -129,6 +129,14 @@ def _check_format(fmt: PayloadFormat, template: str | None, template_sent: bool)
         raise ApiError(422, "invalid_request", "invalid endpoint", [problem])
 
 
+def decoded(raw: bytes, kind: type[Any]) -> Any:
+    """A request body (or one line of an import) as ``kind``; a 422 listing what is wrong."""
+    try:
+        return _decode_body(raw, kind)
+    except InvalidInput as exc:
+        raise invalid(exc) from None
+
+
 def _shown(endpoint: Endpoint, *, status: int = 200, **extra: Any) -> web.Response:
     """One endpoint as the API shows it, with its ``ETag``."""
     return web.json_response(
@@ -206,7 +214,7 @@ class EndpointApi:
         # The delivery log's short health of an endpoint, shown by GET (set by create_app).
         self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct | None]] | None = None
 
-    def _principal(self, request: web.Request) -> Principal:
+    def principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
         if principal.account_id is None and not principal.is_admin:
             raise insufficient_scope("manage endpoints")
@@ -214,7 +222,7 @@ class EndpointApi:
 
     def owned(self, request: web.Request) -> Endpoint:
         """The endpoint named in the path, if the caller may manage it; else a 404."""
-        return self.endpoint_of(self._principal(request), request.match_info["endpoint_id"])
+        return self.endpoint_of(self.principal(request), request.match_info["endpoint_id"])
 
     def _check_url(self, url: str) -> None:
         problems = url_problems(
@@ -231,26 +239,23 @@ class EndpointApi:
     async def _read(self, request: web.Request, kind: type[Any]) -> Any:
         if request.content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "send application/json")
-        try:
-            return _decode_body(await request.read(), kind)
-        except InvalidInput as exc:
-            raise invalid(exc) from None
+        return decoded(await request.read(), kind)
 
     # --- handlers ----------------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.Response:
-        principal = self._principal(request)
+        principal = self.principal(request)
         body: EndpointCreate = await self._read(request, EndpointCreate)
         endpoint, secret = await self.create_endpoint(principal, body)
         return _shown(endpoint, status=201, secret=secret)
 
     async def list(self, request: web.Request) -> web.Response:
-        found = self.endpoints_of(self._principal(request), request.query.get("account_id"))
+        found = self.endpoints_of(self.principal(request), request.query.get("account_id"))
         return web.json_response({"data": [e.public_view() for e in found]})
 
     async def get(self, request: web.Request) -> web.Response:
         endpoint = await self.latest_endpoint_of(
-            self._principal(request), request.match_info["endpoint_id"]
+            self.principal(request), request.match_info["endpoint_id"]
         )
         summary = (
             None if self.delivery_summary is None else await self.delivery_summary(endpoint.id)
@@ -260,7 +265,7 @@ class EndpointApi:
         return _shown(endpoint, delivery=msgspec.to_builtins(summary))
 
     async def patch(self, request: web.Request) -> web.Response:
-        principal = self._principal(request)
+        principal = self.principal(request)
         body: EndpointPatch = await self._read(request, EndpointPatch)
         updated = await self.update_endpoint(
             principal, request.match_info["endpoint_id"], body, request.headers.get("if-match")
@@ -268,7 +273,7 @@ class EndpointApi:
         return _shown(updated)
 
     async def preview(self, request: web.Request) -> web.Response:
-        principal = self._principal(request)
+        principal = self.principal(request)
         # No body at all: the endpoint as stored, with a sample click.
         body = await self._read(request, PreviewRequest) if request.can_read_body else None
         endpoint_id = request.match_info["endpoint_id"]
@@ -277,7 +282,7 @@ class EndpointApi:
 
     async def delete(self, request: web.Request) -> web.Response:
         await self.delete_endpoint(
-            self._principal(request),
+            self.principal(request),
             request.match_info["endpoint_id"],
             request.headers.get("if-match"),
         )
@@ -285,7 +290,7 @@ class EndpointApi:
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         rotation = await self.rotate_endpoint_secret(
-            self._principal(request),
+            self.principal(request),
             request.match_info["endpoint_id"],
             request.headers.get("if-match"),
         )

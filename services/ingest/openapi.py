@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 
 from services.ingest.api_types import (
+    IMPORT_MAX_BYTES,
+    IMPORT_MAX_LINES,
     Accepted,
     AttemptDetail,
     AttemptPage,
@@ -23,6 +25,8 @@ from services.ingest.api_types import (
     EndpointPatch,
     EndpointStats,
     Error,
+    ImportCreated,
+    ImportFailed,
     PortalSession,
     PortalSessionRequest,
     Preview,
@@ -108,6 +112,17 @@ STRICT_BODY_NOTE = (
     "filters included): 422 `invalid_request`, with the key's path in `details` "
     "(`filters.tag`: `unknown field`)."
 )
+IMPORT_NOTE = (
+    "Each non-blank line is an endpoint create body (schema EndpointCreate), checked and "
+    "answered as POST /v1/endpoints would: a line of ImportCreated (its `id`, `secret` and "
+    "`version`, the ETag without quotes) or of ImportFailed (the `status` and `error` object "
+    "a single create of that line would answer), with its `line` number (from 1, blank lines "
+    "counted and skipped), in the order sent. A failing line takes no other with it. The "
+    "creates are committed in batches (transactions of up to 500) and the answer streams as "
+    f"they commit. At most {IMPORT_MAX_LINES:,} lines and {IMPORT_MAX_BYTES:,} bytes per "
+    "request (413 `payload_too_large`, nothing created): send a bigger file in parts "
+    "(`clickhook endpoints import FILE` does)."
+)
 ETAG = {
     "ETag": {
         "description": 'the endpoint\'s version as a strong entity tag, e.g. `"57"`',
@@ -173,6 +188,34 @@ def _paths() -> dict[str, Any]:
                 "summary": "The account's endpoints",
                 "responses": {**_ok(200, _ref("EndpointList"), "endpoints"), **_errors(401)},
             },
+        },
+        "/v1/endpoints/import": {
+            "post": {
+                "summary": "Register many endpoints: NDJSON in, one result line per endpoint out",
+                "description": IMPORT_NOTE,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-ndjson": {
+                            "schema": {
+                                "type": "string",
+                                "description": "one EndpointCreate (JSON) per line",
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "one line per non-blank line sent, in order",
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": {"oneOf": [_ref("ImportCreated"), _ref("ImportFailed")]}
+                            }
+                        },
+                    },
+                    **_errors(401, 413, 415),
+                },
+            }
         },
         "/v1/endpoints/{endpoint_id}": {
             **with_id,
@@ -592,6 +635,8 @@ STRUCTS: tuple[type[msgspec.Struct], ...] = (
     AttemptDetail,
     EndpointStats,
     DeliverySummary,
+    ImportCreated,
+    ImportFailed,
     DeadLetterPage,
     SentTestEvent,
     PortalSessionRequest,

@@ -39,12 +39,15 @@ class ApiError(Exception):
         self.details = list(details)
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
+    def info(self) -> ErrorInfo:
+        """The error object of the answer's body (also one line of an import's answer)."""
         details = [
             ErrorDetail(field=d.field, problem=d.problem, index=d.index) for d in self.details
         ]
-        body = Error(error=ErrorInfo(code=self.code, message=self.message, details=details))
-        return struct_response(body, status=self.status, headers=self.headers)
+        return ErrorInfo(code=self.code, message=self.message, details=details)
+
+    def response(self) -> web.Response:
+        return struct_response(Error(error=self.info()), status=self.status, headers=self.headers)
 
 
 def struct_response(

@@ -1,7 +1,8 @@
-"""``clickhook endpoints list|show|disable|enable``: the registry, for operators.
+"""``clickhook endpoints list|show|disable|enable|import``: the registry, for operators.
 
 Reads and writes go through the endpoint store (``shared.kafka.endpoint_store``), as the
-services' own do; secrets are never shown.
+services' own do; secrets are never shown. ``import`` goes through ingest's API instead
+(``shared.cli.endpoint_import``): its checks of a create live there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from shared.cli import endpoint_import
 from shared.cli.base import CliError, verb_group, write_json, write_json_line, write_table
 from shared.kafka.clients import create_producer
 from shared.kafka.endpoint_store import EndpointStore
@@ -104,9 +106,9 @@ def add_commands(commands: Any) -> None:
     verbs = verb_group(
         commands,
         "endpoints",
-        help="the endpoint registry: list, show, disable, enable",
+        help="the endpoint registry: list, show, disable, enable, import",
         description="Endpoints as stored in webhook.endpoints (secrets are never shown).",
-        verbs="list,show,disable,enable",
+        verbs="list,show,disable,enable,import",
     )
     listing = verbs.add_parser("list", help="one line per endpoint")
     listing.add_argument("--account", metavar="ID", help="only this account's (acc_…)")
@@ -126,3 +128,4 @@ def add_commands(commands: Any) -> None:
     enable = verbs.add_parser("enable", help="deliver to an endpoint again; clears the reason")
     enable.add_argument("id", help="endpoint id (ep_…)")
     enable.set_defaults(run=set_enabled)
+    endpoint_import.add_command(verbs)

@@ -123,6 +123,7 @@ class EndpointStore:
         self._end_offsets = await self._consumer.end_offsets(self._assignment)
 
     async def stop(self) -> None:
+        await self._writer.close()
         await close_quietly("endpoint consumer", self._consumer.stop())
 
     async def follow(self) -> None:

@@ -1,24 +1,31 @@
 """Compare-and-set writes to a compacted topic, built on Kafka's transactions (Kafka has no
-compare-and-set).
+compare-and-set), committed in groups.
 
 Every writer of the topic, in every instance of every service and the CLI, writes under one
 transactional id. Opening a producer with that id fences all the others: a writer that opened
 before can no longer commit (``ProducerFenced``), and what it had written is aborted, which no
 reader ever sees (the consumers read committed records only). After opening, the writer reads
-the topic to its end, decides from what it now holds, writes and commits. A write therefore
-commits only if no other fenced write committed between its read and its commit; one that was
-fenced starts again from the read, a bounded number of times. This is how Kafka Connect keeps a
-zombie leader from writing its config topic (KIP-618).
+the topic to its end; from then on it decides from what it holds (what it read, and its own
+commits since), writes and commits. A write therefore commits only if no other writer opened,
+and so none committed, between the read and the commit; one that was fenced opens again, reads
+again and decides again, a bounded number of times. This is how Kafka Connect keeps a zombie
+leader from writing its config topic (KIP-618).
 
 Why not a base version in each record, checked by every reader: two writers racing on one key
 both append, the loser's record comes last, and compaction keeps the last record of a key. A
 reader that starts after compaction sees only the loser's record and cannot tell it lost. With
 transactions a losing write is aborted: never visible, dropped by the log cleaner.
 
-Costs: a write opens a short-lived producer (a few milliseconds against a local broker) and
-waits for the others of this instance; a writer that dies inside its transaction holds every
-reader back (read_committed stops at an open transaction) until the next writer fences it or
-``WRITE_TRANSACTION_TIMEOUT_MS`` passes.
+Group commit. The writes of this instance that wait while a transaction is being committed go
+together into the next one (at most ``MAX_BATCH_WRITES``, one per key: a second write of a key
+waits for the first's version). Each keeps its own decision: one whose check fails gets its own
+error at once, and the others commit. The producer stays open across transactions, so a write
+costs one send and one commit, shared by the batch: reopening, and the read to the end that
+must follow (about 100 ms, the follower's fetch wait, to pass the last commit marker), only
+when another instance or the CLI fenced it meanwhile.
+
+A writer that dies inside its transaction holds every reader back (read_committed stops at an
+open transaction) until the next writer fences it or ``WRITE_TRANSACTION_TIMEOUT_MS`` passes.
 
 Used by the endpoint registry (``webhook.endpoints``) and by replay jobs claiming their
 endpoint (``webhook.replays``).
@@ -27,12 +34,15 @@ endpoint (``webhook.replays``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 from shared.kafka.clients import MAX_MESSAGE_BYTES
 from shared.model.errors import ClickhookError
@@ -53,9 +63,16 @@ MAX_WRITE_ATTEMPTS = 5
 FENCED_BACKOFF_S = 0.05
 # How often a writer looks whether the follower has read up to the end it waits for.
 READ_POLL_S = 0.005
-# A write's transaction is open for one send and one commit; a writer that dies with one open
-# holds the topic's readers back at most this long.
+# A write's transaction is open for one batch of sends and one commit; a writer that dies with
+# one open holds the topic's readers back at most this long.
 WRITE_TRANSACTION_TIMEOUT_MS = 15_000
+# The most writes one transaction commits: about 1 MB of endpoints, well under a request's
+# limit, and a batch that fails takes no more than this many answers with it.
+MAX_BATCH_WRITES = 500
+# aiokafka waits this long before asking again when the coordinator is still finishing the
+# previous transaction (CONCURRENT_TRANSACTIONS, or a coordinator moving): the next batch is
+# waiting on it, so ask again soon rather than after the default 100 ms.
+TRANSACTION_RETRY_BACKOFF_MS = 5
 
 
 class Keep:
@@ -76,6 +93,33 @@ class WriteContended(ClickhookError):
         self.attempts = attempts
 
 
+@dataclass(eq=False)
+class _Write:
+    """One caller's write, waiting for a batch."""
+
+    key: str
+    decide: Callable[[], Decision]
+    on_commit: Callable[[int], None]
+    answer: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def settle(self, result: bool | BaseException) -> None:
+        """Answer the caller once (one that gave up waiting has its answer already)."""
+        if self.answer.done():
+            return
+        if isinstance(result, BaseException):
+            self.answer.set_exception(result)
+        else:
+            self.answer.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    write: _Write
+    value: bytes | None
+
+
 class FencedWriter:
     """Compare-and-set writes to ``topic``, whose records ``reader`` follows (a read_committed
     consumer assigned every partition of the topic, whose records are applied as they come:
@@ -94,8 +138,11 @@ class FencedWriter:
         self._topic = topic
         self._reader = reader
         self._client_id = client_id
-        self._lock = asyncio.Lock()
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not security
+        self._waiting: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
+        # Open and unfenced as far as we know; None until the next batch opens one.
+        self._producer: AIOKafkaProducer | None = None
 
     @property
     def writer_id(self) -> str:
@@ -106,42 +153,31 @@ class FencedWriter:
     async def write(
         self, key: str, decide: Callable[[], Decision], on_commit: Callable[[int], None]
     ) -> bool:
-        """Read to the end, ask ``decide`` what to write under ``key``, write it; again if
-        fenced. ``decide`` looks at what the reader has applied, may run more than once, and
-        may raise to refuse. ``on_commit`` gets the committed record's offset (apply it there:
+        """Ask ``decide`` what to write under ``key`` once everything committed so far is
+        read, write it with the other writes waiting now, in one transaction; again if fenced.
+        ``decide`` looks at what the reader has applied, may run more than once, and may raise
+        to refuse. ``on_commit`` gets the committed record's offset (apply it there:
         read-your-writes). False when ``decide`` kept things as they are."""
-        async with self._lock:  # one transactional producer of ours at a time
-            for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-                producer = self._transactional_producer()
-                try:
-                    # Opening the producer fences every other writer: from here on, no write
-                    # commits unless it is ours or it fenced us (and then ours does not).
-                    await producer.start()
-                    await self.read_to_end()
-                    decision = decide()
-                    if isinstance(decision, Keep):
-                        return False
-                    async with producer.transaction():
-                        meta = await producer.send_and_wait(
-                            self._topic, key=key.encode(), value=decision
-                        )
-                except ProducerFenced:
-                    _forget_fencing(producer)
-                    log.info("fenced_write_fenced", topic=self._topic, key=key, attempt=attempt)
-                    await asyncio.sleep(self._rng.uniform(0, FENCED_BACKOFF_S * attempt))
-                    continue
-                finally:
-                    await close_quietly("fenced writer", producer.stop())
-                on_commit(meta.offset)
-                await self._wait_for_commit_marker(
-                    TopicPartition(meta.topic, meta.partition), meta.offset
-                )
-                return True
-        raise WriteContended(key, MAX_WRITE_ATTEMPTS)
+        write = _Write(key, decide, on_commit)
+        self._waiting.append(write)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting(), name="fenced-writer")
+        return await write.answer
+
+    async def close(self) -> None:
+        """Stop committing and close the producer; writes still waiting are cancelled."""
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        for write in self._waiting:
+            write.answer.cancel()
+        self._waiting.clear()
+        await self._drop_producer()
 
     async def read_to_end(self) -> None:
         """Wait until the reader has applied every record committed so far (bounded by the
-        publish timeout): what a write sees before it decides, and what a read does that must
+        publish timeout): what a writer does once it opened, and what a read does that must
         not miss a write another instance made a moment ago."""
         ends = await self._reader.end_offsets(list(self._reader.assignment()))
         async with asyncio.timeout(self._settings.publish_timeout_s):
@@ -151,8 +187,84 @@ class FencedWriter:
                 while await self._reader.position(tp) < end:  # noqa: ASYNC110
                     await asyncio.sleep(READ_POLL_S)
 
-    async def _wait_for_commit_marker(self, tp: TopicPartition, offset: int) -> None:
-        """Wait until the write's commit marker is in the log, seen by our own reader.
+    # --- batches -----------------------------------------------------------------------------
+
+    async def _commit_waiting(self) -> None:
+        """Commit batches of the waiting writes until none waits."""
+        while self._waiting:
+            batch = self._take_batch()
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - each caller gets it and raises it
+                # The producer may be left in a state only a new one leaves (an abortable
+                # error, a timeout mid-commit): the next batch opens another.
+                await self._drop_producer()
+                for write in batch:
+                    write.settle(exc)
+
+    def _take_batch(self) -> list[_Write]:
+        """The oldest waiting writes, one per key, at most ``MAX_BATCH_WRITES``."""
+        batch: list[_Write] = []
+        keys: set[str] = set()
+        left: list[_Write] = []
+        for write in self._waiting:
+            if write.key in keys or len(batch) >= MAX_BATCH_WRITES:
+                left.append(write)
+            else:
+                keys.add(write.key)
+                batch.append(write)
+        self._waiting = left
+        return batch
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
+            try:
+                producer = await self._open_producer()
+                decided = _decide(batch)
+                if not decided:
+                    return
+                metas = await _send_in_transaction(producer, self._topic, decided)
+            except ProducerFenced:
+                await self._drop_producer(fenced=True)
+                log.info(
+                    "fenced_write_fenced", topic=self._topic, writes=len(batch), attempt=attempt
+                )
+                await asyncio.sleep(self._rng.uniform(0, FENCED_BACKOFF_S * attempt))
+                continue
+            for one, meta in zip(decided, metas, strict=True):
+                one.write.on_commit(meta.offset)
+            await self._wait_for_commit_markers(metas)
+            for one in decided:
+                one.write.settle(True)
+            return
+        for write in batch:
+            write.settle(WriteContended(write.key, MAX_WRITE_ATTEMPTS))
+
+    async def _open_producer(self) -> AIOKafkaProducer:
+        """The open producer, or a new one: opening it fences every other writer, and from
+        then on no write commits unless it is ours or it fenced us (and then ours does not).
+        What was committed before is read first."""
+        if self._producer is None:
+            producer = self._transactional_producer()
+            try:
+                await producer.start()
+            except BaseException:
+                await close_quietly("fenced writer", producer.stop())
+                raise
+            self._producer = producer
+            await self.read_to_end()
+        return self._producer
+
+    async def _drop_producer(self, *, fenced: bool = False) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        if fenced:
+            _forget_fencing(producer)
+        await close_quietly("fenced writer", producer.stop())
+
+    async def _wait_for_commit_markers(self, metas: list[RecordMetadata]) -> None:
+        """Wait until the batch's commit markers are in the log, seen by our own reader.
 
         A commit returns once the coordinator has decided, before the markers are written;
         until they are, no reader of committed records sees the write. A caller that answers
@@ -161,17 +273,17 @@ class FencedWriter:
         to the endpoints of the old table. Once the marker is in the log, every follower's
         waiting fetch returns it at once.
         """
+        last: dict[TopicPartition, int] = {}
+        for meta in metas:
+            tp = TopicPartition(meta.topic, meta.partition)
+            last[tp] = max(last.get(tp, -1), meta.offset)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
-                while await self._reader.position(tp) <= offset:  # noqa: ASYNC110
-                    await asyncio.sleep(READ_POLL_S)
+                for tp, offset in last.items():
+                    while await self._reader.position(tp) <= offset:  # noqa: ASYNC110
+                        await asyncio.sleep(READ_POLL_S)
         except TimeoutError:
-            log.warning(
-                "fenced_write_not_yet_visible",
-                topic=self._topic,
-                partition=tp.partition,
-                offset=offset,
-            )
+            log.warning("fenced_write_not_yet_visible", topic=self._topic, writes=len(metas))
 
     def _transactional_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._settings.publish_timeout_s * 1000)
@@ -182,9 +294,47 @@ class FencedWriter:
             acks="all",
             transaction_timeout_ms=WRITE_TRANSACTION_TIMEOUT_MS,
             request_timeout_ms=timeout_ms,
+            retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             max_request_size=MAX_MESSAGE_BYTES,
             client_id=self._client_id,
         )
+
+
+def _decide(batch: list[_Write]) -> list[_Decided]:
+    """Each write's decision on what is held now. A write that refuses, or keeps things as
+    they are, is answered at once; those to write are returned."""
+    decided: list[_Decided] = []
+    for write in batch:
+        if write.answer.done():  # answered on an earlier attempt, or its caller gave up
+            continue
+        try:
+            decision = write.decide()
+        except Exception as exc:  # noqa: BLE001 - a refusal (If-Match, taken id): its caller's
+            write.settle(exc)
+            continue
+        if isinstance(decision, Keep):
+            write.settle(False)
+        else:
+            decided.append(_Decided(write, decision))
+    return decided
+
+
+async def _send_in_transaction(
+    producer: AIOKafkaProducer, topic: str, decided: list[_Decided]
+) -> list[RecordMetadata]:
+    """Every decided record in one transaction, committed; their metadata in order."""
+    async with producer.transaction():
+        sent = [
+            await producer.send(topic, key=one.write.key.encode(), value=one.value)
+            for one in decided
+        ]
+        # Every answer is retrieved, so one that fails never leaves the others' errors
+        # unretrieved (asyncio would log them); the first failure is raised.
+        answers = await asyncio.gather(*sent, return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return [answer for answer in answers if isinstance(answer, RecordMetadata)]
 
 
 def _forget_fencing(producer: AIOKafkaProducer) -> None:

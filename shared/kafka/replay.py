@@ -123,6 +123,7 @@ class ReplayJobs:
         await self._follower.follow()
 
     async def stop(self) -> None:
+        await self._writer.close()
         await self._follower.stop()
 
     async def read_to_end(self) -> None:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench import caps, external, machine, recovery, report, scenarios, semantics
+from tests.bench import (
+    caps,
+    endpoint_writes,
+    external,
+    machine,
+    recovery,
+    report,
+    scenarios,
+    semantics,
+)
 from tests.bench.figures import Figure, figures
 from tests.bench.scenarios import FULL, QUICK, Bench, Plan
 from tests.bench.stack import Broker, ReceiverProcess
@@ -35,6 +44,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("caps", caps.caps),
     ("outage", semantics.outage_growth),
     ("replay", semantics.replay_memory),
+    ("endpoint writes", endpoint_writes.endpoint_writes),
 )
 EXTERNAL = ("scale", "delivery log")
 

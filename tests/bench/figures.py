@@ -21,6 +21,9 @@ HTTP_RATE = 200
 LATENESS_TIER_S = 10.0
 ENDPOINT_MAX_IN_FLIGHT = 10  # the default per-endpoint cap (CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT)
 DELIVERING_SERVICES = 2  # dispatcher and retry: each holds an endpoint to its caps
+# Issue 26: concurrent clients creating endpoints through one ingest, and one import's size.
+ENDPOINT_WRITE_CLIENTS = (1, 16, 32)
+ENDPOINT_IMPORT_LINES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,31 @@ def _delivery_log_cap_specs(store: str) -> list[Spec]:
     ]
 
 
+def _endpoint_write_specs() -> list[Spec]:
+    """Issue 26: endpoint creates through ingest's API, closed loop, and one import
+    (tests/bench/endpoint_writes.py)."""
+    specs: list[Spec] = []
+    for clients in ENDPOINT_WRITE_CLIENTS:
+        busiest = clients == max(ENDPOINT_WRITE_CLIENTS)
+        prefix = f"endpoints.api.c{clients}"
+        label = f"endpoint creates, {clients} client{'s' if clients > 1 else ''}"
+        specs += [
+            Spec(f"{prefix}.cps", label, "/s", Target(">=", 1000) if busiest else None),
+            Spec(f"{prefix}.p50", "  p50", "ms", Target("<=", 30) if busiest else None),
+            Spec(f"{prefix}.p99", "  p99", "ms"),
+        ]
+    specs += [
+        Spec(
+            "endpoints.api.import.eps",
+            f"endpoint import of {ENDPOINT_IMPORT_LINES:,} (one request)",
+            "/s",
+            Target(">=", 1000),
+        ),
+        Spec("endpoints.api.import.failed", "  lines not created", "", Target("<=", 0)),
+    ]
+    return specs
+
+
 def _specs() -> list[Spec]:
     return [
         *_ceiling_specs(),
@@ -329,6 +357,7 @@ def _specs() -> list[Spec]:
         *_semantics_specs(),
         *_resource_specs(),
         *_delivery_log_specs(),
+        *_endpoint_write_specs(),
     ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ class _Tally:
     ok: int = 0
     failed: int = 0
     ok_total: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 def build_request(job: HttpLoad) -> tuple[str, int, bytes]:
@@ -58,7 +59,7 @@ async def _connection(
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.monotonic() < ends_at:
+        while (sent := time.monotonic()) < ends_at:
             writer.write(request)
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 status = await read_status(reader)
@@ -67,6 +68,7 @@ async def _connection(
             if counts_from <= done < ends_at:
                 if 200 <= status < 300:
                     tally.ok += 1
+                    tally.latencies_ms.append((done - sent) * 1000)
                 else:
                     tally.failed += 1
     finally:
@@ -86,7 +88,11 @@ async def run_http_load(job: HttpLoad) -> HttpResult:
         )
     )
     return HttpResult(
-        ok=tally.ok, failed=tally.failed, seconds=job.duration_s, ok_total=tally.ok_total
+        ok=tally.ok,
+        failed=tally.failed,
+        seconds=job.duration_s,
+        ok_total=tally.ok_total,
+        latencies_ms=tally.latencies_ms,
     )
 
 

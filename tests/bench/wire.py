@@ -131,6 +131,8 @@ class HttpResult(msgspec.Struct, frozen=True):
     failed: int
     seconds: float
     ok_total: int
+    # Closed loop: each 2xx answer's time from its request sent, inside the window.
+    latencies_ms: list[float] = msgspec.field(default_factory=list)
 
     @property
     def per_s(self) -> float:

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 
@@ -44,3 +45,17 @@ async def produce(
         )
     finally:
         await producer.stop()
+
+
+async def delete_topics_of(bootstrap: str, prefix: str) -> None:
+    """Delete every topic named with ``prefix``: one broker serves the whole suite, and each
+    test's topics hold file handles (a partition is an open log file) that would otherwise add
+    up past the broker's limit of open files."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()

@@ -132,3 +132,14 @@ def test_counts_splits_enabled_and_disabled(table: EndpointTable) -> None:
     table.apply("ep_2", _endpoint("ep_2", enabled=False), offset=2)
     table.apply("ep_3", _endpoint("ep_3"), offset=3)
     assert table.counts() == (2, 1)
+
+
+def test_counts_follow_endpoints_disabled_enabled_and_deleted(table: EndpointTable) -> None:
+    table.apply("ep_1", _endpoint("ep_1"), offset=1)
+    table.apply("ep_2", _endpoint("ep_2"), offset=2)
+    table.apply("ep_1", _endpoint("ep_1", enabled=False), offset=3)
+    table.apply("ep_2", None, offset=4)
+    table.apply("ep_2", _endpoint("ep_2"), offset=2)  # older: ignored
+    assert table.counts() == (0, 1)
+    table.apply("ep_1", _endpoint("ep_1"), offset=5)
+    assert table.counts() == (1, 0)
