@@ -25,12 +25,22 @@ from shared.model.messages import (
     ReplayState,
     SignatureStyle,
 )
+from shared.model.times import TIME_FORMATS
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
 SignatureStyles = Annotated[list[SignatureStyle], msgspec.Meta(max_length=MAX_SIGNATURE_STYLES)]
 ClickCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CLICKS)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
+# A time as a request gives it: the formats of shared.model.times, the CLI's and the portal's
+# too; handlers turn it into a UTC datetime with parse_api_time, naming the field when it is not.
+TimeInput = Annotated[
+    str | int,
+    msgspec.Meta(
+        description=f"a time: {TIME_FORMATS}",
+        examples=["24h", "2026-11-27T10:00:00Z", 1764237600000],
+    ),
+]
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -65,13 +75,13 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None
+    since: TimeInput
+    until: TimeInput | None = None  # now when absent
 
 
 class BackfillRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None  # now when absent
+    since: TimeInput
+    until: TimeInput | None = None  # now when absent
     max_clicks: ClickCount = MAX_CLICKS
 
 

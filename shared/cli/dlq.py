@@ -25,9 +25,9 @@ from shared.cli.base import (
     write_json_line,
     write_table,
 )
-from shared.cli.times import rfc3339_ms, to_ms
 from shared.kafka.window import read_window
 from shared.model.messages import DeadLetter, ReplayJob, decode_dead_letter, decode_replay
+from shared.model.times import rfc3339_ms, to_ms
 from shared.model.topics import Topics
 from shared.ops.settings import Settings
 

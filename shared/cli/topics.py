@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.cli.base import TIME_HELP, CliError, time_arg, verb_group, write_json_line
-from shared.cli.times import rfc3339_ms, to_ms
 from shared.kafka.clients import (
     Record,
     create_consumer,
@@ -37,6 +36,7 @@ from shared.model.messages import (
     decode_json,
     decode_replay,
 )
+from shared.model.times import rfc3339_ms, to_ms
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
 
