@@ -20,6 +20,15 @@ class CliError(ClickhookError):
     """A command that cannot do what was asked (an unknown id, an unreachable broker): one
     line on stderr, exit status 1."""
 
+    exit_status = 1
+
+
+class UsageError(CliError):
+    """An argument no run could satisfy (a topic that does not exist): one line on stderr,
+    exit status 2, as argparse's own refusals."""
+
+    exit_status = 2
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what is wrong and where the help is, no usage dump."""

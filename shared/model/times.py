@@ -72,6 +72,11 @@ def to_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
+def utc_label(at_ms: int) -> str:
+    """``1764237600123`` → ``2025-11-27 10:00:00 UTC``: a time for a reader, to the second."""
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def rfc3339_ms(at_ms: int) -> str:
     """``1764237600123`` → ``2025-11-27T10:00:00.123Z``."""
     when = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
