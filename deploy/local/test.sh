@@ -15,6 +15,9 @@ echo "== lint and types"
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports"
 
+echo "== docs (mkdocs build --strict: broken links and anchors fail; reference generated)"
+NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet
+
 echo "== browser (the portal's tests drive Debian's headless Chromium)"
 bash deploy/local/browser.sh
 

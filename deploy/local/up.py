@@ -23,6 +23,7 @@ import errno
 import functools
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -92,6 +93,11 @@ class Plan:
     def receiver_url(self) -> str:
         return f"http://127.0.0.1:{self.receiver_port}/webhooks"
 
+    @property
+    def failing_url(self) -> str:
+        """The demo receiver's path that answers 503 until ``POST …/broken/fix``."""
+        return f"http://127.0.0.1:{self.receiver_port}/broken"
+
     def broker_log(self) -> str:
         """Where kafka.sh keeps the broker's log (its state dir, as kafka.sh picks it)."""
         cache = Path(os.environ.get("CLICKHOOK_CACHE_DIR") or Path.home() / ".cache/clickhook")
@@ -158,19 +164,44 @@ def port_taken(port: int) -> bool:
     return False
 
 
+def holder(port: int) -> str | None:
+    """The process listening on ``port`` (``python3 pid 4242``), when ``ss`` can say: only a
+    user's own processes are named, which is what an earlier make up is."""
+    try:
+        listing = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r'users:\(\("(?P<name>[^"]+)",pid=(?P<pid>\d+)', listing)
+    return f"{found.group('name')} pid {found.group('pid')}" if found else None
+
+
 def refusal(plan: Plan) -> str | None:
     """One line when a port this run needs is taken; None when all are free."""
-    for port in plan.ports():
-        if port_taken(port.number):
-            hint = (
-                "a broker this run did not start (make kafka-stop stops one of make kafka-start)"
-                if port.what == "Kafka"
-                else "an earlier make up still running?"
-            )
-            return (
-                f"make up: port {port.number} ({port.what}) is already in use ({hint}); "
-                f"free it or set {port.setting}"
-            )
+    taken = [port for port in plan.ports() if port_taken(port.number)]
+    if len(taken) > 1:
+        numbers = ", ".join(str(port.number) for port in taken)
+        return (
+            f"make up: ports {numbers} are already in use: an earlier make up still running? "
+            f"(held by {holder(taken[0].number) or 'another process'}; stop it with Ctrl-C)"
+        )
+    if taken:
+        port = taken[0]
+        hint = (
+            "a broker this run did not start (make kafka-stop stops one of make kafka-start)"
+            if port.what == "Kafka"
+            else "an earlier make up still running?"
+        )
+        held = holder(port.number)
+        return (
+            f"make up: port {port.number} ({port.what}) is already in use"
+            f"{f' by {held}' if held else ''} ({hint}); free it or set {port.setting}"
+        )
     seen: dict[int, str] = {}
     for port in plan.ports():
         if port.number in seen:
@@ -184,11 +215,13 @@ def refusal(plan: Plan) -> str | None:
 
 @dataclass
 class State:
-    """What --data keeps: the tokens and the demo endpoint (its id and secret)."""
+    """What --data keeps: the tokens and the demo endpoints (their ids and secret)."""
 
     tokens: Tokens
     endpoint_id: str | None = None
     secret: str | None = None
+    # The quickstart's endpoint whose receiver is down (same secret, the receiver's /broken).
+    failing_endpoint_id: str | None = None
 
     @classmethod
     def load(cls, data: Path | None) -> State:
@@ -196,7 +229,12 @@ class State:
         if path is None or not path.exists():
             return cls(Tokens.new())
         saved = json.loads(path.read_text())
-        return cls(Tokens(**saved["tokens"]), saved.get("endpoint_id"), saved.get("secret"))
+        return cls(
+            Tokens(**saved["tokens"]),
+            saved.get("endpoint_id"),
+            saved.get("secret"),
+            saved.get("failing_endpoint_id"),
+        )
 
     def save(self, data: Path | None) -> None:
         path = state_path(data)
@@ -206,6 +244,7 @@ class State:
             "tokens": vars(self.tokens),
             "endpoint_id": self.endpoint_id,
             "secret": self.secret,
+            "failing_endpoint_id": self.failing_endpoint_id,
         }
         path.touch(mode=0o600)  # tokens and a secret: for this user only
         path.write_text(json.dumps(body, indent=2) + "\n")
@@ -314,24 +353,42 @@ def api(plan: Plan, method: str, path: str, token: str, body: object = None) -> 
         return result
 
 
-def demo_endpoint(plan: Plan, state: State) -> State:
-    """The demo endpoint: the one kept in --data if the broker still has it, else a new one."""
-    if state.endpoint_id is not None and state.secret is not None:
-        try:
-            api(plan, "GET", f"/v1/endpoints/{state.endpoint_id}", state.tokens.account)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise
-        else:
-            return state
-    created = api(
-        plan,
-        "POST",
-        "/v1/endpoints",
-        state.tokens.account,
-        {"url": plan.receiver_url, "description": "make up demo"},
-    )
-    return State(state.tokens, str(created["id"]), str(created["secret"]))
+def still_there(plan: Plan, state: State, endpoint_id: str | None) -> bool:
+    """Whether the broker still has an endpoint kept in --data."""
+    if endpoint_id is None:
+        return False
+    try:
+        api(plan, "GET", f"/v1/endpoints/{endpoint_id}", state.tokens.account)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        return False
+    return True
+
+
+def demo_endpoints(plan: Plan, state: State) -> State:
+    """The two demo endpoints, those kept in --data if the broker still has them, else new
+    ones: one at the receiver, and one at its /broken path (down until fixed), which signs with
+    the same secret so that the receiver verifies it once fixed."""
+    if not (state.secret is not None and still_there(plan, state, state.endpoint_id)):
+        body = {"url": plan.receiver_url, "description": "make up demo"}
+        created = api(plan, "POST", "/v1/endpoints", state.tokens.account, body)
+        state = State(state.tokens, str(created["id"]), str(created["secret"]))
+    if not still_there(plan, state, state.failing_endpoint_id):
+        failing = {
+            "url": plan.failing_url,
+            "description": "make up demo: a receiver that is down",
+            "secret": state.secret,
+        }
+        created = api(plan, "POST", "/v1/endpoints", state.tokens.account, failing)
+        state.failing_endpoint_id = str(created["id"])
+    return state
+
+
+def portal_link(plan: Plan, state: State) -> str:
+    """A one-time portal link for the demo account (valid 5 minutes)."""
+    session = api(plan, "POST", "/v1/portal/sessions", state.tokens.account)
+    return str(session["url"])
 
 
 def run(plan: Plan, state: State, stop: threading.Event) -> None:
@@ -347,14 +404,20 @@ def run(plan: Plan, state: State, stop: threading.Event) -> None:
         for name, process in zip(SERVICES[1:], processes[1:], strict=True):
             ready = functools.partial(answers_200, f"http://127.0.0.1:{plan.port_of(name)}/readyz")
             wait_until(ready, process, name)
-        state = demo_endpoint(plan, state)
+        state = demo_endpoints(plan, state)
         state.save(plan.data)
         assert state.secret is not None
-        receiver_env = {**plan.env, "DEMO_SECRET": state.secret}
+        receiver_env = {
+            **plan.env,
+            "DEMO_SECRET": state.secret,
+            "DEMO_ENDPOINTS": f"/webhooks={state.endpoint_id},/broken={state.failing_endpoint_id}",
+        }
         receiver = [python, "deploy/local/demo_receiver.py", str(plan.receiver_port)]
         processes.append(spawn("receiver", receiver, receiver_env))
         wait_until(functools.partial(listens, plan.receiver_port), processes[-1], "receiver")
         say(banner(plan, state))
+        # After the banner: a link is longer than the banner's 80 columns.
+        say(f"portal (this link opens once, within 5 minutes): {portal_link(plan, state)}")
         while not stop.wait(0.5) and not output_gone.is_set():
             if any(process.poll() is not None for process in processes):
                 say("make up: a process exited; stopping the rest")
@@ -427,6 +490,9 @@ def banner(plan: Plan, state: State) -> str:
         f" demo endpoint {state.endpoint_id} (account {ACCOUNT_ID}), to the receiver",
         f"               on port {plan.receiver_port}: it checks each signature and prints each"
         " click",
+        f" failing       {state.failing_endpoint_id}, to the receiver's /broken: 503 until",
+        "               fixed (the quickstart: docs/guides/quickstart.md)",
+        " portal        a link below (opens once); a new one: POST /v1/portal/sessions",
         " logs          here, one prefix per process; the broker's in",
         f"               {plan.broker_log()}",
         *kept,
@@ -440,6 +506,8 @@ def banner(plan: Plan, state: State) -> str:
         f"   export RECEIVER_URL={plan.receiver_url}",
         f"   export DEMO_SECRET={state.secret}",
         f"   export CLICKHOOK_KAFKA_BOOTSTRAP=127.0.0.1:{plan.kafka_port}",
+        f"   export FAILING_ENDPOINT_ID={state.failing_endpoint_id}",
+        f"   export FAILING_URL={plan.failing_url}",
         "",
         " Then publish a click; the receiver prints it here:",
         '   curl -sS -X POST "$CLICKHOOK_API/v1/clicks" \\',

@@ -28,6 +28,7 @@ from shared.model.messages import (
 )
 from shared.model.signing import SignatureScheme
 from shared.model.templates import MAX_TEMPLATE_BYTES, TEMPLATE_HELP
+from shared.model.times import TIME_FORMATS
 
 PositiveRate = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
 Description = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
@@ -37,6 +38,15 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 # Characters bound the bytes from below; the byte limit itself is checked with the template.
 TemplateSource = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_TEMPLATE_BYTES, description=TEMPLATE_HELP)
+]
+# A time as a request gives it: the formats of shared.model.times, the CLI's and the portal's
+# too; handlers turn it into a UTC datetime with parse_api_time, naming the field when it is not.
+TimeInput = Annotated[
+    str | int,
+    msgspec.Meta(
+        description=f"a time: {TIME_FORMATS}",
+        examples=["24h", "2026-11-27T10:00:00Z", 1764237600000],
+    ),
 ]
 
 
@@ -91,13 +101,13 @@ class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None
+    since: TimeInput
+    until: TimeInput | None = None  # now when absent
 
 
 class BackfillRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    since: datetime
-    until: datetime | None = None  # now when absent
+    since: TimeInput
+    until: TimeInput | None = None  # now when absent
     max_clicks: ClickCount = MAX_CLICKS
 
 

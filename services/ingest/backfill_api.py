@@ -25,9 +25,15 @@ from services.ingest.backfill import (
     window_problems,
 )
 from services.ingest.endpoints_api import EndpointApi
-from services.ingest.responses import ApiError, invalid, struct_response
+from services.ingest.responses import (
+    ApiError,
+    body_problem,
+    invalid,
+    parse_api_time,
+    struct_response,
+)
 from shared.kafka.endpoint_store import EndpointStore
-from shared.model.errors import InvalidInput, Problem
+from shared.model.errors import InvalidInput
 from shared.model.messages import decode_json
 from shared.ops.settings import Settings
 
@@ -55,8 +61,7 @@ async def _read_request(request: web.Request) -> BackfillRequest:
     except InvalidInput as exc:
         raise invalid(exc) from None
     except msgspec.ValidationError as exc:
-        problem = Problem("$", str(exc))
-        raise ApiError(422, "invalid_request", "invalid backfill", [problem]) from None
+        raise ApiError(422, "invalid_request", "invalid backfill", [body_problem(exc)]) from None
 
 
 class BackfillApi:
@@ -77,8 +82,9 @@ class BackfillApi:
         endpoint = self._endpoints.owned(request)
         body = await _read_request(request)
         now = datetime.now(UTC)
-        until = body.until or now
-        problems = window_problems(body.since, until, now)
+        since = parse_api_time(body.since, "since", now)
+        until = now if body.until is None else parse_api_time(body.until, "until", now)
+        problems = window_problems(since, until, now)
         if problems:
             raise ApiError(422, "invalid_request", "invalid backfill window", problems)
         if not endpoint.enabled:
@@ -93,7 +99,7 @@ class BackfillApi:
                 "too many backfills running here; try again later",
                 headers={"retry-after": BUSY_RETRY_AFTER_S},
             )
-        window = BackfillWindow(since=body.since, until=until, max_clicks=body.max_clicks)
+        window = BackfillWindow(since=since, until=until, max_clicks=body.max_clicks)
         progress = BackfillProgress(endpoint_id=endpoint.id, window=window, started_at=now)
         run = Backfill(self._settings, self._producer, self._store.table.get, progress).run()
         task = asyncio.create_task(run, name=f"backfill-{endpoint.id}")

@@ -39,6 +39,7 @@ from services.ingest.api_types import (
 )
 from services.ingest.meta_api import META_MAX_AGE_S, META_PATH
 from shared.model.messages import ClickFields, Endpoint
+from shared.model.times import TIME_FORMATS
 
 REF = "#/components/schemas/{name}"
 
@@ -439,9 +440,8 @@ PAGE_PARAMETERS = [
 ]
 
 
-def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any]:
-    schema = {"type": "string", **({"format": fmt} if fmt else {})}
-    return {"name": name, "in": "query", "description": description, "schema": schema}
+def _query(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": {"type": "string"}}
 
 
 def _example(status: int, name: str, description: str, example: Any) -> dict[str, Any]:
@@ -506,8 +506,8 @@ def _delivery_log_paths() -> dict[str, Any]:
                 "parameters": [
                     *PAGE_PARAMETERS,
                     _query("status", status_values),
-                    _query("since", "attempts at or after this time", "date-time"),
-                    _query("until", "attempts before this time", "date-time"),
+                    _query("since", f"attempts at or after this time: {TIME_FORMATS}"),
+                    _query("until", f"attempts before this time: {TIME_FORMATS}"),
                     _query("event_id", "one event's attempts"),
                 ],
                 "responses": {

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.ingest.api_types import ReplayRequest, ReplayStatus
 from services.ingest.endpoints_api import EndpointApi
-from services.ingest.responses import ApiError, read_json_body, struct_response
+from services.ingest.responses import ApiError, parse_api_time, read_json_body, struct_response
 from shared.kafka.replay import ReplayJobs, ReplayRun, ReplayRunning, now_ms, start_job
 from shared.model.errors import Problem
 from shared.model.messages import Endpoint, ReplayJob
@@ -82,14 +82,14 @@ def _time(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def window_problems(body: ReplayRequest, now: datetime) -> list[Problem]:
-    if body.since.tzinfo is None or (body.until is not None and body.until.tzinfo is None):
-        field = "since" if body.since.tzinfo is None else "until"
-        return [Problem(field, "needs a UTC offset, e.g. Z")]
-    until = body.until or now
-    if until <= body.since:
-        return [Problem("until", "must be after since")]
-    return []
+def replay_window(body: ReplayRequest, now: datetime) -> tuple[datetime, datetime]:
+    """The window asked for, in UTC; 422 naming the field (``since``) that is not a time."""
+    since = parse_api_time(body.since, "since", now)
+    until = now if body.until is None else parse_api_time(body.until, "until", now)
+    if until <= since:
+        problems = [Problem("until", "must be after since")]
+        raise ApiError(422, "invalid_request", "invalid replay window", problems)
+    return since, until
 
 
 class ReplayApi:
@@ -131,10 +131,7 @@ class ReplayApi:
 
     async def start_job(self, endpoint: Endpoint, body: ReplayRequest) -> ReplayJob:
         """Start a replay of ``endpoint``'s dead letters (the API's and the portal's way)."""
-        now = datetime.now(UTC)
-        problems = window_problems(body, now)
-        if problems:
-            raise ApiError(422, "invalid_request", "invalid replay window", problems)
+        since, until = replay_window(body, datetime.now(UTC))
         if not endpoint.enabled:
             raise ApiError(409, "endpoint_disabled", "enable the endpoint before a replay")
         await self.jobs.loaded.wait()
@@ -147,8 +144,7 @@ class ReplayApi:
                 "too many replays running here; try again later",
                 headers={"retry-after": BUSY_RETRY_AFTER_S},
             )
-        until = body.until or now
-        window_ms = (int(body.since.timestamp() * 1000), int(until.timestamp() * 1000))
+        window_ms = (int(since.timestamp() * 1000), int(until.timestamp() * 1000))
         try:
             job = await start_job(
                 self._settings,

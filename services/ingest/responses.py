@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 import msgspec
@@ -14,7 +15,8 @@ from prometheus_client import Counter
 
 from services.ingest.api_types import Error, ErrorDetail, ErrorInfo
 from shared.model.errors import DeliveryLogUnavailable, InvalidInput, Problem
-from shared.model.messages import decode_json
+from shared.model.messages import decode_json, validation_problem
+from shared.model.times import parse_time
 from shared.ops import metrics
 
 log = structlog.get_logger(__name__)
@@ -145,4 +147,21 @@ async def read_json_body(request: web.Request, kind: type[Body], what: str) -> B
     except InvalidInput as exc:
         raise invalid(exc) from None
     except msgspec.ValidationError as exc:
-        raise ApiError(422, "invalid_request", what, [Problem("$", str(exc))]) from None
+        raise ApiError(422, "invalid_request", what, [body_problem(exc)]) from None
+
+
+def body_problem(exc: msgspec.ValidationError) -> Problem:
+    """What a request struct refused, named by its field (``since``); ``body`` when the body
+    as a whole is wrong (not an object)."""
+    problem = validation_problem(exc)
+    return problem if problem.field != "$" else Problem("body", problem.problem)
+
+
+def parse_api_time(value: str | int, field: str, now: datetime) -> datetime:
+    """A time a request gave (``24h``, RFC 3339, unix ms, …) in UTC; 422 naming ``field``."""
+    try:
+        return parse_time(value, now)
+    except ValueError as exc:
+        raise ApiError(
+            422, "invalid_request", f"invalid {field}", [Problem(field, str(exc))]
+        ) from None

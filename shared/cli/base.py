@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from shared.cli.times import parse_time
 from shared.model.errors import ClickhookError
+from shared.model.times import parse_time
 
 _json = msgspec.json.Encoder()
 
@@ -19,6 +19,15 @@ _json = msgspec.json.Encoder()
 class CliError(ClickhookError):
     """A command that cannot do what was asked (an unknown id, an unreachable broker): one
     line on stderr, exit status 1."""
+
+    exit_status = 1
+
+
+class UsageError(CliError):
+    """An argument no run could satisfy (a topic that does not exist): one line on stderr,
+    exit status 2, as argparse's own refusals."""
+
+    exit_status = 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,14 +44,14 @@ def verb_group(commands: Any, name: str, *, help: str, description: str, verbs: 
 
 
 def time_arg(text: str) -> datetime:
-    """An argparse ``type``: RFC 3339, a date, an age (``24h``) or now/today/yesterday."""
+    """An argparse ``type``: any of the times the API takes too (``shared.model.times``)."""
     try:
         return parse_time(text, datetime.now(UTC))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-TIME_HELP = "RFC 3339 (2026-11-27T10:00:00Z), a date, an age (24h, 7d), now, today, yesterday"
+TIME_HELP = "an age (24h, 7d), RFC 3339 (2026-11-27T10:00:00Z), a date, unix ms, now, today"
 
 
 def write_json_line(obj: Any) -> None:

@@ -25,10 +25,10 @@ from shared.cli.base import (
     write_json_line,
     write_table,
 )
-from shared.cli.times import rfc3339_ms, to_ms
 from shared.kafka.window import read_window
-from shared.model.messages import DeadLetter, ReplayJob, decode_dead_letter
+from shared.model.messages import AttemptRecord, DeadLetter, ReplayJob, decode_dead_letter
 from shared.model.replays import ReplayBook
+from shared.model.times import rfc3339_ms, to_ms, utc_label
 from shared.model.topics import Topics
 from shared.ops.settings import Settings
 
@@ -155,18 +155,60 @@ LIST_COLUMNS = ("position", "dead_at", "endpoint_id", "account_id", "reason", "a
 
 
 async def show_letter(settings: Settings, args: argparse.Namespace) -> None:
-    """One dead letter in full: by position (``2:17``) or every letter of a webhook id."""
+    """One dead letter in full: by position (``2:17``) or every letter of a webhook id; for a
+    reader (UTC times, the attempts as a table) or, with ``--json``, as it is stored."""
     wanted: str = args.id
     shown = 0
     async for found in dead_letters(settings, Filters.of(args)):
         if wanted in (found.position, found.letter.envelope.webhook_id):
-            write_json({**found.summary(), "letter": found.letter})
+            if args.json:
+                write_json({**found.summary(), "letter": found.letter})
+            else:
+                print_letter(found, first=shown == 0)
             shown += 1
     if not shown:
         raise CliError(
             f"no dead letter {wanted} (ids are positions like 0:17, or webhook ids; "
             "clickhook dlq list shows them)"
         )
+
+
+ATTEMPT_COLUMNS = ("#", "AT (UTC)", "OUTCOME", "STATUS", "DURATION", "ERROR OR ANSWER")
+ANSWER_CHARS = 60  # of a receiver's answer on a table row; --json has all that was kept
+
+
+def print_letter(found: Letter, *, first: bool) -> None:
+    """A dead letter for a reader: what it is, why it died, then one row per attempt."""
+    letter, envelope = found.letter, found.letter.envelope
+    state = f"replayed by {found.replayed_by}" if found.replayed_by else found.state
+    if not first:
+        print()
+    print(f"dead letter {found.position} ({state})")
+    for label, value in (
+        ("webhook id", envelope.webhook_id),
+        ("event", envelope.event_id),
+        ("endpoint", f"{envelope.endpoint_id} (account {envelope.account_id})"),
+        ("died", f"{utc_label(letter.dead_at_ms)}: {letter.reason}"),
+        ("attempts", envelope.attempts_made),
+    ):
+        print(f"  {label:<11} {value}")
+    print()
+    write_table(ATTEMPT_COLUMNS, [attempt_row(attempt) for attempt in envelope.attempts])
+
+
+def attempt_row(attempt: AttemptRecord) -> list[object]:
+    said = attempt.error or attempt.response_body or ""
+    said = " ".join(said.split())
+    if len(said) > ANSWER_CHARS:
+        said = said[: ANSWER_CHARS - 1] + "…"
+    return [
+        attempt.attempt,
+        utc_label(attempt.at_ms).removesuffix(" UTC"),
+        attempt.outcome,
+        attempt.status if attempt.status is not None else "-",
+        f"{attempt.duration_ms:.0f} ms",
+        said or "-",
+    ]
 
 
 async def count_letters(settings: Settings, args: argparse.Namespace) -> None:
@@ -216,6 +258,7 @@ def add_commands(commands: Any) -> None:
     listing.set_defaults(run=list_letters)
     show = verbs.add_parser("show", help="one dead letter in full, with its attempts")
     show.add_argument("id", help="its position (0:17, from dlq list) or its webhook id")
+    show.add_argument("--json", action="store_true", help="the letter as stored, as JSON")
     _filters(show)
     show.set_defaults(run=show_letter)
     count = verbs.add_parser("count", help="how many, by endpoint and reason, open and replayed")

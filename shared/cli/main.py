@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(args.run(settings, args))
     except CliError as exc:
-        return _failed(str(exc))
+        return _failed(str(exc), exc.exit_status)
     except BrokenPipeError:
         return _stdout_gone()
     except (KafkaConnectionError, OSError) as exc:
@@ -69,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _failed(message: str) -> int:
+def _failed(message: str, status: int = EXIT_FAILED) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return status
 
 
 def _stdout_gone() -> int:

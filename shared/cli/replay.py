@@ -17,10 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shared.cli.base import TIME_HELP, CliError, time_arg
 from shared.cli.endpoints import endpoint_store, known
-from shared.cli.times import to_ms
 from shared.kafka.clients import create_producer
 from shared.kafka.replay import ReplayRunning, run_replay
 from shared.model.messages import ReplayJob
+from shared.model.times import to_ms
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
 

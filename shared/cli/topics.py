@@ -17,15 +17,21 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.cli.base import TIME_HELP, CliError, time_arg, verb_group, write_json_line
-from shared.cli.times import rfc3339_ms, to_ms
+from shared.cli.base import (
+    TIME_HELP,
+    CliError,
+    UsageError,
+    time_arg,
+    verb_group,
+    write_json_line,
+)
 from shared.kafka.clients import (
     Record,
     create_consumer,
     ensure_topics,
     topic_specs,
 )
-from shared.kafka.metadata import partitions_when_ready
+from shared.kafka.metadata import partitions_when_ready, topic_exists
 from shared.kafka.window import read_to_ends
 from shared.model import topics as names
 from shared.model.errors import InvalidInput
@@ -37,6 +43,7 @@ from shared.model.messages import (
     decode_json,
     decode_replay,
 )
+from shared.model.times import rfc3339_ms, to_ms
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
 
@@ -116,6 +123,11 @@ async def _start_offsets(
 
 async def tail(settings: Settings, args: argparse.Namespace) -> None:
     topic = settings.topic_prefix + args.topic
+    if not await topic_exists(settings, topic):
+        raise UsageError(
+            f"no topic {topic} (names are given without the prefix; "
+            f"clickhook's: {', '.join(sorted(DECODERS))}, webhook.retry.*)"
+        )
     partitions = await partitions_when_ready(settings, topic)
     if not partitions:
         raise CliError(f"no topic {topic} (names are given without the prefix)")

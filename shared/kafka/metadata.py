@@ -47,6 +47,21 @@ def ready_partitions(described: list[dict[str, Any]], topic: str) -> list[TopicP
     return []
 
 
+UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error code for a topic the cluster does not have
+
+
+async def topic_exists(settings: Settings, topic: str) -> bool:
+    """Whether the cluster has ``topic`` at all (one DescribeTopics; never creates it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    errors = [entry["error_code"] for entry in described if entry["topic"] == topic]
+    return bool(errors) and errors[0] != UNKNOWN_TOPIC_OR_PARTITION
+
+
 async def partitions_when_ready(
     settings: Settings,
     topic: str,

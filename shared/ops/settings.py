@@ -250,3 +250,134 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",
         public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    """What an operator reads about one variable: the docs' settings table is built from these."""
+
+    name: str
+    default: str  # as the operator would write it, or what happens when it is unset
+    meaning: str
+
+
+# One row per variable load_settings reads, in the order an operator meets them; kept next to
+# load_settings so that a new setting and its description land together
+# (tests/unit/test_settings.py checks both ways).
+SETTING_DOCS: tuple[SettingDoc, ...] = (
+    SettingDoc("CLICKHOOK_KAFKA_BOOTSTRAP", "`localhost:9092`", "Kafka bootstrap servers"),
+    SettingDoc("CLICKHOOK_TOPIC_PREFIX", "empty", "prefix for every topic and consumer group"),
+    SettingDoc(
+        "CLICKHOOK_API_KEYS",
+        "empty",
+        "`token:scope,…`; scope `publish`, `account:<id>` or `admin`",
+    ),
+    SettingDoc("CLICKHOOK_INGEST_PORT", "8080", "ingest's HTTP port (API, health, metrics)"),
+    SettingDoc("CLICKHOOK_DISPATCHER_PORT", "8081", "the dispatcher's HTTP port (health, metrics)"),
+    SettingDoc("CLICKHOOK_RETRY_PORT", "8082", "the retry service's HTTP port (health, metrics)"),
+    SettingDoc("CLICKHOOK_BIND_HOST", "`0.0.0.0`", "address the HTTP servers listen on"),
+    SettingDoc(
+        "CLICKHOOK_RETRY_SCHEDULE",
+        f"`{DEFAULT_RETRY_SCHEDULE}`",
+        "delays after each failed attempt",
+    ),
+    SettingDoc("CLICKHOOK_DELIVERY_TIMEOUT", "`15s`", "one attempt, connect and read"),
+    SettingDoc(
+        "CLICKHOOK_ALLOWED_CIDRS",
+        "none",
+        "destinations allowed although private (e.g. `127.0.0.0/8` locally)",
+    ),
+    SettingDoc("CLICKHOOK_ALLOW_HTTP", "`false`", "allow `http://` endpoint URLs"),
+    SettingDoc("CLICKHOOK_LOG_FORMAT", "`json`", "`json` or `console`"),
+    SettingDoc("CLICKHOOK_LOG_LEVEL", "`info`", "log level"),
+    SettingDoc(
+        "CLICKHOOK_TOPIC_PARTITIONS",
+        "6",
+        "partitions of the topics the services create",
+    ),
+    SettingDoc(
+        "CLICKHOOK_TOPIC_REPLICATION",
+        "1",
+        "replicas of the topics the services create, each with `min.insync.replicas` = "
+        "min(2, replication)",
+    ),
+    SettingDoc("CLICKHOOK_MAX_IN_FLIGHT", "1000", "deliveries in flight per process"),
+    SettingDoc(
+        "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT",
+        "10",
+        "deliveries in flight per endpoint, across all processes (each has its share); more "
+        "wait briefly or are deferred to the first tier",
+    ),
+    SettingDoc(
+        "CLICKHOOK_ENDPOINT_MAX_QUEUED",
+        "1000",
+        "deliveries that may wait for one endpoint's slot; more are deferred to the first tier",
+    ),
+    SettingDoc(
+        "CLICKHOOK_ENDPOINT_MAX_WAIT",
+        "`1s`",
+        "the longest such a wait; an endpoint too slow to free a slot in time has its "
+        "deliveries deferred to the first tier at once",
+    ),
+    SettingDoc(
+        "CLICKHOOK_ATTEMPT_LOG",
+        "`true`",
+        "publish every attempt and deferral to `webhook.attempts` (the delivery log; never "
+        "delays or repeats a delivery)",
+    ),
+    SettingDoc("CLICKHOOK_DRAIN_GRACE", "`20s`", "how long SIGTERM waits for in-flight deliveries"),
+    SettingDoc(
+        "CLICKHOOK_SECRET_ROTATION_GRACE", "`24h`", "how long a rotated-out secret still signs"
+    ),
+    SettingDoc(
+        "CLICKHOOK_BREAKER_THRESHOLD",
+        "10",
+        "results in a row saying an endpoint is down (no answer, 502/503/504) that open its "
+        "breaker",
+    ),
+    SettingDoc("CLICKHOOK_BREAKER_COOLDOWN", "`60s`", "an open breaker's first cool-down"),
+    SettingDoc(
+        "CLICKHOOK_BREAKER_MAX_COOLDOWN",
+        "`30m`",
+        "the longest cool-down (it doubles per failed probe); also the longest deferral tier",
+    ),
+    SettingDoc(
+        "CLICKHOOK_DISABLE_AFTER",
+        "`5d`",
+        "an endpoint whose every attempt failed this long is disabled",
+    ),
+    SettingDoc(
+        "CLICKHOOK_STATE_DIR",
+        "the temp directory",
+        "where ingest keeps the delivery log's index; when set, a restart resumes from it "
+        "(else it is rebuilt from the topics at every start)",
+    ),
+    SettingDoc(
+        "CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT",
+        "10000",
+        "attempts (and dead letters) the delivery log keeps per endpoint, newest first "
+        "(at least 100)",
+    ),
+    SettingDoc(
+        "CLICKHOOK_DELIVERY_LOG_MAX_BYTES",
+        f"{DELIVERY_LOG_MAX_BYTES} (3 GiB)",
+        "the most bytes the delivery log's index takes (its WAL up to 64 MiB more); the "
+        "oldest rows go first (at least 1 MiB)",
+    ),
+    SettingDoc(
+        "CLICKHOOK_PORTAL_KEY",
+        "empty: no portal",
+        "signs portal links and sessions: hex or base64 of at least 32 random bytes, the same "
+        "on every ingest replica; without it the portal is off",
+    ),
+    SettingDoc(
+        "CLICKHOOK_PORTAL_FRAME_ANCESTORS",
+        "`'none'`",
+        "CSP `frame-ancestors` of the portal: the origins that may embed it",
+    ),
+    SettingDoc(
+        "CLICKHOOK_PUBLIC_URL",
+        "empty: the request's scheme and host",
+        "the base URL of portal links",
+    ),
+)

@@ -200,16 +200,17 @@ def test_monitoring_scrapes_every_service_and_alerts_on_real_metrics(rendered: R
     if job is not None:
         assert not selector_matches(monitor["spec"]["selector"], pod_labels(job))
     exported = exported_metric_names()
-    readme = (ROOT / "README.md").read_text()
+    runbooks = (ROOT / "docs" / "operations" / "alerts.md").read_text()
     (rule,) = rules
     for group in rule["spec"]["groups"]:
         for alert in group["rules"]:
             used = set(re.findall(r"\bclickhook_[a-z_]+\b", alert["expr"]))
             assert used <= exported, f"{alert['alert']}: not exported: {used - exported}"
             assert alert["labels"]["severity"] in ("critical", "warning")
-            anchor = alert["annotations"]["runbook_url"].split("#", 1)[1]
+            page, anchor = alert["annotations"]["runbook_url"].split("#", 1)
+            assert page == "https://clickhook.example/docs/operations/alerts/", alert["alert"]
             heading = re.compile(rf"^#+ .*\b{anchor}\b", re.IGNORECASE | re.MULTILINE)
-            assert heading.search(readme), f"{alert['alert']}: no runbook heading {anchor}"
+            assert heading.search(runbooks), f"{alert['alert']}: no runbook heading {anchor}"
 
 
 def test_dev_kafka_is_the_broker_the_services_are_given(rendered: Rendered) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import promql_parser
 import pytest
@@ -213,3 +214,33 @@ def test_dashboard_ships_as_a_configmap_with_the_monitoring_component(rendered: 
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads(configmap["data"][DASHBOARD_PATH.name])
     assert shipped == load_dashboard()
+
+
+def test_the_rules_file_takes_the_operators_docs_address_for_every_runbook(
+    tmp_path: Path,
+) -> None:
+    """runbook_url is absolute: the placeholder docs site by default, the operator's when given."""
+    output = tmp_path / "rules.yaml"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "tools" / "prometheus_rules.py"),
+            "--docs-url",
+            "https://docs.example.net/clickhook",
+            "--output",
+            str(output),
+        ],
+        check=True,
+    )
+    ours = [rule["annotations"]["runbook_url"] for rule in alert_rules()]
+    theirs = [
+        rule["annotations"]["runbook_url"]
+        for group in yaml.safe_load(output.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+    assert all(url.startswith("https://clickhook.example/docs/operations/alerts/#") for url in ours)
+    assert theirs == [
+        url.replace("https://clickhook.example/docs/", "https://docs.example.net/clickhook/")
+        for url in ours
+    ]

@@ -216,6 +216,19 @@ async def open_portal(api: str, token: str) -> None:
             assert opened.status == 303, await opened.text()
 
 
+async def quickstart_failing_endpoint(up: Up, exports: dict[str, str]) -> None:
+    """The quickstart's endpoint is down (503) until fixed, and make up printed a portal link."""
+    assert exports["FAILING_ENDPOINT_ID"].startswith("ep_")
+    await up.read_until(r"^portal \(this link opens once, within 5 minutes\): http://\S+/portal/")
+    failing = exports["FAILING_ENDPOINT_ID"]
+    await up.read_until(rf"\[receiver\] {failing} \(/broken\): answered 503")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{exports['FAILING_URL']}/fix") as fixed,
+    ):
+        assert fixed.status == 200, await fixed.text()
+
+
 async def run_twice_on(env: dict[str, str], data: Path) -> None:
     first = await start_up(env, "--data", str(data))
     try:
@@ -232,9 +245,14 @@ async def run_twice_on(env: dict[str, str], data: Path) -> None:
         assert exports["DEMO_SECRET"].startswith("whsec_")
         await publish(exports["CLICKHOOK_API"], exports["PUBLISH_TOKEN"], "lnk_first")
         await open_portal(exports["CLICKHOOK_API"], exports["ACCOUNT_TOKEN"])
-        await first.read_until(r"receiver \| \[receiver\] signature ok .*link=None/abc")
         endpoint = re.search(r"demo endpoint (ep_\w+)", text)
         assert endpoint is not None
+        # The receiver names the endpoint and the link (the click has a key, no domain).
+        await first.read_until(
+            rf"receiver \| \[receiver\] {endpoint.group(1)} \(/webhooks\): signature ok "
+            r".*link=abc "
+        )
+        await quickstart_failing_endpoint(first, exports)
     finally:
         assert await first.stop() == 0
     assert not listening(int(env["KAFKA_PORT"])), "make up stops the broker it started"

@@ -1,8 +1,10 @@
-"""README.md, pasted as a reader would paste it: every shell and Python block runs against a
-live stack (ingest, dispatcher and retry as processes, a loopback receiver), in the order it
-appears, and a command that stops working fails the suite.
+"""README.md and the docs site, pasted as a reader would paste them: every shell and Python
+block runs against a live stack (ingest, dispatcher and retry as processes, a loopback
+receiver), the README first, then the pages of docs/ in the order of the site's navigation
+(mkdocs.yml), each in the order it is written, all in one terminal; a command that stops
+working fails the suite.
 
-The convention (also in the README's "Contributing" section):
+The convention (also on the docs' "Contributing" page):
 
 - A fenced block tagged ``sh`` (or ``bash``, ``shell``) runs with ``bash -euo pipefail``; one
   tagged ``python`` runs as a script with the project's Python. Blocks run one after the other
@@ -11,9 +13,12 @@ The convention (also in the README's "Contributing" section):
   block with no tag fails this test: say which it is.
 - Every block finds what ``make up`` prints for a reader to export: ``CLICKHOOK_API``,
   ``PUBLISH_TOKEN``, ``ACCOUNT_TOKEN`` (account ``acc_42``), ``ADMIN_TOKEN``,
-  ``RECEIVER_URL`` (a receiver on loopback), ``DEMO_SECRET`` (a secret it verifies) and
-  ``CLICKHOOK_KAFKA_BOOTSTRAP``; ``clickhook`` and ``python3`` are on ``PATH``. Here the
-  topics also have a prefix of their own (``CLICKHOOK_TOPIC_PREFIX``).
+  ``RECEIVER_URL`` (a receiver on loopback), ``DEMO_SECRET`` (a secret it verifies),
+  ``CLICKHOOK_KAFKA_BOOTSTRAP``, and the quickstart's ``FAILING_ENDPOINT_ID`` at
+  ``FAILING_URL`` (make up's own demo receiver, down until ``POST $FAILING_URL/fix``);
+  ``clickhook`` and ``python3`` are on ``PATH``. Here the topics also have a prefix of their
+  own (``CLICKHOOK_TOPIC_PREFIX``), and the retry schedule is short (``1s,2s``) so that the
+  quickstart's dead letter comes within seconds.
 - A block that cannot run here (kubectl, docker, kind, kcat, a third-party URL, a server
   that runs until stopped) says so on the line above it: ``<!-- not run: <why> -->``.
 - ``<!-- output -->`` above a ``text`` block right after a runnable block makes it that
@@ -26,15 +31,20 @@ The convention (also in the README's "Contributing" section):
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import yaml
+from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shared.model.signing import generate_secret
@@ -45,6 +55,10 @@ from tests.support.services import ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 README = ROOT / "README.md"
+DEMO_RECEIVER = ROOT / "deploy" / "local" / "demo_receiver.py"
+QUICK_SCHEDULE = "1s,2s"
+DOCS = ROOT / "docs"
+MKDOCS = ROOT / "mkdocs.yml"
 GUARD = Path(__file__).with_name("readme_guard")
 SHELL = {"sh", "bash", "shell"}
 SHOWN = {"text", "json", "yaml", "console", "promql", "ini", "properties"}
@@ -57,7 +71,8 @@ API_ERROR = re.compile(r'"error"\s*:\s*\{\s*"code"')
 
 @dataclass
 class Block:
-    line: int  # where it starts in README.md, 1-based
+    source: str  # the file, relative to the repository: README.md, docs/guides/endpoints.md
+    line: int  # where it starts in that file, 1-based
     tag: str
     code: str
     not_run: str | None  # why, when marked
@@ -69,10 +84,29 @@ class Block:
         return self.tag in SHELL | {"python"} and self.not_run is None
 
     def where(self) -> str:
-        return f"README.md:{self.line} ({self.tag or 'untagged'})"
+        return f"{self.source}:{self.line} ({self.tag or 'untagged'})"
 
 
-def readme_blocks(text: str) -> list[Block]:
+def nav_pages(nav: list[object]) -> list[str]:
+    """The pages of a MkDocs ``nav``, in reading order (sections opened)."""
+    pages: list[str] = []
+    for entry in nav:
+        targets = entry.values() if isinstance(entry, dict) else [entry]
+        for target in targets:
+            if isinstance(target, list):
+                pages.extend(nav_pages(target))
+            elif isinstance(target, str) and target.endswith(".md"):
+                pages.append(target)
+    return pages
+
+
+def documents() -> list[Path]:
+    """The README, then every page of the site in the navigation's order."""
+    nav = yaml.safe_load(MKDOCS.read_text())["nav"]
+    return [README, *(DOCS / page for page in nav_pages(nav))]
+
+
+def readme_blocks(text: str, source: str = "README.md") -> list[Block]:
     """Every fenced block, with the marker comment on the line above it, if any."""
     blocks: list[Block] = []
     lines = text.splitlines()
@@ -92,6 +126,7 @@ def readme_blocks(text: str) -> list[Block]:
             number += 1
         blocks.append(
             Block(
+                source=source,
                 line=number - len(body),
                 tag=opening.group("tag"),
                 code="\n".join(body) + "\n",
@@ -115,7 +150,18 @@ def matches(expected: str, printed: str) -> bool:
 # --- the checks that need no stack -----------------------------------------------------------
 
 
-BLOCKS = readme_blocks(README.read_text())
+BLOCKS = [
+    block
+    for document in documents()
+    for block in readme_blocks(document.read_text(), str(document.relative_to(ROOT)))
+]
+
+
+def test_the_site_navigation_lists_every_page_of_docs() -> None:
+    """A page left out of the nav would be left out of this test too."""
+    listed = {path.relative_to(DOCS) for path in documents()[1:]}
+    pages = {path.relative_to(DOCS) for path in DOCS.rglob("*.md")}
+    assert pages <= listed, f"add to mkdocs.yml's nav: {sorted(map(str, pages - listed))}"
 
 
 def test_every_block_says_whether_it_runs() -> None:
@@ -184,7 +230,8 @@ class Reader:
 
     def run(self, block: Block) -> subprocess.CompletedProcess[str]:
         if block.tag == "python":
-            script = self.cwd / f"readme_{block.line}.py"
+            stem = block.source.replace("/", "_").removesuffix(".md")
+            script = self.cwd / f"{stem}_{block.line}.py"
             script.write_text(block.code)
             command = [sys.executable, str(script)]
         else:
@@ -224,14 +271,64 @@ def shell_variables(env: dict[str, str]) -> set[str]:
 
 @pytest.fixture(name="stack")
 async def fixture_stack(start_pipeline: StartPipeline) -> Pipeline:
-    # Every Python process of the stack refuses deliveries off loopback (see readme_guard).
-    return await start_pipeline(PYTHONPATH=str(GUARD))
+    # Every Python process of the stack refuses deliveries off loopback (see readme_guard). A
+    # short schedule, and a breaker that does not open on the quickstart's failing endpoint
+    # (every click of the README goes there too), so its dead letter comes within seconds.
+    return await start_pipeline(
+        PYTHONPATH=str(GUARD),
+        CLICKHOOK_RETRY_SCHEDULE=QUICK_SCHEDULE,
+        CLICKHOOK_BREAKER_THRESHOLD="100000",
+    )
 
 
-async def test_every_block_of_the_readme_runs_as_written(
-    stack: Pipeline, receiver: Receiver, tmp_path: Path
+def load_demo_receiver() -> ModuleType:
+    """deploy/local/demo_receiver.py is a script: loaded from its path."""
+    spec = importlib.util.spec_from_file_location("demo_receiver", DEMO_RECEIVER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class FailingEndpoint:
+    """make up's second demo endpoint: its receiver's /broken path, down until fixed."""
+
+    endpoint_id: str
+    url: str
+
+
+@pytest.fixture(name="demo_secret")
+def fixture_demo_secret() -> str:
+    return generate_secret()
+
+
+@pytest.fixture(name="failing")
+async def fixture_failing(stack: Pipeline, demo_secret: str) -> AsyncIterator[FailingEndpoint]:
+    """make up's demo receiver (the real one) and the endpoint at its /broken path."""
+    app = load_demo_receiver().make_app(demo_secret, {})
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/broken"
+    body = {"url": url, "secret": demo_secret, "description": "make up demo: down"}
+    async with stack.session.post(
+        f"{stack.ingest_url}/v1/endpoints",
+        json=body,
+        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+        created = await response.json()
+    yield FailingEndpoint(created["id"], url)
+    await runner.cleanup()
+
+
+async def test_every_block_of_the_readme_and_the_docs_runs_as_written(
+    stack: Pipeline, receiver: Receiver, failing: FailingEndpoint, demo_secret: str, tmp_path: Path
 ) -> None:
-    demo_secret = generate_secret()
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("CLICKHOOK_")},
         "CLICKHOOK_API": stack.ingest_url,
@@ -242,6 +339,10 @@ async def test_every_block_of_the_readme_runs_as_written(
         "DEMO_SECRET": demo_secret,
         "CLICKHOOK_KAFKA_BOOTSTRAP": stack.bootstrap,
         "CLICKHOOK_TOPIC_PREFIX": stack.prefix,
+        # clickhook replays into the first tier of its own settings' schedule: the services'.
+        "CLICKHOOK_RETRY_SCHEDULE": QUICK_SCHEDULE,
+        "FAILING_ENDPOINT_ID": failing.endpoint_id,
+        "FAILING_URL": failing.url,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONPATH": str(GUARD),
     }

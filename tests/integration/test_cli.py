@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -262,7 +263,7 @@ async def test_dlq_show_by_position_prints_the_whole_letter(
 ) -> None:
     partition, offset = three_letters_two_replayed[2]
 
-    run = await clickhook("dlq", "show", f"{partition}:{offset}")
+    run = await clickhook("dlq", "show", f"{partition}:{offset}", "--json")
 
     assert run.code == 0, run.err
     shown = orjson.loads(run.out)
@@ -274,10 +275,24 @@ async def test_dlq_show_by_position_prints_the_whole_letter(
 async def test_dlq_show_by_webhook_id(
     clickhook: Clickhook, three_letters_two_replayed: list[tuple[int, int]]
 ) -> None:
-    run = await clickhook("dlq", "show", "msg_ep_a_1")
+    run = await clickhook("dlq", "show", "msg_ep_a_1", "--json")
 
     assert run.code == 0, run.err
     assert orjson.loads(run.out)["replayed_by"] == "rpl_ep_a"
+
+
+async def test_dlq_show_reads_as_text_with_utc_times_and_an_attempts_table(
+    clickhook: Clickhook, three_letters_two_replayed: list[tuple[int, int]]
+) -> None:
+    partition, offset = three_letters_two_replayed[2]
+
+    run = await clickhook("dlq", "show", f"{partition}:{offset}")
+
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0] == f"dead letter {partition}:{offset} (open)"
+    assert re.search(r"^  died        \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ", run.out, re.M)
+    assert lines[lines.index("") + 1].split()[:3] == ["#", "AT", "(UTC)"]
 
 
 async def test_dlq_show_of_an_unknown_id_fails_with_one_line(
@@ -507,6 +522,20 @@ async def test_topics_tail_shows_the_last_records_or_all_of_them(
 
     assert [line["value"] for line in last.json_lines()] == [{"n": 9}, {"n": 10}, {"n": 11}]
     assert len(every.json_lines()) == 12
+
+
+async def test_topics_tail_of_an_unknown_topic_is_one_line_at_once_with_exit_2(
+    clickhook: Clickhook,
+) -> None:
+    started = time.monotonic()
+
+    run = await clickhook("topics", "tail", "no.such.topic")
+
+    assert run.code == 2
+    assert run.out == ""
+    assert run.err.startswith("clickhook: no topic ")
+    assert run.err.count("\n") == 1, run.err
+    assert time.monotonic() - started < 20  # not the minute a topic being created gets
 
 
 async def test_topics_tail_of_a_topic_not_clickhooks_shows_base64(

@@ -143,6 +143,10 @@ async def test_filters_pick_status_class_outcome_window_and_event(
     since = _rfc3339(base + 1_000)
     until = _rfc3339(base + 3_000)
     assert await events(since=since, until=until) == [("evt_b", 1), ("evt_a", 2)]
+    # The same window in unix milliseconds, and an age back from now: the CLI's formats too.
+    in_ms = {"since": str(base + 1_000), "until": str(base + 3_000)}
+    assert await events(**in_ms) == [("evt_b", 1), ("evt_a", 2)]
+    assert len(await events(since="3650d")) == 4
 
 
 async def test_bad_query_parameters_are_422_with_the_field(ingest: Client) -> None:
@@ -150,7 +154,8 @@ async def test_bad_query_parameters_are_422_with_the_field(ingest: Client) -> No
     path = f"/v1/endpoints/{endpoint_id}/attempts"
     for query, field in (
         ({"status": "broken"}, "status"),
-        ({"since": "yesterday"}, "since"),
+        ({"since": "last tuesday"}, "since"),
+        ({"since": "1764237600"}, "since"),  # unix seconds, not milliseconds
         ({"until": "2026-11-27T11:00:00"}, "until"),
         ({"cursor": "!!"}, "cursor"),
         ({"limit": "0"}, "limit"),

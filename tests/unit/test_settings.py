@@ -8,7 +8,27 @@ import ipaddress
 import pytest
 
 from shared.model.errors import SettingsError
-from shared.ops.settings import ApiKey, Settings, load_settings, parse_api_keys, parse_cidrs
+from shared.ops.settings import (
+    SETTING_DOCS,
+    ApiKey,
+    Settings,
+    load_settings,
+    parse_api_keys,
+    parse_cidrs,
+)
+
+
+class ReadRecorder(dict[str, str]):
+    """An empty environment that notes every name asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return default
+
 
 TOKENS_ENV = {"CLICKHOOK_API_KEYS": "tok-publish-s3cr3t:publish,tok-admin-s3cr3t:admin"}
 
@@ -194,3 +214,18 @@ def test_parse_cidrs_normalises_host_bits() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("2001:db8::/32"),
     )
+
+
+def test_every_variable_load_settings_reads_has_a_doc_and_every_doc_a_variable() -> None:
+    environment = ReadRecorder()
+    load_settings(environment)
+    documented = [doc.name for doc in SETTING_DOCS]
+
+    assert len(documented) == len(set(documented)), "a variable documented twice"
+    assert environment.asked == set(documented)
+
+
+def test_every_setting_doc_says_what_it_does_and_its_default() -> None:
+    for doc in SETTING_DOCS:
+        assert doc.default.strip(), doc.name
+        assert doc.meaning.strip(), doc.name

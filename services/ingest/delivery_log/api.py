@@ -34,11 +34,12 @@ from services.ingest.delivery_log.store import (
     position,
 )
 from services.ingest.endpoints_api import EndpointApi
-from services.ingest.responses import ApiError, struct_response
+from services.ingest.responses import ApiError, parse_api_time, struct_response
 from shared.model.errors import DeliveryLogUnavailable, Problem
 from shared.model.formats import TEST_LINK_ID, sample_click
 from shared.model.messages import Endpoint, encode
 from shared.model.signing import webhook_id
+from shared.model.times import to_ms
 from shared.model.topics import HEADER_ENDPOINT, Topics
 from shared.ops.settings import Settings
 from shared.ops.supervision import Supervisor
@@ -74,13 +75,7 @@ def _time_ms(query: Mapping[str, str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError:
-        raise _problem(name, "is not an RFC 3339 time, e.g. 2026-11-27T11:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise _problem(name, "needs a UTC offset, e.g. Z")
-    return int(parsed.timestamp() * 1000)
+    return to_ms(parse_api_time(raw, name, datetime.now(UTC)))
 
 
 def _status(query: Mapping[str, str]) -> str | None:

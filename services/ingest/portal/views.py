@@ -43,6 +43,7 @@ from services.ingest.responses import ApiError, read_json_body, struct_response
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.errors import DeliveryLogUnavailable
 from shared.model.messages import MASK, Endpoint
+from shared.model.times import to_ms
 from shared.ops.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -432,7 +433,7 @@ class Portal:
         session, _ = await self._write_session(request)
         endpoint = self._endpoint(session, request)
         since = datetime.now(UTC) - REPLAY_WINDOW
-        await self._deps.replays.start_job(endpoint, ReplayRequest(since=since))
+        await self._deps.replays.start_job(endpoint, ReplayRequest(since=to_ms(since)))
         raise _redirect(f"endpoints/{endpoint.id}/dead-letters", notice="replay_started")
 
     # --- errors and headers -----------------------------------------------------------------------

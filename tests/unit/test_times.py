@@ -1,4 +1,5 @@
-"""Times on the command line: RFC 3339, dates, ages and words, all to UTC."""
+"""Times as the API, the CLI and the portal take them: RFC 3339, dates, ages, unix ms and
+words, all to UTC."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.cli.times import parse_time, rfc3339_ms
+from shared.model.times import parse_time, rfc3339_ms
 
 NOW = datetime(2026, 11, 27, 10, 30, 15, tzinfo=UTC)
 
@@ -26,9 +27,11 @@ NOW = datetime(2026, 11, 27, 10, 30, 15, tzinfo=UTC)
         ("today", datetime(2026, 11, 27, tzinfo=UTC)),
         ("yesterday", datetime(2026, 11, 26, tzinfo=UTC)),
         (" Yesterday ", datetime(2026, 11, 26, tzinfo=UTC)),
+        ("1764237600123", datetime(2025, 11, 27, 10, 0, 0, 123_000, tzinfo=UTC)),
+        (1_764_237_600_000, datetime(2025, 11, 27, 10, tzinfo=UTC)),
     ],
 )
-def test_parse_time_accepts(text: str, expected: datetime) -> None:
+def test_parse_time_accepts(text: str | int, expected: datetime) -> None:
     assert parse_time(text, NOW) == expected
 
 
@@ -39,8 +42,10 @@ def test_parse_time_is_utc_whatever_the_offset_given() -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("last tuesday", "is not a time: use RFC 3339"),
-        ("24", "is not a time"),
+        ("last tuesday", "is not a time: use an age"),
+        ("24", "before 2000 as unix milliseconds"),
+        ("1764237600", "unix seconds\\? multiply by 1000"),
+        ("99999999999999999999", "too far in the future"),
         ("-1d", "is not a time"),
         ("2026-11-27T09:00:00", "has no UTC offset"),
         ("2026-13-01", "is not a time"),
