@@ -18,6 +18,8 @@ from tests.support.topics import read_records
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
+DISPATCHER_SHARE_OF_THE_CAP = 10 // 2
+
 
 def event_id_of(arrival: Received) -> str:
     event_id: str = orjson.loads(arrival.body)["data"]["id"]
@@ -51,7 +53,9 @@ async def test_a_slow_endpoint_does_not_delay_the_fast_ones(
 
     latencies = sorted(a.at_s - sent_at[event_id_of(a)] for a in arrivals)
     p95 = latencies[int(len(latencies) * 0.95)]
-    assert slow_in_flight >= 10, "the slow endpoint was never saturated"
+    # Its cap (CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT, 10) is the endpoint's across processes: the
+    # dispatcher holds half of it beside the retry service (shared/model/caps.py).
+    assert slow_in_flight >= DISPATCHER_SHARE_OF_THE_CAP, "the slow endpoint was never saturated"
     assert set(pairs(arrivals)) == {
         (f"/fast{e}", f"evt_fair_{n}") for e in range(9) for n in range(60)
     }
