@@ -27,7 +27,7 @@ endpoint with cap C. Floors of disjoint shares sum to at most C, so the deployme
 whenever each process's floor is at least one, i.e. when C is at least the number of processes
 (with P = 60 and C = 10: up to 6 processes exactly, up to 10 in most assignments). With more
 processes than C, each still gets one so that deliveries go on: the endpoint then sees up to
-one per process (stated in the README).
+one per process (stated in docs/operations/scaling.md).
 """
 
 from __future__ import annotations

@@ -288,6 +288,12 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "destinations allowed although private (e.g. `127.0.0.0/8` locally)",
     ),
     SettingDoc("CLICKHOOK_ALLOW_HTTP", "`false`", "allow `http://` endpoint URLs"),
+    SettingDoc(
+        "CLICKHOOK_EGRESS_CIDRS",
+        "none",
+        "the address ranges deliveries leave from (your NAT gateways), comma-separated CIDRs, "
+        "checked at start; published by `GET /v1/meta` for receivers to allowlist",
+    ),
     SettingDoc("CLICKHOOK_LOG_FORMAT", "`json`", "`json` or `console`"),
     SettingDoc("CLICKHOOK_LOG_LEVEL", "`info`", "log level"),
     SettingDoc(
@@ -311,7 +317,8 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "CLICKHOOK_ENDPOINT_MAX_QUEUED",
         "1000",
-        "deliveries that may wait for one endpoint's slot; more are deferred to the first tier",
+        "deliveries that may wait for one endpoint's slot (as many as a service has in flight: "
+        "a burst to a fast endpoint waits its turn); more are deferred to the first tier",
     ),
     SettingDoc(
         "CLICKHOOK_ENDPOINT_MAX_WAIT",
@@ -363,6 +370,12 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         f"{DELIVERY_LOG_MAX_BYTES} (3 GiB)",
         "the most bytes the delivery log's index takes (its WAL up to 64 MiB more); the "
         "oldest rows go first (at least 1 MiB)",
+    ),
+    SettingDoc(
+        "CLICKHOOK_DELIVERY_LOG_URL",
+        "empty: SQLite",
+        "`postgresql://…`: the delivery log in PostgreSQL, one store for all ingest replicas; "
+        "never printed",
     ),
     SettingDoc(
         "CLICKHOOK_PORTAL_KEY",

@@ -62,8 +62,9 @@ class Pipeline:
     async def post_until_accepted(
         self, batch: list[dict[str, Any]], *, retry_s: float = 0.5, timeout_s: float = 30.0
     ) -> tuple[list[str], int]:
-        """POST a batch of clicks until it is accepted, always with the same ids (README: on a
-        503, send the same events again); the ids of the 202, and how many tries failed."""
+        """POST a batch of clicks until it is accepted, always with the same ids (on a 503, send
+        the same events again: docs/guides/publishing.md); the ids of the 202, and how many
+        tries failed."""
         failed = 0
         while True:
             try:

@@ -1,6 +1,7 @@
 """An endpoint's caps hold across every process: two dispatchers and two retry services, a
 backlog for a rate-capped endpoint and one for a slow endpoint under the concurrency cap, and
-what the receiver sees (README "Scaling out": caps are per endpoint across all processes)."""
+what the receiver sees (docs/operations/scaling.md: caps are per endpoint across all
+processes)."""
 
 from __future__ import annotations
 

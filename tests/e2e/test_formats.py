@@ -1,8 +1,9 @@
-"""Payload formats and signature styles through the whole pipeline, and the README's recipes.
+"""Payload formats and signature styles through the whole pipeline, and the docs' recipes.
 
 Receivers are loopback servers shaped like the real services: a fake Slack that checks messages
 as Slack does and answers like it, an IFTTT-shaped trigger, a Zapier-shaped catch hook, and the
-database receiver of the README, run from the README's own code block.
+database receiver of the docs' recipes (docs/guides/recipes.md), run from the page's own code
+block.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tests.support.topics import read_records
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 QUIET_S = 1.0  # how long to wait for a delivery that must not come
+RECIPES_PAGE = ROOT / "docs" / "guides" / "recipes.md"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -177,17 +179,17 @@ async def test_zapier_recipe_catch_hook_gets_the_standard_body(
     Webhook(endpoint["secret"]).verify(arrival.body, arrival.headers)
 
 
-def readme_receiver_code() -> str:
-    """The code block of the README's "Feeding a database" recipe."""
-    readme = (ROOT / "README.md").read_text()
-    recipe = readme[readme.index("### Feeding a database") :]
+def recipe_receiver_code() -> str:
+    """The code block of the "Feeding a database" recipe (docs/guides/recipes.md)."""
+    page = RECIPES_PAGE.read_text()
+    recipe = page[page.index("## Feeding a database") :]
     found = re.search(r"```python\n(.*?)```", recipe, re.DOTALL)
     assert found is not None, "the recipe lost its code block"
     return found.group(1)
 
 
 @dataclass
-class ReadmeReceiver:
+class RecipeReceiver:
     url: str
     secret: str
     database: Path
@@ -199,17 +201,18 @@ class ReadmeReceiver:
             await self.answered.wait_for(lambda: len(self.answers) >= count)
 
 
-@pytest.fixture(name="readme_receiver")
-async def fixture_readme_receiver(
+@pytest.fixture(name="recipe_receiver")
+async def fixture_recipe_receiver(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[ReadmeReceiver]:
-    """The README's receiver served on a loopback port, its answers recorded."""
+) -> AsyncIterator[RecipeReceiver]:
+    """The recipe's receiver served on a loopback port, its answers recorded."""
     secret, database = generate_secret(), tmp_path / "clicks.db"
     monkeypatch.setenv("CLICKHOOK_SECRET", secret)
     monkeypatch.setenv("CLICKS_DB", str(database))
     namespace: dict[str, Any] = {"__name__": "clicks_receiver"}
-    exec(compile(readme_receiver_code(), "README.md#feeding-a-database", "exec"), namespace)
-    served = ReadmeReceiver("", secret, database)
+    code = compile(recipe_receiver_code(), "docs/guides/recipes.md#feeding-a-database", "exec")
+    exec(code, namespace)
+    served = RecipeReceiver("", secret, database)
 
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -231,21 +234,21 @@ async def fixture_readme_receiver(
     namespace["db"].close()
 
 
-async def test_database_recipe_from_the_readme_stores_each_click_once(
-    start_pipeline: StartPipeline, readme_receiver: ReadmeReceiver
+async def test_database_recipe_from_the_docs_stores_each_click_once(
+    start_pipeline: StartPipeline, recipe_receiver: RecipeReceiver
 ) -> None:
     pipeline = await start_pipeline()
-    await pipeline.create_endpoint(readme_receiver.url, secret=readme_receiver.secret)
+    await pipeline.create_endpoint(recipe_receiver.url, secret=recipe_receiver.secret)
     event = make_click("evt_db", account_id=ACCOUNT_ID)
 
     await pipeline.post_clicks(event)
     await pipeline.post_clicks(event)  # a publisher's retry: same id, so delivered twice
-    await readme_receiver.wait_for(2, timeout_s=15)
+    await recipe_receiver.wait_for(2, timeout_s=15)
 
-    [(first_id, first_status), (second_id, second_status)] = readme_receiver.answers
+    [(first_id, first_status), (second_id, second_status)] = recipe_receiver.answers
     assert (first_status, second_status) == (204, 204)
     assert first_id == second_id
-    [(webhook_id, link_id, country, occurred_at, stored)] = rows_in(readme_receiver.database)
+    [(webhook_id, link_id, country, occurred_at, stored)] = rows_in(recipe_receiver.database)
     assert (webhook_id, link_id, country) == (first_id, "lnk_9", "JP")
     assert occurred_at == event["occurred_at"]
     assert orjson.loads(stored) == event

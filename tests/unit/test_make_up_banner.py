@@ -77,10 +77,20 @@ def test_banner_shows_the_schedule_ports_logs_and_every_token(
         assert f"export {name}=" in text
 
 
-def test_banner_exports_what_the_readme_says_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's examples rely on these variables (tests/e2e/test_readme.py sets the same)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Two commands") : readme.index("## Publishing a click")]
+# Where the docs show make up's exports: (file, start of the section, end of it or None).
+EXPORTS_SHOWN = [
+    ("README.md", "## Quickstart", "**2. Register an endpoint**"),
+    ("docs/index.md", "## Two commands", None),
+]
+
+
+@pytest.mark.parametrize(("path", "start", "end"), EXPORTS_SHOWN)
+def test_banner_exports_what_the_docs_say_it_does(
+    monkeypatch: pytest.MonkeyPatch, path: str, start: str, end: str | None
+) -> None:
+    """The examples rely on these variables (tests/e2e/test_readme.py sets the same)."""
+    text = (ROOT / path).read_text()
+    section = text[text.index(start) : text.index(end) if end else None]
     promised = set(re.findall(r"export (\w+)=", section))
     printed = set(re.findall(r"export (\w+)=", banner(monkeypatch, None)))
 

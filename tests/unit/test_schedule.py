@@ -239,7 +239,7 @@ def in_hour(moments: list[float], hour: int) -> int:
 def test_a_delivery_at_its_caps_is_rewritten_at_most_11_times_in_its_first_hour_then_twice_an_hour(
     schedule: str,
 ) -> None:
-    """The figures README's "Delivery semantics" states, with the default deferral tiers."""
+    """The figures docs/concepts/delivery-semantics.md states, with the default deferral tiers."""
     config = load_settings({"CLICKHOOK_RETRY_SCHEDULE": schedule})
     moments = busy_rewrites(
         config.tier_delays_s,
