@@ -125,12 +125,20 @@ async def test_expired_replayed_and_foreign_links_and_forged_writes_are_refused(
         await browser.open(f"{pipeline.ingest_url}/portal/open?{urlencode({'token': token})}")
         assert "Link not valid" in await browser.text("h1")
 
-        # Replayed: a link opens once.
+        # Replayed: a link opens once. Reopened in its own session (a reload of the iframe) it
+        # goes to the portal; in another account's session, or in none, it is not valid.
         link = await portal_link(pipeline)
         await browser.open(link)
         assert await browser.path() == "/portal/"
         await browser.open(link)
+        assert await browser.path() == "/portal/"
+        await browser.open(await portal_link(pipeline, ADMIN_TOKEN, account_id="acc_other"))
+        await browser.open(link)
         assert "Link not valid" in await browser.text("h1")
+        await browser.forget_cookies()
+        await browser.open(link)
+        assert "Link not valid" in await browser.text("h1")
+        await browser.open(await portal_link(pipeline))
 
         # Another account's endpoint, asked for by id: the page says it does not exist.
         foreign = await pipeline.create_endpoint("http://127.0.0.1:9/x", ADMIN_TOKEN,

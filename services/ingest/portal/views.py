@@ -186,8 +186,11 @@ class Portal:
         return struct_response(PortalSession(url=url, expires_at=expires_at), status=201)
 
     async def open(self, request: web.Request) -> web.Response:
-        cookie = self._signer.redeem(request.query.get("token", ""))
+        token = request.query.get("token", "")
+        cookie = self._signer.redeem(token)
         if cookie is None:
+            if self._reopened_in_its_session(request, token):
+                raise web.HTTPSeeOther(PORTAL_PATH)
             raise PortalError(
                 401,
                 "Link not valid",
@@ -210,6 +213,12 @@ class Portal:
             partitioned=secure or None,
         )
         raise response
+
+    def _reopened_in_its_session(self, request: web.Request, token: str) -> bool:
+        """A link used already (or expired), opened again by a browser that is still signed in
+        to the link's account: a reload or the back button, not an intruder."""
+        session = self._signer.session(request.cookies.get(COOKIE))
+        return session is not None and self._signer.link_account(token) == session.account_id
 
     def _session(self, request: web.Request) -> Session:
         session = self._signer.session(request.cookies.get(COOKIE))
