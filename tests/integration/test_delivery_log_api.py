@@ -12,7 +12,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from shared.model.messages import AttemptRecord
 from shared.model.signing import webhook_id
+from shared.model.times import to_ms
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth, make_settings
@@ -269,6 +271,37 @@ async def test_stats_sum_the_last_hour_and_day(
     assert stats["waiting"] == 2
     assert stats["last_error"]["outcome"] == "timeout"
     assert stats["last_error"]["error"] == "read timed out"
+
+
+async def test_the_last_error_says_when_the_endpoint_recovered(
+    ingest: Client, producer: KeyedProducer, topics: Topics
+) -> None:
+    endpoint_id = await create_endpoint(ingest)
+    start = now_ms() - 60_000
+    sent = 0
+
+    async def last_error_after(*records: AttemptRecord) -> Any:
+        nonlocal sent
+        sent += len(records)
+        await producer.send(topics.attempts, endpoint_id, list(records))
+        await until_listed(ingest, endpoint_id, sent)
+        return (await get_json(ingest, f"/v1/endpoints/{endpoint_id}/stats"))["last_error"]
+
+    failing = await last_error_after(
+        attempt(endpoint_id, "evt_1", at_ms=start, outcome="http_5xx", status=500),
+        attempt(endpoint_id, "evt_2", at_ms=start + 1_000, outcome="timeout", status=None),
+    )
+    assert (failing["outcome"], failing["recovered_at"]) == ("timeout", None)
+    recovered = await last_error_after(
+        attempt(endpoint_id, "evt_3", at_ms=start + 2_000),
+        attempt(endpoint_id, "evt_4", at_ms=start + 3_000),
+    )
+    # The first success after the error.
+    assert to_ms(datetime.fromisoformat(recovered["recovered_at"])) == start + 2_000
+    failing_again = await last_error_after(
+        attempt(endpoint_id, "evt_5", at_ms=start + 4_000, outcome="http_5xx", status=502),
+    )
+    assert (failing_again["status"], failing_again["recovered_at"]) == (502, None)
 
 
 async def test_dead_letters_show_history_and_whether_replayed(
