@@ -4,7 +4,6 @@ ingest's routes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,17 +35,6 @@ Client = TestClient[Any, Any]
 @pytest.fixture(name="settings")
 def fixture_settings(kafka_bootstrap: str, prefix: str, delivery_log_url: str) -> Settings:
     return make_settings(kafka_bootstrap, prefix, delivery_log_url=delivery_log_url)
-
-
-@pytest.fixture(name="producer")
-async def fixture_producer(kafka_bootstrap: str) -> AsyncIterator[KeyedProducer]:
-    async with KeyedProducer(kafka_bootstrap) as producer:
-        yield producer
-
-
-@pytest.fixture(name="topics")
-def fixture_topics(settings: Settings) -> Topics:
-    return Topics(settings.topic_prefix)
 
 
 async def create_endpoint(ingest: Client, token: str = ACCOUNT_A) -> str:
