@@ -53,10 +53,12 @@ bench: install
 bench-quick: install
 	$(VENV)/bin/python -m tests.bench --quick
 
-# The portal's screenshot in docs/ (issue 16): a throwaway broker, the pipeline, and the browser
-# story test, which saves the endpoint page with a failing receiver's log.
+# The portal's pictures in docs/ (issues 16, 24): a throwaway broker, the pipeline, and the
+# browser story test, which saves them (the endpoint list, the endpoint page with a failing
+# receiver's log, the template preview). The test saves them on every passing run, `make test`
+# included, so they never go stale; this target is the explicit way.
 screenshot: install
-	bash deploy/local/screenshot.sh docs/portal.png
+	bash deploy/local/screenshot.sh docs
 
 # The docs site (issue 24): Material for MkDocs, built --strict (broken links and anchors fail);
 # the API reference, the settings and the metrics tables are generated from the code at build

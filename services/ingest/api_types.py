@@ -308,6 +308,13 @@ class LastError(msgspec.Struct, kw_only=True):
     outcome: Outcome
     status: int | None
     error: str | None
+    recovered_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="the first success after this error; set only when the endpoint's"
+            " latest attempt succeeded (it has recovered), null while it still fails"
+        ),
+    ] = None
 
 
 class EndpointStats(msgspec.Struct, kw_only=True):

@@ -433,6 +433,7 @@ EXAMPLE_LAST_ERROR = {
     "outcome": "http_5xx",
     "status": 503,
     "error": None,
+    "recovered_at": "2026-11-27T11:02:41.007Z",
 }
 PAGE_PARAMETERS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 250}},

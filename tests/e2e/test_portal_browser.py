@@ -1,12 +1,18 @@
 """The customer portal in a real browser (Debian's headless Chromium) against the whole pipeline:
 a customer's story from the link to a replayed dead letter, and the refusals.
 
-``CLICKHOOK_PORTAL_SCREENSHOT=<path>`` saves the portal's endpoint page there (make screenshot).
+The story saves the pictures the docs show (``PICTURES``) every time it passes, so that they
+always show the portal as it is: ``portal.png`` (the endpoint list, one receiver failing),
+``portal-endpoint.png`` (that endpoint's page: health, last error, delivery log with the retries
+and the dead letter) and ``portal-preview.png`` (the edit form's template preview).
+``CLICKHOOK_PORTAL_PICTURES=<dir>`` puts them elsewhere; ``make screenshot`` runs just this story.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +31,10 @@ from tests.support.services import launch, service_env
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(150)]
 
 FAILING_PATH = "/broken"
-SCREENSHOT = os.environ.get("CLICKHOOK_PORTAL_SCREENSHOT")
+PICTURES = Path(os.environ.get("CLICKHOOK_PORTAL_PICTURES") or Path(__file__).parents[2] / "docs")
+SAMPLE_TEMPLATE = (
+    '{"text": {{ "Click on " | append: link.url | json }}, "country": {{ click.country | json }}}'
+)
 
 
 @pytest.fixture(name="browser")
@@ -52,9 +61,31 @@ def answer_by_path(request: Received, _: int) -> int:
     return 500 if request.path == FAILING_PATH else 200
 
 
+async def show_a_template_preview(browser: Browser) -> None:
+    """On the edit page: the format switched to "template" and a template typed, as a customer
+    would (the form is not saved)."""
+    await browser.run_script(
+        "const form = document.getElementById('format').form;"
+        "form.elements.format.value = 'template';"
+        f"form.elements.template.value = {json.dumps(SAMPLE_TEMPLATE)};"
+        "form.elements.format.dispatchEvent(new Event('change'));"
+        # The template and the body it makes, both in the picture.
+        "form.elements.format.scrollIntoView({block: 'start'});"
+    )
+    await browser.wait_for_text("#preview", "Click on https://")
+
+
+def publish(pictures: Path) -> None:
+    """Into the docs, only once the whole story passed: never a picture of a broken portal."""
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    for picture in sorted(pictures.glob("*.png")):
+        shutil.copyfile(picture, PICTURES / picture.name)
+
+
 async def test_a_customer_sees_fixes_and_replays_their_deliveries(
-    start_pipeline: StartPipeline, browser: Browser, receiver: Receiver
+    start_pipeline: StartPipeline, browser: Browser, receiver: Receiver, tmp_path: Path
 ) -> None:
+    pictures = tmp_path / "pictures"
     receiver.respond = answer_by_path
     pipeline = await start_pipeline(
         CLICKHOOK_RETRY_SCHEDULE="1s,1s", CLICKHOOK_LOG_FORMAT="console"
@@ -93,10 +124,18 @@ async def test_a_customer_sees_fixes_and_replays_their_deliveries(
     assert "500" in rows
     await browser.open(f"{pipeline.ingest_url}{endpoint_path}")
     assert "1\nnot replayed" in await browser.text(".stats")
-    if SCREENSHOT:
-        await browser.screenshot(Path(SCREENSHOT))
+    await browser.screenshot(pictures / "portal-endpoint.png")
+    await browser.open(f"{pipeline.ingest_url}/portal/")
+    assert "500" in await browser.text("table.list")
+    await browser.screenshot(pictures / "portal.png")
+
+    # The customer tries a payload template: the preview shows the body as they type.
+    await browser.open(f"{pipeline.ingest_url}{endpoint_path}/edit")
+    await show_a_template_preview(browser)
+    await browser.screenshot(pictures / "portal-preview.png")
 
     # The customer fixes the URL and replays: the dead letter is delivered, same webhook-id.
+    await browser.open(f"{pipeline.ingest_url}{endpoint_path}")  # the template left unsaved
     await browser.press("Edit")
     await browser.fill("url", receiver.url("/clicks"))
     await browser.press("Save")
@@ -109,6 +148,11 @@ async def test_a_customer_sees_fixes_and_replays_their_deliveries(
     replayed = receiver.on_path("/clicks")[-1]
     assert replayed.headers["webhook-id"] == failed[0].headers["webhook-id"]
     assert len(failed) == 3  # the first attempt and two retries, then dead
+
+    # Delivering again, the endpoint has recovered: its last error says since when.
+    await browser.open(f"{pipeline.ingest_url}{endpoint_path}")
+    assert "recovered since" in await browser.text(".last-error.recovered")
+    publish(pictures)
 
 
 async def test_expired_replayed_and_foreign_links_and_forged_writes_are_refused(
@@ -125,12 +169,20 @@ async def test_expired_replayed_and_foreign_links_and_forged_writes_are_refused(
         await browser.open(f"{pipeline.ingest_url}/portal/open?{urlencode({'token': token})}")
         assert "Link not valid" in await browser.text("h1")
 
-        # Replayed: a link opens once.
+        # Replayed: a link opens once. Reopened in its own session (a reload of the iframe) it
+        # goes to the portal; in another account's session, or in none, it is not valid.
         link = await portal_link(pipeline)
         await browser.open(link)
         assert await browser.path() == "/portal/"
         await browser.open(link)
+        assert await browser.path() == "/portal/"
+        await browser.open(await portal_link(pipeline, ADMIN_TOKEN, account_id="acc_other"))
+        await browser.open(link)
         assert "Link not valid" in await browser.text("h1")
+        await browser.forget_cookies()
+        await browser.open(link)
+        assert "Link not valid" in await browser.text("h1")
+        await browser.open(await portal_link(pipeline))
 
         # Another account's endpoint, asked for by id: the page says it does not exist.
         foreign = await pipeline.create_endpoint("http://127.0.0.1:9/x", ADMIN_TOKEN,

@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from services.ingest.app import create_app
 from shared.kafka.service_base import ServiceBase, service_base
+from shared.model.topics import Topics
 from shared.ops.settings import Settings, load_settings
+from tests.support.attempts import KeyedProducer
 from tests.support.postgres import PostgresServer, running_postgres
 
 PUBLISH = "tok-publish"
@@ -48,6 +50,18 @@ def make_settings(bootstrap: str, prefix: str, **overrides: Any) -> Settings:
 @pytest.fixture(name="settings")
 def fixture_settings(kafka_bootstrap: str, prefix: str) -> Settings:
     return make_settings(kafka_bootstrap, prefix)
+
+
+@pytest.fixture(name="producer")
+async def fixture_producer(kafka_bootstrap: str) -> AsyncIterator[KeyedProducer]:
+    """Records keyed and placed the way the services write them (attempts, dead letters)."""
+    async with KeyedProducer(kafka_bootstrap) as producer:
+        yield producer
+
+
+@pytest.fixture(name="topics")
+def fixture_topics(settings: Settings) -> Topics:
+    return Topics(settings.topic_prefix)
 
 
 @pytest.fixture(name="base")

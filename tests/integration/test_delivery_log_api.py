@@ -4,7 +4,6 @@ ingest's routes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from shared.model.messages import AttemptRecord
 from shared.model.signing import webhook_id
+from shared.model.times import to_ms
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
 from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, ACCOUNT_B, ADMIN, PUBLISH, auth, make_settings
@@ -34,17 +35,6 @@ Client = TestClient[Any, Any]
 @pytest.fixture(name="settings")
 def fixture_settings(kafka_bootstrap: str, prefix: str, delivery_log_url: str) -> Settings:
     return make_settings(kafka_bootstrap, prefix, delivery_log_url=delivery_log_url)
-
-
-@pytest.fixture(name="producer")
-async def fixture_producer(kafka_bootstrap: str) -> AsyncIterator[KeyedProducer]:
-    async with KeyedProducer(kafka_bootstrap) as producer:
-        yield producer
-
-
-@pytest.fixture(name="topics")
-def fixture_topics(settings: Settings) -> Topics:
-    return Topics(settings.topic_prefix)
 
 
 async def create_endpoint(ingest: Client, token: str = ACCOUNT_A) -> str:
@@ -269,6 +259,37 @@ async def test_stats_sum_the_last_hour_and_day(
     assert stats["waiting"] == 2
     assert stats["last_error"]["outcome"] == "timeout"
     assert stats["last_error"]["error"] == "read timed out"
+
+
+async def test_the_last_error_says_when_the_endpoint_recovered(
+    ingest: Client, producer: KeyedProducer, topics: Topics
+) -> None:
+    endpoint_id = await create_endpoint(ingest)
+    start = now_ms() - 60_000
+    sent = 0
+
+    async def last_error_after(*records: AttemptRecord) -> Any:
+        nonlocal sent
+        sent += len(records)
+        await producer.send(topics.attempts, endpoint_id, list(records))
+        await until_listed(ingest, endpoint_id, sent)
+        return (await get_json(ingest, f"/v1/endpoints/{endpoint_id}/stats"))["last_error"]
+
+    failing = await last_error_after(
+        attempt(endpoint_id, "evt_1", at_ms=start, outcome="http_5xx", status=500),
+        attempt(endpoint_id, "evt_2", at_ms=start + 1_000, outcome="timeout", status=None),
+    )
+    assert (failing["outcome"], failing["recovered_at"]) == ("timeout", None)
+    recovered = await last_error_after(
+        attempt(endpoint_id, "evt_3", at_ms=start + 2_000),
+        attempt(endpoint_id, "evt_4", at_ms=start + 3_000),
+    )
+    # The first success after the error.
+    assert to_ms(datetime.fromisoformat(recovered["recovered_at"])) == start + 2_000
+    failing_again = await last_error_after(
+        attempt(endpoint_id, "evt_5", at_ms=start + 4_000, outcome="http_5xx", status=502),
+    )
+    assert (failing_again["status"], failing_again["recovered_at"]) == (502, None)
 
 
 async def test_dead_letters_show_history_and_whether_replayed(

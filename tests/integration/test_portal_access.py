@@ -85,6 +85,26 @@ async def test_a_link_opens_once(ingest: Client) -> None:
     assert "set-cookie" not in again.headers
 
 
+async def test_a_used_link_reopened_in_its_session_goes_to_the_portal(ingest: Client) -> None:
+    link = await portal_link(ingest)
+    await ingest.get(link, allow_redirects=False)
+    again = await ingest.get(link, allow_redirects=False)
+    assert again.status == 303
+    assert again.headers["location"] == "/portal/"
+    assert "set-cookie" not in again.headers  # the session it has goes on; nothing new
+
+
+async def test_a_used_link_reopened_in_another_accounts_session_is_not_valid(
+    ingest: Client,
+) -> None:
+    link = await portal_link(ingest, ACCOUNT_A)
+    await ingest.get(link, allow_redirects=False)
+    await open_portal(ingest, ACCOUNT_B)
+    again = await ingest.get(link, allow_redirects=False)
+    assert again.status == 401
+    assert "Link not valid" in await again.text()
+
+
 async def test_a_tampered_link_is_refused(ingest: Client) -> None:
     link = await portal_link(ingest)
     response = await ingest.get(link[:-3] + "AAA", allow_redirects=False)

@@ -66,6 +66,10 @@ class Browser:
     async def open(self, url: str) -> None:
         await self._run(lambda: self.driver.get(url))
 
+    async def forget_cookies(self) -> None:
+        """As a browser that was closed: no session any more."""
+        await self._run(self.driver.delete_all_cookies)
+
     async def path(self) -> str:
         url = await self._run(lambda: self.driver.current_url)
         return "/" + url.split("/", 3)[3]

@@ -34,6 +34,19 @@ def test_a_link_becomes_a_session_of_its_account_once() -> None:
     assert signer.redeem(link) is None
 
 
+def test_a_used_or_expired_link_still_names_its_account_and_nothing_else_does() -> None:
+    signer = PortalSigner(KEY)
+    used, _ = signer.link_token("acc_1")
+    signer.redeem(used)
+    expired, _ = signer.link_token("acc_1", now_s=time.time() - LINK_TTL_S - 1)
+    assert signer.link_account(used) == signer.link_account(expired) == "acc_1"
+    cookie = PortalSigner(KEY).redeem(PortalSigner(KEY).link_token("acc_1")[0])
+    assert cookie is not None
+    for not_a_link in (used[:-3] + "AAA", cookie, "é", ""):
+        assert signer.link_account(not_a_link) is None
+    assert PortalSigner(b"o" * 32).link_account(used) is None
+
+
 def test_another_replica_with_the_same_key_accepts_the_session() -> None:
     cookie = PortalSigner(KEY).redeem(PortalSigner(KEY).link_token("acc_1")[0])
     assert cookie is not None

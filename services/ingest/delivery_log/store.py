@@ -1110,27 +1110,42 @@ class IndexQueries:
             f"SELECT COUNT(*) FROM dead_letters d WHERE d.ep = ? AND NOT {replayed}",  # noqa: S608 - built from constants, values bound
             (ep, *args),
         ).fetchone()
-        error = db.execute(
-            "SELECT at_ms, webhook_id, outcome, status, error FROM last_errors WHERE ep = ?",
-            (ep,),
-        ).fetchone()
         summary = DeliverySummary(
             attempts_24h=last_day.attempts,
             success_rate_24h=last_day.success_rate,
             breaker=breaker[0] if breaker else None,
             waiting=waiting,
             dead_letters_open=dead_open,
-            last_error=None
-            if error is None
-            else LastError(
-                at=ms_to_datetime(error[0]),
-                webhook_id=error[1],
-                outcome=error[2],
-                status=error[3],
-                error=error[4],
-            ),
+            last_error=self._last_error(ep),
         )
         return last_hour, last_day, summary
+
+    def _last_error(self, ep: int) -> LastError | None:
+        """The endpoint's latest failed attempt, and when it recovered: the first success
+        after it. ``last_errors`` holds the latest failure, so any success after it means the
+        latest attempt succeeded."""
+        db = self._db()
+        error = db.execute(
+            "SELECT at_ms, pos, webhook_id, outcome, status, error FROM last_errors WHERE ep = ?",
+            (ep,),
+        ).fetchone()
+        if error is None:
+            return None
+        at_ms, pos = error[0], error[1]
+        # The first term bounds the index range (ep, at_ms, pos); the second breaks ties.
+        recovered = db.execute(
+            "SELECT at_ms FROM attempts WHERE ep = ? AND at_ms >= ? AND (at_ms, pos) > (?, ?)"
+            " AND outcome = 'success' ORDER BY at_ms, pos LIMIT 1",
+            (ep, at_ms, at_ms, pos),
+        ).fetchone()
+        return LastError(
+            at=ms_to_datetime(at_ms),
+            webhook_id=error[2],
+            outcome=error[3],
+            status=error[4],
+            error=error[5],
+            recovered_at=None if recovered is None else ms_to_datetime(recovered[0]),
+        )
 
     def dead_letters(
         self,

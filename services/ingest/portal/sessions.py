@@ -12,6 +12,9 @@ self-contained, so that any ingest replica accepts what another issued.
   The link leaves the address bar at once (a redirect), and is useless after five minutes.
 - A token or cookie that is not what we issued (altered, not ASCII, not base64, not JSON) is
   simply not valid: ``None``, never an exception.
+- A used (or expired) link opened again by a browser whose session is for the link's account
+  goes to the portal: a reload of the shortener's iframe, or the back button, is not an error.
+  Nothing is granted by the link then; with no session or another account's, it is not valid.
 - The session cookie holds the account, a fresh session id and an expiry an hour ahead, signed
   the same way. The CSRF token of a session is an HMAC of its id: forms carry it and it is
   checked on every write, since the cookie must be ``SameSite=None`` to work in the shortener's
@@ -114,6 +117,13 @@ class PortalSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def _verify(self, token: str, kind: str, now_s: float) -> Claims | None:
+        claims = self._authentic(token, kind)
+        if claims is None or claims.expires_at_s <= now_s:
+            return None
+        return claims
+
+    def _authentic(self, token: str, kind: str) -> Claims | None:
+        """The claims of a token we signed, of that kind, whether expired or not."""
         # What we issue is ASCII; compare_digest raises on other text (a 500, not a refusal).
         if not token.isascii():
             return None
@@ -124,9 +134,7 @@ class PortalSigner:
             claims = _claims_decoder.decode(_unb64(payload))
         except (msgspec.DecodeError, ValueError):
             return None
-        if claims.kind != kind or claims.expires_at_s <= now_s:
-            return None
-        return claims
+        return claims if claims.kind == kind else None
 
     def link_token(self, account_id: str, now_s: float | None = None) -> tuple[str, int]:
         """A one-time link token for the account, and when it expires (unix seconds)."""
@@ -148,6 +156,12 @@ class PortalSigner:
             "session", claims.account_id, secrets.token_urlsafe(16), int(now_s + SESSION_TTL_S)
         )
         return self._sign(session)
+
+    def link_account(self, token: str) -> str | None:
+        """The account of a link we issued, even used or expired (None for any other text).
+        Only for a browser that already holds a session: the link grants nothing by itself."""
+        claims = self._authentic(token, "link")
+        return None if claims is None else claims.account_id
 
     def session(self, cookie: str | None, now_s: float | None = None) -> Session | None:
         if not cookie:

@@ -17,6 +17,7 @@ import jinja2
 import msgspec
 import structlog
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from services.ingest.api_types import (
     EndpointCreate,
@@ -29,6 +30,8 @@ from services.ingest.api_types import (
 from services.ingest.auth import Authenticator, Principal, insufficient_scope
 from services.ingest.delivery_log.api import DeliveryLogApi, attempt_filter, decode_cursor
 from services.ingest.endpoints_api import EndpointApi, etag
+from services.ingest.portal import errors
+from services.ingest.portal.errors import Plain
 from services.ingest.portal.sessions import (
     KEY_HINT,
     SESSION_TTL_S,
@@ -39,10 +42,10 @@ from services.ingest.portal.sessions import (
     portal_key,
 )
 from services.ingest.replay_api import ReplayApi, replay_status
-from services.ingest.responses import ApiError, read_json_body, struct_response
+from services.ingest.responses import RETRY_AFTER_S, ApiError, read_json_body, struct_response
 from shared.kafka.endpoint_store import EndpointStore
 from shared.model.errors import DeliveryLogUnavailable
-from shared.model.messages import MASK, Endpoint
+from shared.model.messages import MASK, Endpoint, validation_problem
 from shared.model.times import to_ms
 from shared.ops.settings import Settings
 
@@ -186,8 +189,11 @@ class Portal:
         return struct_response(PortalSession(url=url, expires_at=expires_at), status=201)
 
     async def open(self, request: web.Request) -> web.Response:
-        cookie = self._signer.redeem(request.query.get("token", ""))
+        token = request.query.get("token", "")
+        cookie = self._signer.redeem(token)
         if cookie is None:
+            if self._reopened_in_its_session(request, token):
+                raise web.HTTPSeeOther(PORTAL_PATH)
             raise PortalError(
                 401,
                 "Link not valid",
@@ -210,6 +216,12 @@ class Portal:
             partitioned=secure or None,
         )
         raise response
+
+    def _reopened_in_its_session(self, request: web.Request, token: str) -> bool:
+        """A link used already (or expired), opened again by a browser that is still signed in
+        to the link's account: a reload or the back button, not an intruder."""
+        session = self._signer.session(request.cookies.get(COOKIE))
+        return session is not None and self._signer.link_account(token) == session.account_id
 
     def _session(self, request: web.Request) -> Session:
         session = self._signer.session(request.cookies.get(COOKIE))
@@ -358,16 +370,18 @@ class Portal:
         session: Session,
         endpoint: Endpoint | None,
         form: Any,
-        exc: Exception,
+        exc: msgspec.ValidationError | ApiError,
     ) -> web.Response:
-        if isinstance(exc, ApiError):
-            errors = [f"{d.field}: {d.problem}" for d in exc.details] or [exc.message]
-        else:
-            errors = [str(exc)]
         values: dict[str, Any] = {key: str(form.get(key, "")) for key in form}
         values["signature_styles"] = [str(s) for s in form.getall("signature_styles", [])]
+        problems = refusal_lines(exc)
         response = self._page(
-            request, "endpoint_form.html", session, endpoint=endpoint, values=values, errors=errors
+            request,
+            "endpoint_form.html",
+            session,
+            endpoint=endpoint,
+            values=values,
+            errors=problems,
         )
         response.set_status(422)
         return response
@@ -377,7 +391,7 @@ class Portal:
         as an HTML fragment (escaped by the template engine). Nothing is sent or saved."""
         session, form = await self._write_session(request)
         endpoint = self._endpoint(session, request)
-        context: dict[str, Any] = {"problems": [], "message": "", "preview": None}
+        context: dict[str, Any] = {"problems": [], "preview": None}
         asked: dict[str, Any] = {"format": str(form.get("format", endpoint.format))}
         template = _template(form)
         if template is not None:
@@ -387,11 +401,8 @@ class Portal:
             context["preview"] = self._deps.endpoints.preview_endpoint(
                 _principal(session), endpoint.id, body
             )
-        except ApiError as exc:
-            context["message"] = exc.message
-            context["problems"] = [f"{d.field}: {d.problem}" for d in exc.details]
-        except msgspec.ValidationError as exc:
-            context["message"], context["problems"] = "invalid", [str(exc)]
+        except (ApiError, msgspec.ValidationError) as exc:
+            context["problems"] = refusal_lines(exc)
         return aiohttp_jinja2.render_template("preview.html", request, context)
 
     async def set_enabled(self, request: web.Request) -> web.Response:
@@ -443,37 +454,51 @@ class Portal:
         try:
             response: web.StreamResponse = await handler(request)
         except PortalError as exc:
-            response = self._error_page(request, exc.status, exc.title, exc.message)
+            response = self._error_page(request, exc.status, Plain(exc.title, exc.message))
         except ApiError as exc:
-            response = self._error_page(request, exc.status, "Not possible", exc.message)
+            log.info("portal_refused", path=request.path, code=exc.code, detail=exc.message)
+            response = self._error_page(request, exc.status, errors.for_code(exc.code))
+            if "retry-after" in exc.headers:
+                response.headers["retry-after"] = exc.headers["retry-after"]
         except DeliveryLogUnavailable as exc:
-            response = self._error_page(
-                request,
-                503,
-                "Delivery log unavailable",
-                "The delivery log is unavailable for now and recovers by itself; your endpoints"
-                " and clicks are not affected. Try again in a moment.",
-            )
+            log.info("portal_delivery_log_unavailable", path=request.path, reason=exc.reason)
+            response = self._error_page(request, 503, errors.LOG_UNAVAILABLE)
             response.headers["retry-after"] = str(exc.retry_after_s)
         except web.HTTPException as exc:
-            if exc.status >= 400:
-                response = self._error_page(request, exc.status, exc.reason, exc.reason)
-            else:
+            if exc.status < 400:
                 exc.headers.update(self._headers)
                 raise
+            response = self._error_page(request, exc.status, errors.for_status(exc.status))
+        except (KafkaError, TimeoutError) as exc:
+            # A write that the broker did not acknowledge: nothing half done, a retry redoes it.
+            log.warning("portal_broker_unavailable", path=request.path, error=repr(exc))
+            response = self._error_page(request, 503, errors.NOT_SAVED)
+            response.headers["retry-after"] = RETRY_AFTER_S
+        except Exception:
+            # Here and not in the API's middleware: a page, not JSON, and never the exception.
+            log.exception("portal_request_failed", path=request.path)
+            response = self._error_page(request, 500, errors.UNEXPECTED)
         response.headers.update(self._headers)
         return response
 
-    def _error_page(
-        self, request: web.Request, status: int, title: str, message: str
-    ) -> web.Response:
+    def _error_page(self, request: web.Request, status: int, plain: Plain) -> web.Response:
+        context = {"title": plain.title, "message": plain.message}
         response = aiohttp_jinja2.render_template(
-            "error.html",
-            request,
-            {"title": title, "message": message, "session": None, "notice": None, "query": {}},
+            "error.html", request, {**context, "session": None, "notice": None, "query": {}}
         )
         response.set_status(status)
         return response
+
+
+def refusal_lines(exc: msgspec.ValidationError | ApiError) -> list[str]:
+    """A refused form as lines for the customer; what was refused, word for word, goes to the
+    log only."""
+    log.info("portal_form_refused", detail=str(exc))
+    if isinstance(exc, msgspec.ValidationError):
+        return [errors.field_hint(validation_problem(exc).field)]
+    if exc.code == "invalid_request" and exc.details:  # our own checks of named fields
+        return [errors.field_problem(d) for d in exc.details]
+    return [errors.for_code(exc.code).message]
 
 
 def _principal(session: Session) -> Principal:
@@ -515,6 +540,7 @@ def add_portal(app: web.Application, deps: PortalDeps) -> None:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["when"] = _when
+    env.filters["failure"] = errors.failure
     env.globals["portal"] = PORTAL_PATH
     env.globals["etag"] = etag
     env.globals["mask"] = MASK  # custom header values are write-only: never in a page
