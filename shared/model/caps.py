@@ -25,9 +25,9 @@ in one second: the issue). Slots need no burst and no coordination beyond the cl
 Concurrency: a process may have ``max(1, floor(C x held / P))`` requests in flight to an
 endpoint with cap C. Floors of disjoint shares sum to at most C, so the deployment holds the cap
 whenever each process's floor is at least one, i.e. when C is at least the number of processes
-(with P = 60 and C = 10: up to 6 processes exactly, up to 10 in most assignments). With more
-processes than C, each still gets one so that deliveries go on: the endpoint then sees up to
-one per process (stated in docs/operations/scaling.md).
+(with P = 60 and the default C = 20: up to 20 processes, each holding 3 partitions or more).
+With more processes than C, each still gets one so that deliveries go on: the endpoint then
+sees up to one per process (stated in docs/operations/scaling.md).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     max_in_flight: int = 1000
-    endpoint_max_in_flight: int = 10
+    endpoint_max_in_flight: int = 20
     endpoint_max_queued: int = 1000
     endpoint_max_wait_s: float = 1.0
     attempt_log_enabled: bool = True
@@ -224,7 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         topic_partitions=_int(env, "CLICKHOOK_TOPIC_PARTITIONS", 6, minimum=1),
         topic_replication=_int(env, "CLICKHOOK_TOPIC_REPLICATION", 1, minimum=1),
         max_in_flight=_int(env, "CLICKHOOK_MAX_IN_FLIGHT", 1000, minimum=1),
-        endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 10, minimum=1),
+        endpoint_max_in_flight=_int(env, "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT", 20, minimum=1),
         endpoint_max_queued=_int(env, "CLICKHOOK_ENDPOINT_MAX_QUEUED", 1000),
         endpoint_max_wait_s=_duration(env, "CLICKHOOK_ENDPOINT_MAX_WAIT", 1.0),
         attempt_log_enabled=_bool(env, "CLICKHOOK_ATTEMPT_LOG", True),
@@ -310,9 +310,10 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc("CLICKHOOK_MAX_IN_FLIGHT", "1000", "deliveries in flight per process"),
     SettingDoc(
         "CLICKHOOK_ENDPOINT_MAX_IN_FLIGHT",
-        "10",
-        "deliveries in flight per endpoint, across all processes (each has its share); more "
-        "wait briefly or are deferred to the first tier",
+        "20",
+        "deliveries in flight per endpoint, across all processes (each has its share: 10 each "
+        "for one dispatcher and one retry service); more wait briefly or are deferred to the "
+        "first tier",
     ),
     SettingDoc(
         "CLICKHOOK_ENDPOINT_MAX_QUEUED",
