@@ -5,7 +5,8 @@ run the dispatcher and then the retry service are killed with SIGKILL and restar
 broker is stopped and started again; the attempt log is on, as in production, so its failures
 during the outage are part of the run. At the end every pair that should exist was delivered
 at least once or is in the dead-letter topic with the reason its endpoint's behaviour gives
-(fast endpoints have none; an exhausted letter has exactly the schedule's attempts); none
+(fast endpoints have none but ``endpoint_busy``, a delivery held back by its endpoint's caps
+longer than the schedule's 15 s; an exhausted letter has exactly the schedule's attempts); none
 reached the wrong account; no attempt came before its tier's delay except across a crash
 (where at-least-once replays it); duplicates stay under a bound; and the flapping endpoint,
 down long enough to open its breaker, gets every click once it recovers.
@@ -304,10 +305,16 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
 
     gone_requests = [a for a in arrivals if a.path == "/gone"]
     assert gone_requests, "the 410 endpoint was never called"
-    reasons_by_path = dead_letter_reasons_by_path(dead_letters, path_to_id)
+    # Held back by its endpoint's caps for longer than the schedule's 15 s (10,000 clicks to 21
+    # endpoints through a crash of each service and a broker outage, on 2 cores), a delivery
+    # goes to the dead letters as endpoint_busy, replayable: whichever endpoint it is for.
+    busy = {key for key, reason in dead_letters.reasons.items() if reason == "endpoint_busy"}
+    reasons_by_path = dead_letter_reasons_by_path(dead_letters, path_to_id, leaving_out=busy)
     # The slow endpoint answers in 1.5 s against a 2 s timeout: on a loaded machine it may time
     # out five times in a row, and then its letter says so; it never fails otherwise.
-    slow_letters = [key for key in dead_letters.reasons if key[0] == path_to_id["/slow"]]
+    slow_letters = [
+        key for key in dead_letters.reasons.keys() - busy if key[0] == path_to_id["/slow"]
+    ]
     assert all(dead_letters.outcomes[key] == {"timeout"} for key in slow_letters)
     assert reasons_by_path.keys() - {"/slow"} <= {"/gone", "/always500"}, (
         f"dead letters of endpoints that never fail: {reasons_by_path}"
@@ -319,7 +326,9 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
     attempts_made = Counter(dead_letters.attempts[key] for key in dead_letters.exhausted)
     assert set(attempts_made) == {ATTEMPTS}, f"exhausted letters by attempts: {attempts_made}"
     flapping = path_to_id["/flapping"]
-    assert {(flapping, e["id"]) for e in events if e["account_id"] == ACCOUNT_ID} <= delivered
+    assert {
+        (flapping, e["id"]) for e in events if e["account_id"] == ACCOUNT_ID
+    } <= delivered | busy
     assert await breaker_opened_for(pipeline, flapping), (
         "the flapping endpoint's breaker never opened"
     )
@@ -339,12 +348,13 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
 
 
 def dead_letter_reasons_by_path(
-    dead_letters: DeadLetters, path_to_id: dict[str, str]
+    dead_letters: DeadLetters, path_to_id: dict[str, str], leaving_out: set[tuple[str, str]]
 ) -> dict[str, set[str]]:
     path_of = {endpoint_id: path for path, endpoint_id in path_to_id.items()}
     found: dict[str, set[str]] = defaultdict(set)
-    for (endpoint_id, _), reason in dead_letters.reasons.items():
-        found[path_of[endpoint_id]].add(reason)
+    for key, reason in dead_letters.reasons.items():
+        if key not in leaving_out:
+            found[path_of[key[0]]].add(reason)
     return dict(found)
 
 
