@@ -17,7 +17,9 @@ around it are read as usual. Each skip is reported when the consumer passes it (
 
 aiokafka has no hook for this: ``install()`` (run on import of ``shared.kafka``) replaces the two
 names its fetcher builds fetched data with, for every consumer of the process, and fails at
-import if that fetcher no longer has them.
+import if that fetcher no longer has them (aiokafka is pinned below 0.15). What the check costs:
+about 1.3 µs per record (20,000 snappy records fetched and read: 51 ms against 25.5 ms, best of
+8, on the 2-core machine), against a crash loop of every delivery for one bad batch.
 """
 
 from __future__ import annotations
