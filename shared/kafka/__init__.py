@@ -9,6 +9,8 @@ May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
   topic read to its end, then followed.
 - ``endpoint_store``: the compacted endpoints topic, materialised, followed, written as
   compare-and-set (``update``, ``delete`` and ``create``, each in a fencing transaction).
+- ``idempotence``: the idempotent producer that takes a new producer id when the broker no
+  longer accepts its sequence numbers (aiokafka alone never sends again).
 - ``metadata``: waiting for a topic's metadata (a topic created a moment ago).
 - ``service_base``: what every service starts with (topics, producer, endpoint store,
   broker probe, readiness).

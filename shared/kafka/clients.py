@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
+from shared.kafka.idempotence import SequenceRecoveringProducer
 from shared.kafka.undecodable import UndecodableBatch
 from shared.model.caps import CAPS_PARTITIONS
 from shared.model.topics import HEADER_REASON, HEADER_SOURCE, Topics
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 
 def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
-    """Idempotent producer (acks=all): a send resolves only once the record is durable.
+    """Idempotent producer (acks=all): a send resolves only once the record is durable; one
+    whose sequence the broker lost starts again under a new producer id (``idempotence``).
 
     Batches of up to 256 KiB: after an outage the workers hand thousands of envelopes (a
     kilobyte or two each) to the retry tiers at once, and aiokafka sends one batch per
@@ -42,7 +44,7 @@ def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProduc
     is batched anyway, so under load batches fill by themselves; at light load a linger only
     made each click wait (5 ms was most of a click's way through the pipeline at 200/s).
     """
-    return AIOKafkaProducer(
+    return SequenceRecoveringProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_idempotence=True,
         acks="all",

@@ -361,15 +361,17 @@ class PartitionWorker:
         return max(HELD_STEP_MS, min(IDLE_POLL_MS, wakeup_ms))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            # Never started, so never committed: the next owner reads them again. Dropped
+            # before the wait below: the loop runs on meanwhile, and a held record it started
+            # then would run past the commit and be done again by the next owner.
+            self._forget_held(tp)
         lost = {tp for tp in revoked if tp in self._watermarks}
         pending = {task for tp in lost for task in self._tasks_by_tp.get(tp, ())}
         if pending:
             log.info("revoke_waiting", partitions=len(lost), in_flight=len(pending))
             await asyncio.wait(pending, timeout=self._drain_grace_s)
         await self.commit(lost)
-        for tp in revoked:
-            # Never started, so never committed: the next owner reads them again.
-            self._forget_held(tp)
         for tp in lost:
             self._watermarks.pop(tp, None)
             self._committed.pop(tp, None)

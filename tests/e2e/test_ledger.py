@@ -48,8 +48,10 @@ ATTEMPTS = len(SCHEDULE_S) + 1
 FLAP_DOWN_S = 10.0
 BREAKER_COOLDOWN = "2s"
 BREAKER_MAX_COOLDOWN = "8s"
-# Duplicates come only from crashes and the broker outage (records re-read after the last
-# commit); measured 0.3-0.9 % on the 2-core machine.
+# Besides clicks the publisher sent twice (a batch answered 503 during the outage may have been
+# published in part), duplicates come only from crashes and the broker outage (records re-read
+# after the last commit): measured 2.1 % on the 2-core machine under load (before a lost
+# producer sequence was recovered, it stalled hand-offs and reached 3.6-6.9 %).
 MAX_DUPLICATE_SHARE = 0.03
 SLOW_DELAY_S = 1.5
 RATE_LIMIT_PER_S = 100
@@ -161,16 +163,18 @@ async def register(
     return registered
 
 
-async def publish_all(pipeline: Pipeline, events: list[Event]) -> int:
-    """POST in batches; a 503 or a dropped connection is retried with the same ids."""
-    retries = 0
+async def publish_all(pipeline: Pipeline, events: list[Event]) -> set[str]:
+    """POST in batches; a 503 or a dropped connection is retried with the same ids. The ids of
+    the batches sent more than once: part of a batch answered 503 may have been published, and
+    is then published again (at-least-once, as docs/guides/publishing.md says)."""
+    resent: set[str] = set()
     for start in range(0, len(events), BATCH):
-        _, failed = await pipeline.post_until_accepted(
-            events[start : start + BATCH], retry_s=1.0, timeout_s=15.0
-        )
-        retries += failed
+        batch = events[start : start + BATCH]
+        _, failed = await pipeline.post_until_accepted(batch, retry_s=1.0, timeout_s=15.0)
+        if failed:
+            resent |= {event["id"] for event in batch}
         await asyncio.sleep(0.3)  # spread over the faults, the broker outage included
-    return retries
+    return resent
 
 
 async def kill_and_restart(pipeline: Pipeline, name: str) -> None:
@@ -207,12 +211,19 @@ class Delivered:
         self.pairs |= delivered_pairs(new, self._path_to_id)
 
 
-def delivered_pairs(arrivals: list[Received], path_to_id: dict[str, str]) -> set[tuple[str, str]]:
-    return {
+def delivered_pair_list(
+    arrivals: list[Received], path_to_id: dict[str, str]
+) -> list[tuple[str, str]]:
+    """(endpoint id, event id) of every arrival answered 2xx, repeats included."""
+    return [
         (path_to_id[a.path], orjson.loads(a.body)["data"]["id"])
         for a in arrivals
         if 200 <= a.status < 300
-    }
+    ]
+
+
+def delivered_pairs(arrivals: list[Received], path_to_id: dict[str, str]) -> set[tuple[str, str]]:
+    return set(delivered_pair_list(arrivals, path_to_id))
 
 
 def ledger_responder() -> Responder:
@@ -262,7 +273,7 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
             if event["account_id"] == spec.account_id and spec.wants(event)
         }
         sending_started = time.time()
-        publish_retries, _ = await asyncio.gather(
+        resent, _ = await asyncio.gather(
             publish_all(pipeline, events), inject_faults(pipeline, private_broker)
         )
 
@@ -333,16 +344,22 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
         "the flapping endpoint's breaker never opened"
     )
 
-    ok_arrivals = [a for a in arrivals if 200 <= a.status < 300]
-    duplicates = len(ok_arrivals) - len(delivered)
-    assert duplicates <= MAX_DUPLICATE_SHARE * len(delivered), f"{duplicates} duplicates"
+    ok_pairs = Counter(delivered_pair_list(arrivals, path_to_id))
+    duplicates = sum(ok_pairs.values()) - len(ok_pairs)
+    # Of clicks published twice, every endpoint gets two deliveries (the same webhook-id):
+    # that is the publisher's retry, not a re-read; the bound is on the rest.
+    republished = sum(count - 1 for (_, event_id), count in ok_pairs.items() if event_id in resent)
+    re_read = duplicates - republished
+    assert re_read <= MAX_DUPLICATE_SHARE * len(delivered), (
+        f"{re_read} duplicates besides {republished} of re-sent batches"
+    )
     reasons = Counter(dead_letters.reasons.values())
     print(
         f"\nledger: {len(expected)} pairs, {len(delivered & expected)} delivered, "
         f"{len(expected - delivered)} dead-lettered {dict(reasons)}; "
         f"{len(arrivals)} requests, duplicates {duplicates} "
-        f"({duplicates / max(1, len(delivered)):.2%}); "
-        f"ingest 503 retries {publish_retries}; "
+        f"({re_read / max(1, len(delivered)):.2%} re-read, {republished} of "
+        f"{len(resent)} clicks re-sent after a 503); "
         f"settled {settled_after_s:.0f}s after sending began"
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -148,6 +149,9 @@ async def test_the_next_owner_skips_what_finished_above_the_committed_offset(
     assert sorted(finished) == list(range(1, 50))
     assert redone == [0]
     assert committed == 50
+
+
+REBALANCE_RECORDS = 400  # 8 s of work for one worker: the second joins early on
 
 
 # --- records that must wait: held until due, each fetched and started once -------------------
@@ -361,3 +365,58 @@ async def test_waiting_partitions_hold_no_more_than_the_bound_and_starve_no_due_
         assert offsets == list(range(READY if tp.topic == ready_topic else 1 + BEHIND_HEAD))
         assert [o for o, due_ms, at_ms in partition_started if at_ms < due_ms] == []
     assert len(started) == TIERS * TIER_PARTITIONS + 1
+
+
+# --- a rebalance without a crash: nothing done twice ------------------------------------------
+
+
+async def test_a_rebalance_without_a_crash_does_no_record_twice(settings: Settings) -> None:
+    """While a revoke waits for the lost partitions' work to finish, the loop runs on: a record
+    it held and started then would run past the revoke's commit, and the next owner would do
+    it again. Records fall due 20 ms apart, each takes 0.2 s: the first worker is saturated,
+    holding records, when the second joins."""
+    topic = settings.topic_prefix + "handover"
+    group = settings.topic_prefix + "handovers"
+    await ensure_topics(settings, [NewTopic(topic, 4, 1)])
+    first_due_ms = int(time.time() * 1000) + 2000
+    await produce(
+        settings.kafka_bootstrap,
+        topic,
+        [b"%d" % (first_due_ms + 20 * n) for n in range(REBALANCE_RECORDS)],
+    )
+    done: list[tuple[int, int]] = []
+
+    async def handle(record: Record) -> None:
+        await asyncio.sleep(0.2)
+        done.append((record.partition, record.offset))
+
+    stop = asyncio.Event()
+    consumers: list[AIOKafkaConsumer] = []
+    running: list[asyncio.Task[None]] = []
+
+    async def join() -> None:
+        consumer = create_consumer(settings, group_id=group)
+        worker = PartitionWorker(
+            consumer, handle, max_in_flight=10, drain_grace_s=5, not_before_ms=_due_ms
+        )
+        consumer.subscribe([topic], listener=worker.listener)
+        await consumer.start()
+        consumers.append(consumer)
+        running.append(asyncio.create_task(worker.run(stop)))
+
+    try:
+        await join()
+        async with asyncio.timeout(60):
+            while len(done) < 50:  # noqa: ASYNC110 - the handlers append as they finish
+                await asyncio.sleep(0.05)
+            await join()  # the group rebalances while the first worker is busy
+            while len(set(done)) < REBALANCE_RECORDS:  # noqa: ASYNC110 - as above
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        for consumer in consumers:
+            await consumer.stop()
+
+    twice = [key for key, count in Counter(done).items() if count > 1]
+    assert twice == [], f"{len(twice)} records done twice, e.g. {twice[:5]}"

@@ -125,7 +125,7 @@ async def test_two_of_each_worker_share_the_work_and_survivors_take_over_after_a
     receiver.respond = FirstAttemptFails()
     pipeline = await start_pipeline(
         CLICKHOOK_RETRY_SCHEDULE="1s,2s,4s",
-        CLICKHOOK_LOG_LEVEL="warning",
+        CLICKHOOK_LOG_LEVEL="info",
         CLICKHOOK_ATTEMPT_LOG="false",
         **REPLICATED,
     )
@@ -165,7 +165,21 @@ async def test_two_of_each_worker_share_the_work_and_survivors_take_over_after_a
     assert after["dispatcher-second"] > before_kill["dispatcher-second"]
     assert after["retry-second"] > before_kill["retry-second"]
     outside = {event: age for event, age in ages.items() if age > REPEAT_WINDOW_S}
-    assert not outside, f"repeated, but not attempted just before a kill: {outside}"
+    assert not outside, (
+        f"repeated, but not attempted just before a kill: {outside}\n"
+        + log_lines_of(pipeline, set(outside))
+    )
     assert extra <= len(in_windows)
     assert watch.exited == {"dispatcher", "retry"}
     assert survivors_ready, pipeline.logs()
+
+
+def log_lines_of(pipeline: Pipeline, event_ids: set[str]) -> str:
+    """What every service logged about these clicks: where a repeat came from."""
+    return "\n".join(
+        f"{name}: {line}"
+        for name, service in pipeline.services.items()
+        if service.log_path.exists()
+        for line in service.log_path.read_text(errors="replace").splitlines()
+        if any(f'"{event_id}"' in line for event_id in event_ids)
+    )
