@@ -222,8 +222,10 @@ def _decoded_attempt(record: Record) -> AttemptRecord | None:
 
 
 class DeliveryLog:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, expire_every_s: float = EXPIRE_EVERY_S) -> None:
         self._settings = settings
+        # How often retention runs and the byte budget is measured (tests shorten it).
+        self._expire_every_s = expire_every_s
         topics = Topics(settings.topic_prefix)
         self._attempts_topic = topics.attempts
         self._dlq_topic = topics.dlq
@@ -325,8 +327,7 @@ class DeliveryLog:
                 rebuild = self._failed(exc)
                 await asyncio.sleep(self._retry_after_s)
                 if self._shared:
-                    # Connect again; nothing of the shared store is ever thrown away.
-                    await self._close_index(discard=False)
+                    await self._retry_shared(exc)
                 elif rebuild:
                     await self._close_index(discard=True)
                 else:
@@ -526,12 +527,21 @@ class DeliveryLog:
             self._caught_up = True
             log.info("delivery_log_caught_up", store="postgresql")
 
+    async def _retry_shared(self, exc: BaseException) -> None:
+        """After a failure of the shared store: over its budget, fetch the batch again (the
+        writer measures again before it); otherwise connect again. Nothing of the shared store
+        is ever thrown away."""
+        if isinstance(exc, IndexFull):
+            await self._seek_to_indexed()
+        else:
+            await self._close_index(discard=False)
+
     async def _seek_to_indexed(self) -> None:
         """Back to the first record not indexed: what was fetched after it is fetched again."""
         for tp, offset in self._positions.items():
             self._consumer.seek(tp, offset)
-        history = self._history()
-        history.resume(history.state)
+        if self.history is not None:
+            self.history.resume(self.history.state)
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
@@ -602,7 +612,7 @@ class DeliveryLog:
         if not self._shared and not self._caught_up and self._reached_start_ends():
             self._caught_up = True
             log.info("delivery_log_caught_up", indexed=sum(self._positions.values()))
-        if time.monotonic() - expired_at > EXPIRE_EVERY_S:
+        if time.monotonic() - expired_at > self._expire_every_s:
             expired_at = time.monotonic()
             assert self._writer is not None
             await self._write(self._writer.expire, _now_ms())
