@@ -24,7 +24,9 @@ from shared.ops.health import add_ops_routes
 REPLAYS = web.AppKey("replays", ReplayApi)
 
 
-def create_app(base: ServiceBase) -> web.Application:
+def create_app(base: ServiceBase, *, delivery_log: DeliveryLog | None = None) -> web.Application:
+    """The ingest app on ``base``; ``delivery_log``: one built otherwise (tests shorten its
+    timers), else the settings' own."""
     settings = base.settings
     auth = Authenticator(settings.api_keys)
     clicks = ClickIntake(settings, base.producer, auth)
@@ -50,17 +52,19 @@ def create_app(base: ServiceBase) -> web.Application:
     app.on_cleanup.append(backfills.close)
     app.cleanup_ctx.append(replays.lifecycle)
     app[REPLAYS] = replays
-    delivery_log = DeliveryLogApi(
+    delivery_log_api = DeliveryLogApi(
         settings,
-        DeliveryLog(settings),
+        delivery_log or DeliveryLog(settings),
         endpoints,
         auth,
         base.producer,
         supervisor=base.supervisor,
     )
-    add_delivery_log_routes(app, delivery_log)
-    endpoints.delivery_summary = delivery_log.summary
-    add_portal(app, PortalDeps(settings, auth, base.endpoints, endpoints, delivery_log, replays))
+    add_delivery_log_routes(app, delivery_log_api)
+    endpoints.delivery_summary = delivery_log_api.summary
+    add_portal(
+        app, PortalDeps(settings, auth, base.endpoints, endpoints, delivery_log_api, replays)
+    )
     document = openapi_document()
 
     async def serve_openapi(_: web.Request) -> web.Response:

@@ -35,7 +35,6 @@ from services.ingest.api_types import (
 from services.ingest.auth import Principal
 from services.ingest.endpoints_api import EndpointApi, decoded
 from services.ingest.responses import ApiError, broker_unavailable
-from shared.kafka.endpoint_store import EndpointWriteError
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson")
 # Lines validated and handed to the store together: about one transaction's worth
@@ -120,8 +119,6 @@ class EndpointImport:
             endpoint, secret = await self._api.create_endpoint(principal, body)
         except ApiError as exc:
             return _failed(line, exc)
-        except EndpointWriteError:  # other writes kept winning (never seen for a new id)
-            return _failed(line, ApiError(409, "conflict", "send this line again"))
         except (KafkaError, TimeoutError):
             return _failed(line, broker_unavailable())
         return ImportCreated(

@@ -367,6 +367,8 @@ class EndpointApi:
             created = await self._store.create(endpoint)
         except EndpointExists:  # an id of 96 random bits taken: retrying is the whole fix
             raise ApiError(409, "conflict", "endpoint id taken; send the request again") from None
+        except WriteContended as exc:  # fencing is per topic: a new id meets it all the same
+            raise _write_refused(exc) from None
         return created, secret
 
     async def update_endpoint(
@@ -487,5 +489,5 @@ def _write_refused(exc: VersionMismatch | WriteContended) -> ApiError:
     return ApiError(
         409,
         "conflict",
-        f"other changes to the endpoint won {exc.attempts} times in a row; send it again",
+        f"other endpoint writes won {exc.attempts} times in a row; send it again",
     )

@@ -38,6 +38,7 @@ from services.ingest.api_types import (
     ServiceMeta,
 )
 from services.ingest.meta_api import META_MAX_AGE_S, META_PATH
+from shared.kafka.fenced import MAX_WRITE_ATTEMPTS
 from shared.model.messages import ClickFields, Endpoint
 from shared.model.times import TIME_FORMATS
 
@@ -107,6 +108,11 @@ CONCURRENCY_NOTE = (
     "the change is applied to the latest version, whatever was written before it (last writer "
     "wins, field by field: a PATCH never brings back a secret rotated meanwhile). 409 "
     "`conflict`: other writes to the endpoint kept winning; send the request again."
+)
+CREATE_CONFLICT_NOTE = (
+    "409 `conflict`: nothing was created, because other writes of endpoints (of any account, "
+    f"on any instance) kept winning {MAX_WRITE_ATTEMPTS} times in a row, or the new id was "
+    "taken; send the request again."
 )
 STRICT_BODY_NOTE = (
     "Keys the schema does not name are refused at any depth (`additionalProperties: false`, "
@@ -178,11 +184,11 @@ def _paths() -> dict[str, Any]:
         "/v1/endpoints": {
             "post": {
                 "summary": "Register an endpoint; the answer holds its signing secret",
-                "description": STRICT_BODY_NOTE,
+                "description": f"{STRICT_BODY_NOTE}\n\n{CREATE_CONFLICT_NOTE}",
                 "requestBody": _body("EndpointCreate"),
                 "responses": {
                     **_with_etag(_ok(201, _ref("CreatedEndpoint"), "created")),
-                    **_errors(*ENDPOINT_ERRORS),
+                    **_errors(*ENDPOINT_ERRORS, 409),
                 },
             },
             "get": {

@@ -54,7 +54,7 @@ async def run_delivery_worker(
     ):
         stop_on_signals(base.stop)
         consumer, worker = build(base, deliverer, gate_for(settings, membership.share))
-        await _consume(base, consumer, worker, membership)
+        await consume(base, consumer, worker, membership)
 
 
 @contextlib.asynccontextmanager
@@ -96,11 +96,13 @@ async def attempt_log_for(base: ServiceBase, service: str) -> AsyncIterator[Atte
 
 
 @contextlib.asynccontextmanager
-async def caps_share(base: ServiceBase, service: str) -> AsyncIterator[CapsMembership]:
+async def caps_share(
+    base: ServiceBase, service: str, *, first_share_timeout_s: float = FIRST_SHARE_TIMEOUT_S
+) -> AsyncIterator[CapsMembership]:
     """Membership of the caps group, for the whole life of the consume loop: the process's
     share of every endpoint's caps. Left last, after the drain, so that the deliveries still
     in flight keep their share, and the others take it over at once."""
-    membership = CapsMembership(base.settings, service)
+    membership = CapsMembership(base.settings, service, first_share_timeout_s=first_share_timeout_s)
     await membership.start()
     base.readiness.add("caps_share_assigned", membership.assigned.is_set)
     base.supervisor.start("caps_membership", membership.run())
@@ -121,33 +123,36 @@ async def ops_server(base: ServiceBase, port: int) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def _consume(
+async def consume(
     base: ServiceBase,
     consumer: AIOKafkaConsumer,
     worker: PartitionWorker,
     membership: CapsMembership,
 ) -> None:
     """Consume once the endpoint table is loaded (so no click meets an empty table) and the
-    process has its share of the caps (so none is sent without one)."""
-    if not await _ready_unless_stopped(base.stop, base.endpoints.loaded):
-        return
-    if not await _first_share_unless_stopped(base.stop, membership):
-        return
-    await consumer.start()
+    process has its share of the caps (so none is sent without one). ``CapsShareUnavailable``
+    when no share came in time: nothing was consumed, so nothing committed, and the clicks wait
+    in the topic for a process that has one."""
     try:
+        if not await _ready_unless_stopped(base.stop, base.endpoints.loaded):
+            return
+        if not await _first_share_unless_stopped(base.stop, membership):
+            return
+        await consumer.start()
         await worker.run(base.stop)
     finally:
         base.readiness.draining = True
+        # Also one never started (stopped or given up before): it holds a client all the same.
         await close_quietly("consumer", consumer.stop())
 
 
 async def _first_share_unless_stopped(stop: asyncio.Event, membership: CapsMembership) -> bool:
     """Wait for the process's first share of the caps, for a bounded time."""
     try:
-        async with asyncio.timeout(FIRST_SHARE_TIMEOUT_S):
+        async with asyncio.timeout(membership.first_share_timeout_s):
             return await _ready_unless_stopped(stop, membership.assigned)
     except TimeoutError:
-        raise CapsShareUnavailable(membership.topic, FIRST_SHARE_TIMEOUT_S) from None
+        raise CapsShareUnavailable(membership.topic, membership.first_share_timeout_s) from None
 
 
 async def _ready_unless_stopped(stop: asyncio.Event, ready: asyncio.Event) -> bool:

@@ -40,9 +40,17 @@ UNKNOWN_MEMBER_ID = ""
 
 
 class CapsMembership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, settings: Settings, service: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        *,
+        first_share_timeout_s: float = FIRST_SHARE_TIMEOUT_S,
+    ) -> None:
         topics = Topics(settings.topic_prefix)
         self.topic = topics.caps
+        # How long the process waits for its first share before it gives up starting.
+        self.first_share_timeout_s = first_share_timeout_s
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=topics.group(CAPS_GROUP),

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.ingest.app import create_app
 from services.ingest.delivery_log.api import DELIVERY_LOG
+from services.ingest.delivery_log.history import HistoryReader
 from services.ingest.delivery_log.log import DeliveryLog
 from shared.kafka.clients import ensure_topics
 from shared.kafka.service_base import service_base
@@ -77,6 +78,12 @@ async def produce_history(settings: Settings, records: list[AttemptRecord], now:
         await producer.stop()
 
 
+def fill_of(delivery_log: DeliveryLog) -> HistoryReader:
+    """The embedded index's history fill (a shared store has none)."""
+    assert delivery_log.history is not None
+    return delivery_log.history
+
+
 @asynccontextmanager
 async def ingest_on(
     settings: Settings, aiohttp_client: AiohttpClient, batches_allowed: int | None
@@ -86,7 +93,7 @@ async def ingest_on(
         await base.endpoints.loaded.wait()
         app = create_app(base)
         delivery_log = app[DELIVERY_LOG]
-        delivery_log.history.batches_allowed = batches_allowed
+        fill_of(delivery_log).batches_allowed = batches_allowed
         client = await aiohttp_client(app)
         try:
             yield client, delivery_log
@@ -148,7 +155,7 @@ async def test_a_fresh_index_serves_the_newest_hour_before_the_older_history(
         letters = await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/dead-letters")
         assert [d["event_id"] for d in letters["data"]] == ["evt_dead_new"]
 
-        delivery_log.history.batches_allowed = None
+        fill_of(delivery_log).batches_allowed = None
         await eventually(complete_on(ingest))
         everything = await page(ingest)
         assert event_ids(everything) == newest_first, "every attempt once, newest first"
@@ -166,7 +173,7 @@ async def test_a_restart_during_the_fill_resumes_it(
     async with ingest_on(settings, aiohttp_client, batches_allowed=0) as (ingest, delivery_log):
         await eventually(caught_up_on(ingest))
         newest_hour = event_ids(await page(ingest))
-        delivery_log.history.batches_allowed = 1
+        fill_of(delivery_log).batches_allowed = 1
 
         async def one_batch_filled() -> bool:
             return len(event_ids(await page(ingest))) > len(newest_hour)
@@ -180,7 +187,7 @@ async def test_a_restart_during_the_fill_resumes_it(
         resumed = await page(ingest)
         assert resumed == before, "the same rows, the fill where it stood"
         assert await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/stats") == stats
-        delivery_log.history.batches_allowed = None
+        fill_of(delivery_log).batches_allowed = None
         await eventually(complete_on(ingest))
         assert event_ids(await page(ingest)) == [r.event_id for r in reversed(records)]
         stats = await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/stats")

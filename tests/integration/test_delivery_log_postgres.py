@@ -1,6 +1,7 @@
 """The delivery log in PostgreSQL, against the real broker and a real server: two ingest
-replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down
-degrades only the log's routes (503 with Retry-After) until it is back, without a restart."""
+replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down, or
+a store over its byte budget, degrades only the log's routes (503 with Retry-After) until it
+is back, without losing a record."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from services.ingest.app import create_app
+from services.ingest.delivery_log.log import DeliveryLog
+from services.ingest.delivery_log.store import RESPONSE_BODY_CHARS
 from shared.kafka.service_base import service_base
 from shared.model.topics import Topics
 from tests.integration.conftest import (
@@ -28,6 +31,12 @@ pytestmark = pytest.mark.kafka
 
 Client = TestClient[Any, Any]
 REPLICAS = 2
+# An empty store takes 320 KiB; past this, today's attempts alone are over the budget.
+SMALL_BUDGET = 512 * 1024
+FILL_ATTEMPTS = 300
+# The budget's check, every 60 s in service.
+CHECK_EVERY_S = 0.2
+ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
 
 
 @pytest.fixture(name="own_postgres")
@@ -38,12 +47,17 @@ def fixture_own_postgres() -> Iterator[PostgresServer]:
 
 
 async def replica(
-    kafka_bootstrap: str, prefix: str, url: str, aiohttp_client: AiohttpClient
+    kafka_bootstrap: str,
+    prefix: str,
+    url: str,
+    aiohttp_client: AiohttpClient,
+    **overrides: Any,
 ) -> AsyncGenerator[Client]:
-    settings = make_settings(kafka_bootstrap, prefix, delivery_log_url=url)
+    settings = make_settings(kafka_bootstrap, prefix, delivery_log_url=url, **overrides)
+    delivery_log = DeliveryLog(settings, expire_every_s=CHECK_EVERY_S)
     async with service_base(settings) as base:
         await base.endpoints.loaded.wait()
-        yield await aiohttp_client(create_app(base))
+        yield await aiohttp_client(create_app(base, delivery_log=delivery_log))
 
 
 @pytest.fixture(name="replicas")
@@ -132,6 +146,70 @@ async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
             assert REGISTRY.get_sample_value("clickhook_delivery_log_unavailable") == 0
     finally:
         await started.aclose()
+
+
+async def test_a_store_over_its_budget_with_only_today_left_degrades_only_the_log_routes(
+    postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
+) -> None:
+    """As a full SQLite index: the log's routes answer 503 `delivery_log_unavailable` (reason
+    `full`), nothing else does; the records it refused wait in the topic, and an ingest with
+    room (here: a larger budget) indexes every one."""
+    url = postgres.new_schema()
+    started = replica(
+        kafka_bootstrap, prefix, url, aiohttp_client, delivery_log_max_bytes=SMALL_BUDGET
+    )
+    ingest = await anext(started)
+    try:
+        endpoint_id = await create_endpoint(ingest)
+        failures_before = _sample("clickhook_delivery_log_failures_total", reason="full")
+        async with KeyedProducer(kafka_bootstrap) as producer:
+            await producer.send(Topics(prefix).attempts, endpoint_id, _filling(endpoint_id))
+
+            async def over_budget() -> bool:
+                return _sample("clickhook_delivery_log_index_bytes") > SMALL_BUDGET
+
+            await eventually(over_budget, timeout_s=30.0)
+            # Indexed in one batch while within the budget; the next one does not fit.
+            await producer.send(Topics(prefix).attempts, endpoint_id, [_over(endpoint_id)])
+
+            async def degraded() -> bool:
+                return await listed(ingest, endpoint_id) is None
+
+            await eventually(degraded, timeout_s=30.0)
+            await assert_only_the_log_is_degraded(ingest, endpoint_id)
+        assert _sample("clickhook_delivery_log_unavailable") == 1
+        assert _sample("clickhook_delivery_log_failures_total", reason="full") > failures_before
+        used = _sample("clickhook_delivery_log_index_bytes")
+        assert used > _sample("clickhook_delivery_log_budget_bytes") == SMALL_BUDGET
+    finally:
+        await ingest.close()  # its delivery log leaves the group: the next one indexes all
+        await started.aclose()
+
+    roomier = replica(kafka_bootstrap, prefix, url, aiohttp_client)
+    ingest = await anext(roomier)
+    try:
+        await eventually(lambda: _shows(ingest, endpoint_id, "evt_over"), timeout_s=30.0)
+        assert _sample("clickhook_delivery_log_unavailable") == 0
+    finally:
+        await roomier.aclose()
+
+
+def _filling(endpoint_id: str) -> list[Any]:
+    """Today's failed attempts, each with a receiver's answer of 1 KiB: about 600 KiB."""
+    base = now_ms() - 60_000
+    return [
+        attempt(endpoint_id, f"evt_{n:04}", at_ms=base + n, outcome="http_5xx", status=502,
+                response_body=ANSWER)
+        for n in range(FILL_ATTEMPTS)
+    ]  # fmt: skip
+
+
+def _over(endpoint_id: str) -> Any:
+    return attempt(endpoint_id, "evt_over", outcome="http_5xx", status=502, response_body=ANSWER)
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:

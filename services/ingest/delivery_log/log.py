@@ -222,8 +222,10 @@ def _decoded_attempt(record: Record) -> AttemptRecord | None:
 
 
 class DeliveryLog:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, expire_every_s: float = EXPIRE_EVERY_S) -> None:
         self._settings = settings
+        # How often retention runs and the byte budget is measured (tests shorten it).
+        self._expire_every_s = expire_every_s
         topics = Topics(settings.topic_prefix)
         self._attempts_topic = topics.attempts
         self._dlq_topic = topics.dlq
@@ -257,13 +259,18 @@ class DeliveryLog:
         self._status_at = 0.0
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
-        # A fresh embedded index fills its history behind the newest hour (a shared store is
-        # filled by the group from the positions it holds: no fill).
-        self.history = HistoryReader(
-            settings,
-            (self._attempts_topic, self._dlq_topic),
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        # A fresh embedded index fills its history behind the newest hour, with a consumer of
+        # its own. A shared store is filled by the group from the positions it holds: no fill,
+        # and no consumer for one (a client that never starts still holds its buffers).
+        self.history: HistoryReader | None = (
+            None
+            if self._shared
+            else HistoryReader(
+                settings,
+                (self._attempts_topic, self._dlq_topic),
+                fetch_max_bytes=FETCH_MAX_BYTES,
+                partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            )
         )
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
@@ -293,7 +300,7 @@ class DeliveryLog:
         if self._shared:
             await self._start_shared()
         else:
-            await self.history.start(self._assignment)
+            await self._history().start(self._assignment)
             self._consumer.assign(self._assignment)
             self._start_ends = await self._consumer.end_offsets(self._assignment)
             await self._consumer.seek_to_beginning(*self._assignment)
@@ -320,8 +327,7 @@ class DeliveryLog:
                 rebuild = self._failed(exc)
                 await asyncio.sleep(self._retry_after_s)
                 if self._shared:
-                    # Connect again; nothing of the shared store is ever thrown away.
-                    await self._close_index(discard=False)
+                    await self._retry_shared(exc)
                 elif rebuild:
                     await self._close_index(discard=True)
                 else:
@@ -332,7 +338,8 @@ class DeliveryLog:
         if self._replays is not self._consumer:
             await close_quietly("delivery log replays consumer", self._replays.stop())
         await self.attempt_reader.stop()
-        await self.history.stop()
+        if self.history is not None:
+            await self.history.stop()
         self._reader_threads.shutdown(wait=True)
         await self._close_index(discard=False)
         self._writer_thread.shutdown(wait=True)
@@ -360,7 +367,7 @@ class DeliveryLog:
                 if offset is not None:
                     self._consumer.seek(tp, offset)
                     self._positions[tp] = offset
-            self.history.resume(loaded_state(stored))
+            self._history().resume(loaded_state(stored))
         self._recovered()
 
     async def _start_fresh(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -368,11 +375,22 @@ class DeliveryLog:
         back) and the fill of their history, kept before any record is read, so a restart
         goes on with both instead of starting again an hour later (a gap between them)."""
         assert self._writer is not None
-        heads = await self.history.plan(_now_ms(), self._start_ends)
-        kept = [*heads.items(), *stored_positions(self.history.state)]
+        history = self._history()
+        heads = await history.plan(_now_ms(), self._start_ends)
+        kept = [*heads.items(), *stored_positions(history.state)]
         await self._write(self._writer.save_positions, kept)
-        log.info("delivery_log_newest_first", since=complete_since_ms(self.history.state))
+        log.info("delivery_log_newest_first", since=complete_since_ms(history.state))
         return {**stored, **dict(kept)}
+
+    def _history(self) -> HistoryReader:
+        """The fill's reader, which only the embedded index has."""
+        assert self.history is not None, "a shared store has no history fill"
+        return self.history
+
+    @property
+    def _filling(self) -> bool:
+        """Whether the fill has history to read now (never of a shared store)."""
+        return self._caught_up and self.history is not None and self.history.wanted
 
     def _history_partitions(self) -> list[TopicPartition]:
         return [
@@ -415,7 +433,8 @@ class DeliveryLog:
         state, self._state = self._state, None
         if state is not None:
             _release_state_file(*state, discard=discard)
-        self.history.resume(None)
+        if self.history is not None:
+            self.history.resume(None)
         if discard and self._assignment and not self._shared:
             indexed = [tp for tp in self._assignment if tp.topic != self._replays_topic]
             await self._consumer.seek_to_beginning(*indexed)
@@ -508,11 +527,21 @@ class DeliveryLog:
             self._caught_up = True
             log.info("delivery_log_caught_up", store="postgresql")
 
+    async def _retry_shared(self, exc: BaseException) -> None:
+        """After a failure of the shared store: over its budget, fetch the batch again (the
+        writer measures again before it); otherwise connect again. Nothing of the shared store
+        is ever thrown away."""
+        if isinstance(exc, IndexFull):
+            await self._seek_to_indexed()
+        else:
+            await self._close_index(discard=False)
+
     async def _seek_to_indexed(self) -> None:
         """Back to the first record not indexed: what was fetched after it is fetched again."""
         for tp, offset in self._positions.items():
             self._consumer.seek(tp, offset)
-        self.history.resume(self.history.state)
+        if self.history is not None:
+            self.history.resume(self.history.state)
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
@@ -561,9 +590,8 @@ class DeliveryLog:
         """Fetch a batch, wait for the previous one's indexing, start this one's. Once the
         index has caught up with the topics, each step also reads a batch of the history it
         has yet to fill (after the previous one is written: the fill's state is then settled)."""
-        filling = self._caught_up and self.history.wanted
         batches = await self._consumer.getmany(
-            timeout_ms=0 if filling else POLL_MS, max_records=BATCH_RECORDS
+            timeout_ms=0 if self._filling else POLL_MS, max_records=BATCH_RECORDS
         )
         if writing is not None:
             await writing
@@ -571,8 +599,8 @@ class DeliveryLog:
         if self._shared:
             batches = await self._follow_shared(batches)
         older = None
-        if self._caught_up and self.history.wanted:  # again: that write may have ended it
-            older = await self.history.fetch(0 if batches else POLL_MS, BATCH_RECORDS)
+        if self._filling:  # again: that write may have ended it
+            older = await self._history().fetch(0 if batches else POLL_MS, BATCH_RECORDS)
         if batches or older is not None:
             writing = asyncio.ensure_future(self._index_both(batches, older))
         if not batches:
@@ -584,7 +612,7 @@ class DeliveryLog:
         if not self._shared and not self._caught_up and self._reached_start_ends():
             self._caught_up = True
             log.info("delivery_log_caught_up", indexed=sum(self._positions.values()))
-        if time.monotonic() - expired_at > EXPIRE_EVERY_S:
+        if time.monotonic() - expired_at > self._expire_every_s:
             expired_at = time.monotonic()
             assert self._writer is not None
             await self._write(self._writer.expire, _now_ms())
@@ -608,13 +636,14 @@ class DeliveryLog:
         for tp, offset in older.reached.items():
             reached.setdefault(tp.topic, []).extend(next_positions([(self._key(tp), offset)]))
         await self._write_topics(fetched, reached)
-        self.history.advance(older.reached)
-        state = self.history.state
+        history = self._history()
+        history.advance(older.reached)
+        state = history.state
         if state is not None and state.window_done:
-            following = await self.history.next_window()
+            following = await history.next_window()
             assert self._writer is not None
             await self._write(self._writer.save_positions, stored_positions(following))
-            self.history.resume(following)
+            history.resume(following)
             since = complete_since_ms(following)
             log.info("delivery_log_history_filled", since=since, complete=following is None)
 
@@ -692,7 +721,7 @@ class DeliveryLog:
             caught_up = behind == 0 and self._status_known and not self._unpositioned
         else:
             caught_up = behind == 0 and self._reached_start_ends()
-        since_ms = complete_since_ms(self.history.state)
+        since_ms = complete_since_ms(None if self.history is None else self.history.state)
         return IndexStatus(
             caught_up=caught_up,
             behind=behind,

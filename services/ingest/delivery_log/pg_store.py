@@ -42,6 +42,7 @@ from services.ingest.delivery_log.store import (
     MINUTE_MS,
     ROLLUPS_KEPT_MS,
     Fetched,
+    IndexFull,
     IndexQueries,
     IndexWriter,
     Positions,
@@ -197,6 +198,9 @@ class PgWriter(IndexWriter):
         self._connection = open_connection(url)
         super().__init__(PgDatabase(self._connection), per_endpoint)
         self._max_bytes = max_bytes
+        # Over the whole budget with no day left to drop: batches are refused until there is
+        # room (measured again before each).
+        self._over_budget = False
         self._keys: dict[str, int] = {}
         self._deleted: set[str] = set()
         self._deleted_seen_ms = -1
@@ -422,13 +426,28 @@ class PgWriter(IndexWriter):
         metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
         return int(used)
 
+    def _fitted(self, write: Callable[[], None]) -> None:
+        """Write a batch, unless the store is over its whole budget (``IndexFull``, nothing
+        written): as a full SQLite index, the log's routes answer 503 until there is room."""
+        if self._over_budget:
+            self.keep_within_budget(day_of(_now_ms()))
+        if self._over_budget:
+            raise IndexFull(
+                f"the store holds {self.used_bytes():,} bytes, over its budget of"
+                f" {self._max_bytes:,}, and only the current day is left to drop"
+            )
+        self._transaction(write)
+
     def keep_within_budget(self, today: int | None = None) -> None:
         """Past ``BUDGET_HIGH`` of the budget, drop the oldest days (of attempts, then of dead
-        letters) down to ``BUDGET_LOW``; the current day is never dropped. Measured on the
-        expiry timer, not after every batch: PostgreSQL counts sizes in whole pages anyway."""
+        letters) down to ``BUDGET_LOW``; the current day is never dropped, so a store still
+        over the whole budget takes no more batches. Measured on the expiry timer (and before
+        each batch while over), not after every batch: PostgreSQL counts sizes in whole pages
+        anyway."""
         if today is None:
             return
         if self.used_bytes() <= BUDGET_HIGH * self._max_bytes:
+            self._over_budget = False
             return
         for timed, _ in PARTITIONED:
             for day in sorted(self._existing_days(timed.table)):
@@ -440,6 +459,11 @@ class PgWriter(IndexWriter):
                 self._drop_days(timed.table, [day])
                 metrics.DELIVERY_LOG_EVICTED.inc(rows)
                 log.warning("delivery_log_evicted", table=timed.table, day=day, rows=rows)
+        used = self.used_bytes()
+        over = used > self._max_bytes
+        if over and not self._over_budget:
+            log.warning("delivery_log_over_budget", used_bytes=used, budget_bytes=self._max_bytes)
+        self._over_budget = over
 
 
 class PgReader(IndexQueries):
