@@ -55,7 +55,7 @@ from shared.model.messages import (
     validate_click,
     validation_problem,
 )
-from shared.model.operational import endpoint_disabled, endpoint_enabled
+from shared.model.operational import switched_by_hand
 from shared.model.signing import generate_secret, is_valid_secret, webhook_id
 from shared.model.templates import template_problems
 from shared.ops.settings import Settings
@@ -405,11 +405,7 @@ class EndpointApi:
         """Tell the operator of an endpoint a person disabled or enabled again."""
         if was_enabled == endpoint.enabled:
             return
-        event = (
-            endpoint_enabled(endpoint)
-            if endpoint.enabled
-            else endpoint_disabled(endpoint, "manual")
-        )
+        event = switched_by_hand(endpoint)
         await self._operational.publish_within(event, self._settings.publish_timeout_s)
 
     def preview_endpoint(

@@ -130,6 +130,12 @@ def endpoint_enabled(endpoint: Endpoint) -> dict[str, Any]:
     )
 
 
+def switched_by_hand(endpoint: Endpoint) -> dict[str, Any]:
+    """The event for ``endpoint`` as a person (the API, the portal, the CLI) just enabled or
+    disabled it."""
+    return endpoint_enabled(endpoint) if endpoint.enabled else endpoint_disabled(endpoint, "manual")
+
+
 def endpoint_recovered(
     endpoint: Endpoint, *, recovered_by: str, at_ms: int, failing_since_ms: int | None
 ) -> dict[str, Any] | None:
