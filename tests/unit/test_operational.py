@@ -3,15 +3,20 @@ guard; the settings that turn them on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import msgspec
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 
 from shared.delivery.breaker import CircuitBreaker, Result
+from shared.kafka.operational import OperationalWebhooks
 from shared.model.errors import SettingsError
 from shared.model.formats import build_request
 from shared.model.messages import (
@@ -266,3 +271,33 @@ def test_settings_refuse_half_or_malformed_operational_webhooks(
         load_settings(env)
     assert raised.value.name == name
     assert SECRET not in str(raised.value)
+
+
+class StalledProducer:
+    """A broker that never acknowledges: every send waits until cancelled."""
+
+    async def send_and_wait(self, *_args: Any, **_kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+
+def lost_events(event_type: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "clickhook_operational_events_total", {"type": event_type, "result": "failed"}
+    )
+    return value or 0.0
+
+
+async def test_an_event_the_broker_does_not_take_in_time_is_counted_lost_not_raised() -> None:
+    settings = load_settings(
+        {
+            "CLICKHOOK_OPERATIONAL_WEBHOOK_URL": URL,
+            "CLICKHOOK_OPERATIONAL_WEBHOOK_SECRET": SECRET,
+        }
+    )
+    webhooks = OperationalWebhooks(settings, cast(AIOKafkaProducer, StalledProducer()))
+    before = lost_events("endpoint.enabled")
+
+    async with asyncio.timeout(5):
+        await webhooks.publish_within(endpoint_enabled(disabled_endpoint()), timeout_s=0.05)
+
+    assert lost_events("endpoint.enabled") == before + 1
