@@ -42,6 +42,7 @@ from shared.kafka.endpoint_store import (
     VersionMismatch,
     WriteContended,
 )
+from shared.kafka.operational import OperationalWebhooks
 from shared.model.endpoint_extras import extras_problems, logged
 from shared.model.errors import InvalidInput, Problem, TemplateError
 from shared.model.formats import build_request, sample_click
@@ -54,6 +55,7 @@ from shared.model.messages import (
     validate_click,
     validation_problem,
 )
+from shared.model.operational import switched_by_hand
 from shared.model.signing import generate_secret, is_valid_secret, webhook_id
 from shared.model.templates import template_problems
 from shared.ops.settings import Settings
@@ -211,6 +213,7 @@ class EndpointApi:
         self._store = store
         self._auth = auth
         self._producer = producer
+        self._operational = OperationalWebhooks(settings, producer)
         # The delivery log's short health of an endpoint, shown by GET (set by create_app).
         self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct | None]] | None = None
 
@@ -385,15 +388,27 @@ class EndpointApi:
         if isinstance(body.template, str):
             _check_template(latest, body.template)
         fields = _patched(body, datetime.now(UTC))
+        was_enabled = latest.enabled
 
         def patch(current: Endpoint) -> Endpoint:
             # On the version the write applies to: a concurrent change of format or template
             # is seen here (a template already stored was checked when written).
+            nonlocal was_enabled
+            was_enabled = current.enabled
             changed = msgspec.structs.replace(current, **fields)
             _check_format(changed.format, changed.template, "template" in fields)
             return changed
 
-        return await self._change(endpoint_id, patch, if_match)
+        updated = await self._change(endpoint_id, patch, if_match)
+        await self._report_switch(was_enabled, updated)
+        return updated
+
+    async def _report_switch(self, was_enabled: bool, endpoint: Endpoint) -> None:
+        """Tell the operator of an endpoint a person disabled or enabled again."""
+        if was_enabled == endpoint.enabled:
+            return
+        event = switched_by_hand(endpoint)
+        await self._operational.publish_within(event, self._settings.publish_timeout_s)
 
     def preview_endpoint(
         self, principal: Principal, endpoint_id: str, body: PreviewRequest

@@ -15,7 +15,8 @@ from shared.delivery.deliverer import Deliverer
 from shared.delivery.endpoint_gate import EndpointGate
 from shared.kafka.clients import Record, set_aside
 from shared.kafka.endpoint_store import EndpointStore
-from shared.model.messages import DeliveryEnvelope, decode_envelope
+from shared.model.messages import DeliveryEnvelope, Endpoint, decode_envelope
+from shared.model.operational import OPERATIONAL_ENDPOINT_ID, operational_endpoint
 from shared.model.topics import Topics
 from shared.ops import metrics
 from shared.ops.logging import bind_delivery
@@ -53,6 +54,9 @@ class RetryService:
         self._waiting_counted_s = 0.0
         self._gate = gate
         self._in_flight = metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE)
+        self._operational = operational_endpoint(
+            settings.operational_webhook_url, settings.operational_webhook_secret
+        )
 
     # --- hooks for the partition worker ---------------------------------------------------
 
@@ -88,7 +92,7 @@ class RetryService:
 
     async def _redeliver(self, envelope: DeliveryEnvelope) -> None:
         metrics.RETRY_LATENESS_SECONDS.observe(max(0, _now_ms() - envelope.due_at_ms) / 1000)
-        endpoint = self._endpoints.table.get(envelope.endpoint_id)
+        endpoint = self._endpoint(envelope.endpoint_id)
         if endpoint is None:
             await self._deliverer.dead_letter(envelope, "endpoint_deleted")
             return
@@ -106,6 +110,13 @@ class RetryService:
         finally:
             self._in_flight.dec()
             self._gate.leave(endpoint.id)
+
+    def _endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint as it stands; the operational one from the settings (None once its URL
+        is unset: its deliveries are then dead-lettered ``endpoint_deleted``)."""
+        if endpoint_id == OPERATIONAL_ENDPOINT_ID:
+            return self._operational
+        return self._endpoints.table.get(endpoint_id)
 
     async def _set_aside(self, record: Record, reason: str) -> None:
         """An unreadable envelope is kept, as it was, in the dead-letter topic."""

@@ -20,7 +20,9 @@ from shared.cli import endpoint_import
 from shared.cli.base import CliError, verb_group, write_json, write_json_line, write_table
 from shared.kafka.clients import create_producer
 from shared.kafka.endpoint_store import EndpointStore
+from shared.kafka.operational import OperationalWebhooks
 from shared.model.messages import Endpoint
+from shared.model.operational import switched_by_hand
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
 
@@ -83,8 +85,12 @@ async def set_enabled(settings: Settings, args: argparse.Namespace) -> None:
     enable: bool = args.verb == "enable"
     reason: str | None = None if enable else args.reason
 
+    switched = False
+
     def change(current: Endpoint) -> Endpoint | None:
         """Pure, so the store may apply it again to a newer version after a race."""
+        nonlocal switched
+        switched = current.enabled != enable
         if current.enabled == enable:
             return None
         return msgspec.structs.replace(
@@ -96,10 +102,28 @@ async def set_enabled(settings: Settings, args: argparse.Namespace) -> None:
         after = await store.update(args.id, change)
     if after is None:
         raise CliError(f"no endpoint {args.id}: it was deleted meanwhile")
+    if switched:
+        await report_switch(settings, after)
     if before.enabled == enable:
         print(f"{args.id} is already {args.verb}d")
     else:
         print(f"{args.id} {args.verb}d")
+
+
+async def report_switch(settings: Settings, endpoint: Endpoint) -> None:
+    """Tell the operator's shortener, as the API does (when the command's environment sets
+    CLICKHOOK_OPERATIONAL_WEBHOOK_URL)."""
+    if not settings.operational_webhook_url:
+        return
+    event = switched_by_hand(endpoint)
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+        await OperationalWebhooks(settings, producer).publish_within(
+            event, settings.publish_timeout_s
+        )
+    finally:
+        await close_quietly("producer", producer.stop())
 
 
 def add_commands(commands: Any) -> None:

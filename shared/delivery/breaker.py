@@ -136,6 +136,11 @@ class CircuitBreaker:
             return 0.0
         return now_s - health.failing_since_s
 
+    def failing_since_s(self, endpoint_id: str) -> float | None:
+        """When the endpoint's current failure streak began; None when it is not failing."""
+        health = self._health.get(endpoint_id)
+        return None if health is None else health.failing_since_s
+
     def forget(self, endpoint_id: str) -> None:
         self._health.pop(endpoint_id, None)
 

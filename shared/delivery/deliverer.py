@@ -36,6 +36,7 @@ from shared.delivery.breaker import CircuitBreaker, Result
 from shared.delivery.sender import AttemptResult, Sender
 from shared.kafka.clients import produce_durably, until_done
 from shared.kafka.endpoint_store import EndpointStore
+from shared.kafka.operational import OperationalWebhooks
 from shared.model.messages import (
     AttemptRecord,
     DeadLetter,
@@ -44,6 +45,12 @@ from shared.model.messages import (
     DeliveryEnvelope,
     Endpoint,
     encode,
+)
+from shared.model.operational import (
+    delivery_exhausted,
+    endpoint_disabled,
+    endpoint_recovered,
+    reports_on,
 )
 from shared.model.routing import (
     DeadLettered,
@@ -93,6 +100,7 @@ class Deliverer:
         self._attempt_log = attempt_log
         self._sender = sender
         self._endpoints = endpoints
+        self._operational = OperationalWebhooks(settings, producer)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._breaker = CircuitBreaker(settings.breaker_threshold, settings.deferral_delays_s)
         self._breaker_gauge_at_s = 0.0
@@ -145,6 +153,7 @@ class Deliverer:
             deferrals=0,
             busy_since_ms=None,
         )
+        failing_since_ms = self._failing_since_ms(endpoint, envelope)
         self._track_breaker(endpoint, updated, result, generation)
         log.info(
             "delivery_attempted",
@@ -155,7 +164,38 @@ class Deliverer:
             route=route.kind,
         )
         await self._forward(endpoint, updated, route, record)
+        if record.outcome == "success" and failing_since_ms is not None:
+            await self._after_hand_off(
+                "recovered event",
+                self._operational.publish(
+                    endpoint_recovered(
+                        endpoint,
+                        recovered_by=envelope.webhook_id,
+                        at_ms=record.at_ms,
+                        failing_since_ms=failing_since_ms,
+                    )
+                ),
+            )
         await self._after_hand_off("auto-disable", self._disable_if_failing_too_long(endpoint))
+
+    def _failing_since_ms(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> int | None:
+        """Since when the endpoint has been failing before this attempt, as this process saw
+        it or as the delivery's own history of this run says (another process may have seen
+        its failures); None when it was not failing."""
+        seen_s = self._breaker.failing_since_s(endpoint.id)
+        known_ms = [
+            start_ms
+            for start_ms in (
+                None if seen_s is None else int(seen_s * 1000),
+                failure_streak_start_ms(
+                    envelope.attempts,
+                    endpoint_version=endpoint.version,
+                    replay_id=envelope.replay_id,
+                ),
+            )
+            if start_ms is not None
+        ]
+        return min(known_ms, default=None)
 
     async def defer(
         self,
@@ -244,6 +284,9 @@ class Deliverer:
         letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
         await self._send(self._topics.dlq, letter, envelope, [(HEADER_REASON, reason.encode())])
         await self._after_hand_off("dead-letter record", self._count_dead(envelope, reason))
+        await self._after_hand_off(
+            "exhausted event", self._operational.publish(delivery_exhausted(letter))
+        )
 
     async def _count_dead(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
         metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
@@ -332,6 +375,8 @@ class Deliverer:
                 metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
 
     async def _disable_if_failing_too_long(self, endpoint: Endpoint) -> None:
+        if not reports_on(endpoint.id):
+            return  # the operational endpoint lives in the settings: nothing to disable
         failing_for_s = self._breaker.failing_for_s(endpoint.id, self._clock())
         if failing_for_s >= self._settings.disable_after_s:
             days = failing_for_s / 86400
@@ -342,17 +387,29 @@ class Deliverer:
 
     async def disable_endpoint(self, endpoint: Endpoint, reason: str) -> None:
         """Disable the endpoint as it stands now: a change written since (a rotated secret, a
-        new URL) is kept, and one that disabled it already is left alone."""
+        new URL) is kept, and one that disabled it already is left alone. The operator hears
+        of it (``endpoint.disabled``) when this write disabled it."""
+        if not reports_on(endpoint.id):
+            log.warning("operational_endpoint_not_disabled", reason=reason)
+            return
+        wrote = False
 
         def disabled(current: Endpoint) -> Endpoint | None:
+            nonlocal wrote
+            wrote = current.enabled
             if not current.enabled:
                 return None
             return msgspec.structs.replace(
                 current, enabled=False, disabled_reason=reason, updated_at=datetime.now(UTC)
             )
 
-        await until_done(lambda: self._endpoints.update(endpoint.id, disabled), "disable endpoint")
+        after = await until_done(
+            lambda: self._endpoints.update(endpoint.id, disabled), "disable endpoint"
+        )
+        if not wrote or after is None:
+            return
         log.warning("endpoint_disabled", endpoint_id=endpoint.id, reason=reason)
+        await self._operational.publish(endpoint_disabled(after, "automatic"))
 
     async def _send(
         self,

@@ -14,6 +14,7 @@ May import ``shared.model`` and ``shared.ops``; never ``shared.delivery``.
 - ``metadata``: waiting for a topic's metadata (a topic created a moment ago).
 - ``service_base``: what every service starts with (topics, producer, endpoint store,
   broker probe, readiness).
+- ``operational``: operational webhooks (``shared.model.operational``) handed to delivery.
 - ``lag``: consumer lag of a service's own group, exported as metrics.
 - ``replay``: replay jobs, an endpoint's dead letters streamed back into delivery and
   recorded in ``webhook.replays``.

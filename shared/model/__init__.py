@@ -11,6 +11,8 @@ tested without a broker or a socket.
   want a click; ``endpoint_table``: the in-memory view of the endpoints topic.
 - ``schedule``: durations, the retry schedule, its tiers and jitter; ``routing``: what an
   attempt's outcome means and where the delivery goes next.
+- ``operational``: operational webhooks to the operator (endpoint disabled, enabled,
+  recovered; a delivery exhausted): the events, their ids, the reserved endpoint, the loop guard.
 - ``ssrf``: which destination addresses may be connected to; ``watermark``: which offsets of
   a partition may be committed while many records are in flight.
 """

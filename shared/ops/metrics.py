@@ -16,6 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from shared.model.errors import InvalidClickReason
 from shared.model.messages import BreakerState, DeadLetterReason, DeferralReason, Outcome
+from shared.model.operational import OperationalEventType
 from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
 from shared.ops.settings import Settings
 
@@ -30,6 +31,7 @@ INGEST_CLICKS_ROUTE = "/v1/clicks"
 # The retry service sets an unreadable envelope aside in the dead-letter topic as it was.
 MALFORMED_ENVELOPE = "malformed_envelope"
 DeadLetterLabel = DeadLetterReason | Literal["malformed_envelope"]
+OperationalEventResult = Literal["published", "failed"]
 
 LATENCY_BUCKETS_S = (
     0.005,
@@ -97,6 +99,12 @@ DEAD_LETTERS = Counter(
     "clickhook_dead_letters_total",
     "Deliveries written to the dead-letter topic",
     ["service", "reason"],
+)
+OPERATIONAL_EVENTS = Counter(
+    "clickhook_operational_events_total",
+    "Operational webhooks (endpoint.disabled, delivery.exhausted, ...) handed to delivery, or "
+    "lost because the broker did not take them in time (ingest only)",
+    ["type", "result"],
 )
 INVALID_RECORDS = Counter(
     "clickhook_invalid_records_total", "Records moved to clicks.invalid", ["reason"]
@@ -225,6 +233,11 @@ def initialise(service: Service, settings: Settings) -> None:
     topics = Topics(settings.topic_prefix)
     # Every service reads some of every kind of topic; a skip is counted by topic alone.
     zero(UNDECODABLE_BATCHES, topic=topics.every(settings.tier_delays_s))
+    zero(
+        OPERATIONAL_EVENTS,
+        type=literal_values(OperationalEventType),
+        result=literal_values(OperationalEventResult),
+    )
     if service == "ingest":
         _initialise_ingest(settings)
     else:

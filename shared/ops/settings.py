@@ -19,6 +19,7 @@ from shared.model.schedule import (
     parse_duration_s,
     parse_schedule,
 )
+from shared.model.signing import is_valid_secret
 
 LogFormat = Literal["json", "console"]
 Scope = str
@@ -90,6 +91,10 @@ class Settings:
     portal_key: str = field(default="", repr=False)
     portal_frame_ancestors: str = "'none'"
     public_url: str = ""
+    # Where operational webhooks go (endpoint.disabled, delivery.exhausted, ...: see
+    # shared/model/operational.py), and the secret they are signed with. Empty: none are sent.
+    operational_webhook_url: str = ""
+    operational_webhook_secret: str = field(default="", repr=False)
 
     @property
     def deferral_delays_s(self) -> tuple[float, ...]:
@@ -116,6 +121,31 @@ def parse_delivery_log_url(raw: str) -> str:
             "CLICKHOOK_DELIVERY_LOG_URL", "(not shown)", "expected postgresql://… or empty"
         )
     return url
+
+
+OPERATIONAL_URL_SCHEMES = ("https://", "http://")
+
+
+def parse_operational_webhook(env: Mapping[str, str]) -> tuple[str, str]:
+    """The operational webhooks' URL and secret: both or neither, the secret as endpoints'
+    are (``whsec_`` and base64 of 24 to 64 bytes); the secret is never echoed."""
+    url = (env.get("CLICKHOOK_OPERATIONAL_WEBHOOK_URL") or "").strip()
+    secret = (env.get("CLICKHOOK_OPERATIONAL_WEBHOOK_SECRET") or "").strip()
+    if not url:
+        if secret:
+            raise SettingsError(
+                "CLICKHOOK_OPERATIONAL_WEBHOOK_URL", "", "is required with its _SECRET"
+            )
+        return "", ""
+    if not url.startswith(OPERATIONAL_URL_SCHEMES):
+        raise SettingsError("CLICKHOOK_OPERATIONAL_WEBHOOK_URL", url, "expected https://…")
+    if not is_valid_secret(secret):
+        raise SettingsError(
+            "CLICKHOOK_OPERATIONAL_WEBHOOK_SECRET",
+            "(not shown)",
+            "expected whsec_ followed by base64 of 24 to 64 bytes",
+        )
+    return url, secret
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -206,6 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             str(breaker_max_cooldown_s),
             "must be at least CLICKHOOK_BREAKER_COOLDOWN",
         )
+    operational_url, operational_secret = parse_operational_webhook(env)
     return Settings(
         kafka_bootstrap=env.get("CLICKHOOK_KAFKA_BOOTSTRAP") or "localhost:9092",
         topic_prefix=env.get("CLICKHOOK_TOPIC_PREFIX", ""),
@@ -249,6 +280,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         portal_key=env.get("CLICKHOOK_PORTAL_KEY", ""),
         portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",
         public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),
+        operational_webhook_url=operational_url,
+        operational_webhook_secret=operational_secret,
     )
 
 
@@ -395,5 +428,18 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "CLICKHOOK_PUBLIC_URL",
         "empty: the request's scheme and host",
         "the base URL of portal links",
+    ),
+    SettingDoc(
+        "CLICKHOOK_OPERATIONAL_WEBHOOK_URL",
+        "empty: none sent",
+        "where operational webhooks go (`endpoint.disabled`, `endpoint.enabled`, "
+        "`endpoint.recovered`, `delivery.exhausted`), through the same retries and dead "
+        "letters as clicks; a private address needs `CLICKHOOK_ALLOWED_CIDRS`",
+    ),
+    SettingDoc(
+        "CLICKHOOK_OPERATIONAL_WEBHOOK_SECRET",
+        "required with the URL",
+        "signs operational webhooks (Standard Webhooks): `whsec_` and base64 of 24 to 64 "
+        "bytes; never printed",
     ),
 )

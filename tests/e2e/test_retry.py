@@ -1,5 +1,6 @@
 """The retry service against the real broker: on time, never early, crash and rebalance safe,
-dead letters with history, replay, circuit breaker and auto-disable."""
+dead letters with history, replay and circuit breaker. Auto-disable is checked with the
+operational webhook it sends (tests/e2e/test_operational_webhooks.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 import pytest
@@ -209,32 +209,6 @@ async def scrape_counter(pipeline: Pipeline, name: str, **labels: str) -> float:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
     return total
-
-
-async def test_endpoint_failing_longer_than_disable_after_is_disabled(
-    start_pipeline: StartPipeline, receiver: Receiver
-) -> None:
-    receiver.respond = lambda _, __: 500
-    pipeline = await start_pipeline(
-        CLICKHOOK_RETRY_SCHEDULE="1s,1s,1s,1s,1s", CLICKHOOK_DISABLE_AFTER="2s"
-    )
-    endpoint = await pipeline.create_endpoint(receiver.url())
-    headers = {"authorization": f"Bearer {ACCOUNT_TOKEN}"}
-
-    await pipeline.post_clicks(make_click("evt_disable", account_id=ACCOUNT_ID))
-    deadline = time.monotonic() + 20
-    shown: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        async with pipeline.session.get(
-            f"{pipeline.ingest_url}/v1/endpoints/{endpoint['id']}", headers=headers
-        ) as response:
-            shown = await response.json()
-        if not shown["enabled"]:
-            break
-        await asyncio.sleep(0.5)
-
-    assert shown["enabled"] is False
-    assert "CLICKHOOK_DISABLE_AFTER" in shown["disabled_reason"]
 
 
 async def test_envelope_in_a_tier_of_an_older_schedule_is_not_stranded(
