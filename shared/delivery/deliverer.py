@@ -44,6 +44,7 @@ from shared.model.messages import (
     DeferralReason,
     DeliveryEnvelope,
     Endpoint,
+    body_sent_by,
     encode,
 )
 from shared.model.operational import (
@@ -155,6 +156,7 @@ class Deliverer:
         )
         failing_since_ms = self._failing_since_ms(endpoint, envelope)
         self._track_breaker(endpoint, updated, result, generation)
+        record = _without_repeated_body(record, envelope, endpoint.version)
         log.info(
             "delivery_attempted",
             attempt=attempt_no,
@@ -461,3 +463,14 @@ class Deliverer:
                     self._latency_seconds.observe(
                         max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
                     )
+
+
+def _without_repeated_body(
+    record: AttemptRecord, envelope: DeliveryEnvelope, endpoint_version: int
+) -> AttemptRecord:
+    """The record for the delivery log, pointing at the run's first attempt for its request
+    body instead of copying it again (the delivery log shows it from there)."""
+    first = body_sent_by(envelope.attempts, endpoint_version, envelope.replay_id)
+    if first is None:
+        return record
+    return msgspec.structs.replace(record, request_body=None, request_body_of=first)

@@ -32,6 +32,12 @@ Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 T = TypeVar("T")
 
 
+def compression_type(settings: Settings) -> str | None:
+    """aiokafka's name for the settings' codec: every producer the services create uses it, so
+    every topic's batches are stored compressed (the broker keeps the producer's codec)."""
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
+
+
 def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
     """Idempotent producer (acks=all): a send resolves only once the record is durable; one
     whose sequence the broker lost starts again under a new producer id (``idempotence``).
@@ -51,6 +57,7 @@ def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProduc
         linger_ms=linger_ms,
         max_batch_size=HANDOFF_BATCH_BYTES,
         max_request_size=MAX_MESSAGE_BYTES,
+        compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook",
     )
@@ -65,7 +72,7 @@ def create_audit_producer(settings: Settings) -> AIOKafkaProducer:
         acks=1,
         linger_ms=50,
         max_batch_size=256 * 1024,
-        compression_type=None,
+        compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook-attempts",
     )

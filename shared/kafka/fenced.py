@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced, UnknownError
 from aiokafka.structs import RecordMetadata
 
-from shared.kafka.clients import MAX_MESSAGE_BYTES
+from shared.kafka.clients import MAX_MESSAGE_BYTES, compression_type
 from shared.model.errors import ClickhookError
 from shared.ops.process import close_quietly
 from shared.ops.settings import Settings
@@ -298,6 +298,7 @@ class FencedWriter:
             request_timeout_ms=timeout_ms,
             retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             max_request_size=MAX_MESSAGE_BYTES,
+            compression_type=compression_type(self._settings),
             client_id=self._client_id,
         )
 

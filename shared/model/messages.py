@@ -466,6 +466,25 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     service: str | None = None
     request_headers: dict[str, str] | None = None
     request_body: str | None = None  # the first LOGGED_BODY_CHARS characters
+    # Set instead of ``request_body`` when an earlier attempt of the same run sent the same
+    # body: that attempt's number, whose record holds it (one copy per run, not per attempt).
+    # None on records that carry their body, and on records written before this field.
+    request_body_of: int | None = None
+
+
+def body_sent_by(
+    history: list[AttemptRecord], endpoint_version: int | None, replay_id: str | None
+) -> int | None:
+    """The number of the run's first attempt in ``history``, whose record in the delivery log
+    holds the request body that every later attempt of the run sends again: the body depends
+    only on the event and the endpoint's format, which a new endpoint version may change (and a
+    replay starts a run of its own). None when this attempt is the run's first."""
+    if endpoint_version is None:
+        return None
+    for earlier in history:
+        if earlier.endpoint_version == endpoint_version and earlier.replay_id == replay_id:
+            return earlier.attempt
+    return None
 
 
 class DeliveryEnvelope(msgspec.Struct, frozen=True, kw_only=True):

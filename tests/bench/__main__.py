@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.bench import (
+    bytes_per_click,
     caps,
     endpoint_writes,
     external,
@@ -45,6 +46,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("outage", semantics.outage_growth),
     ("replay", semantics.replay_memory),
     ("endpoint writes", endpoint_writes.endpoint_writes),
+    ("bytes", bytes_per_click.bytes_per_click),
 )
 EXTERNAL = ("scale", "delivery log")
 
@@ -73,6 +75,7 @@ async def run_scenarios(
             receiver.start()
             await receiver.wait_ready(session)
             bench = Bench(plan, bootstrap, receiver, session, log_dir)
+            bench.broker_data_dir = broker.data_dir()
             for name, scenario in chosen:
                 started = time.monotonic()
                 await scenario(bench)

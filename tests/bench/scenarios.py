@@ -132,6 +132,7 @@ class Bench:
     session: aiohttp.ClientSession
     log_dir: Path
     samples: dict[str, list[float]] = field(default_factory=dict)
+    broker_data_dir: Path | None = None  # where the broker keeps its log segments
 
     def record(self, key: str, value: float) -> None:
         self.samples.setdefault(key, []).append(value)

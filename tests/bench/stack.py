@@ -53,13 +53,24 @@ class Broker:
     def stop(self) -> None:
         self._kafka_sh("stop")
 
+    def data_dir(self) -> Path:
+        """The broker's ``log.dirs``, as kafka.sh wrote it into the node's properties."""
+        properties = self._state_dir() / "server.properties"
+        for line in properties.read_text().splitlines():
+            if line.startswith("log.dirs="):
+                return Path(line.removeprefix("log.dirs="))
+        raise RuntimeError(f"no log.dirs in {properties}")
+
+    def _state_dir(self) -> Path:
+        return self._log_dir / f"kafka-{self.port}"
+
     def _kafka_sh(self, command: str) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_LOG_LEVEL": "WARN",
             # The broker's pid file, config and logs go with the bench's other logs.
-            "KAFKA_STATE_DIR": str(self._log_dir / f"kafka-{self.port}"),
+            "KAFKA_STATE_DIR": str(self._state_dir()),
         }
         return subprocess.run(
             ["bash", "deploy/local/kafka.sh", command],

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shared.model.messages import decode_dead_letter
+from shared.model.messages import decode_attempt, decode_dead_letter
 from shared.model.topics import HEADER_REASON
 from tests.e2e.conftest import ACCOUNT_ID, StartPipeline
 from tests.support.clicks import make_click
@@ -77,6 +77,11 @@ async def test_delivery_failing_every_tier_lands_in_the_dlq_with_its_history(
     assert [a.status for a in letter.envelope.attempts] == [500, 500, 500]
     assert all(a.at_ms > 0 and a.outcome == "http_5xx" for a in letter.envelope.attempts)
     assert len(receiver.received) == 3
+    # The delivery log holds the body once: the first attempt's record; the retries name it.
+    logged = await read_records(pipeline.bootstrap, pipeline.topic("webhook.attempts"), 3, 30)
+    first, *retries = sorted((decode_attempt(r.value) for r in logged), key=lambda a: a.attempt)
+    assert first.request_body == receiver.received[0].body.decode()
+    assert [(a.request_body, a.request_body_of) for a in retries] == [(None, 1), (None, 1)]
 
 
 async def test_malformed_record_is_set_aside_and_the_next_one_delivered(

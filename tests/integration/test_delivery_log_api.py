@@ -363,6 +363,41 @@ async def test_attempt_detail_shows_the_request_read_back_from_the_topic(
         assert response.status == 404, missing
 
 
+async def test_a_retry_shows_the_body_its_run_s_first_attempt_logged(
+    ingest: Client, producer: KeyedProducer, topics: Topics
+) -> None:
+    """A later attempt of a run does not copy the body it sent again (``request_body_of``):
+    its detail shows the first attempt's, read back from that record."""
+    endpoint_id = await create_endpoint(ingest)
+    at_ms = now_ms()
+    first = attempt(
+        endpoint_id,
+        "evt_r",
+        at_ms=at_ms,
+        outcome="http_5xx",
+        status=503,
+        request_headers={"user-agent": "x"},
+        request_body='{"type":"link.clicked","n":1}',
+    )
+    other = attempt(
+        endpoint_id, "evt_other", at_ms=at_ms + 1, request_body='{"type":"link.clicked","n":2}'
+    )
+    second = attempt(
+        endpoint_id, "evt_r", at_ms=at_ms + 2, attempt=2,
+        request_headers={"user-agent": "x"}, request_body_of=1,
+    )  # fmt: skip
+    await producer.send(topics.attempts, endpoint_id, [first, other, second])
+    await until_listed(ingest, endpoint_id, 3)
+    page = await get_json(ingest, f"/v1/endpoints/{endpoint_id}/attempts")
+    newest = page["data"][0]
+    assert newest["attempt"] == 2
+
+    detail = await get_json(ingest, f"/v1/endpoints/{endpoint_id}/attempts/{newest['id']}")
+    assert detail["request_available"] is True
+    assert detail["request_body"] == '{"type":"link.clicked","n":1}'
+    assert detail["request_headers"] == {"user-agent": "x"}
+
+
 async def test_test_event_goes_to_clicks_addressed_to_the_endpoint(
     ingest: Client, kafka_bootstrap: str, topics: Topics
 ) -> None:

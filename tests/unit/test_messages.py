@@ -22,6 +22,7 @@ from shared.model.messages import (
     Endpoint,
     EndpointFilters,
     EndpointSecret,
+    body_sent_by,
     decode_attempt,
     decode_click,
     decode_dead_letter,
@@ -536,3 +537,58 @@ def test_endpoint_times_keep_their_instant_across_offsets() -> None:
         _endpoint(), updated_at=datetime(2025, 1, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
     )
     assert decode_endpoint(encode(endpoint)).updated_at == NOW
+
+
+# --- what an attempt record carries (issue 26: bytes per click) -----------------------------
+
+
+def _tried(number: int, version: int | None = 7, replay_id: str | None = None) -> AttemptRecord:
+    return AttemptRecord(
+        webhook_id="msg_1", event_id="evt_1", endpoint_id="ep_1", account_id="acc_1",
+        attempt=number, at_ms=number, duration_ms=1.0, outcome="http_5xx",
+        endpoint_version=version, replay_id=replay_id,
+    )  # fmt: skip
+
+
+def test_the_first_attempt_of_a_run_keeps_its_body() -> None:
+    assert body_sent_by([], 7, None) is None
+
+
+def test_a_later_attempt_points_at_the_run_s_first() -> None:
+    assert body_sent_by([_tried(1), _tried(2)], 7, None) == 1
+
+
+def test_a_new_endpoint_version_starts_a_run_with_its_own_body() -> None:
+    assert body_sent_by([_tried(1, version=6)], 7, None) is None
+    assert body_sent_by([_tried(1, version=6), _tried(2)], 7, None) == 2
+
+
+def test_a_replay_starts_a_run_with_its_own_body() -> None:
+    history = [_tried(1), _tried(2), _tried(3, replay_id="rpl_1")]
+    assert body_sent_by(history[:2], 7, "rpl_1") is None
+    assert body_sent_by(history, 7, "rpl_1") == 3
+
+
+def test_history_written_before_endpoint_versions_never_stands_in_for_a_body() -> None:
+    assert body_sent_by([_tried(1, version=None)], None, None) is None
+    assert body_sent_by([_tried(1, version=None)], 7, None) is None
+
+
+def test_an_attempt_record_from_before_request_body_of_still_decodes() -> None:
+    """Old records keep being indexed and shown: the new field is optional."""
+    old = {
+        "v": 1, "webhook_id": "msg_1", "event_id": "evt_1", "endpoint_id": "ep_1",
+        "account_id": "acc_1", "attempt": 1, "at_ms": 1, "duration_ms": 1.0,
+        "outcome": "success", "request_body": "{}",
+    }  # fmt: skip
+    record = decode_attempt(msgspec.json.encode(old))
+    assert record.request_body == "{}"
+    assert record.request_body_of is None
+
+
+def test_a_record_pointing_at_an_earlier_body_carries_no_copy_of_it() -> None:
+    pointing = msgspec.structs.replace(_tried(2), request_body_of=1)
+    encoded = encode(pointing)
+    assert b"request_body" in encoded  # the pointer, named
+    assert decode_attempt(encoded).request_body is None
+    assert decode_attempt(encoded).request_body_of == 1

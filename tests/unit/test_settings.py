@@ -86,6 +86,7 @@ def test_load_settings_reads_the_documented_variables() -> None:
         "CLICKHOOK_BREAKER_THRESHOLD": "3",
         "CLICKHOOK_BREAKER_COOLDOWN": "90s",
         "CLICKHOOK_DISABLE_AFTER": "1d",
+        "CLICKHOOK_KAFKA_COMPRESSION": "lz4",
     }
     assert load_settings(env) == dataclasses.replace(
         Settings(),
@@ -112,7 +113,13 @@ def test_load_settings_reads_the_documented_variables() -> None:
         breaker_threshold=3,
         breaker_cooldown_s=90.0,
         disable_after_s=86400.0,
+        kafka_compression="lz4",
     )
+
+
+def test_load_settings_refuses_a_codec_kafka_does_not_have() -> None:
+    with pytest.raises(SettingsError, match=r"CLICKHOOK_KAFKA_COMPRESSION.*expected one of none"):
+        load_settings({"CLICKHOOK_KAFKA_COMPRESSION": "brotli"})
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,10 @@ from shared.ops.supervision import Supervisor
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 250
+# How many of a delivery's earlier records (attempts and deferrals at one endpoint) are looked
+# through for the attempt whose record holds the request body a later one sent again: more
+# than a whole retry schedule with its deferrals makes.
+EARLIER_ATTEMPTS_SCANNED = 1000
 STATUS = re.compile(r"success|failure|deferred|[1-5](xx|[0-9][0-9])")
 # The app's delivery log, for what looks at it from outside the routes (tests hold its fill).
 DELIVERY_LOG = web.AppKey("delivery_log", DeliveryLog)
@@ -176,13 +180,33 @@ class DeliveryLogApi:
         if found is None:
             return None
         record = await self._log.attempt_reader.read(*parsed)
+        body = record.request_body if record is not None else None
+        if record is not None and record.request_body_of is not None:
+            body = await self._body_of(endpoint_id, found, record.request_body_of)
         fields = {name: getattr(found, name) for name in found.__struct_fields__}
         return AttemptDetail(
             **fields,
             request_headers=record.request_headers if record is not None else None,
-            request_body=record.request_body if record is not None else None,
+            request_body=body,
             request_available=record is not None,
         )
+
+    async def _body_of(self, endpoint_id: str, later: Attempt, number: int) -> str | None:
+        """The request body of attempt ``number`` of ``later``'s delivery, which a later
+        attempt of the same run sent again and so did not copy (None once it is gone)."""
+        parsed = parse_record_id(later.id, ATTEMPT_ID_PREFIX)
+        assert parsed is not None  # ids come from the index
+        where = AttemptFilter(event_id=later.event_id, before=(to_ms(later.at), position(*parsed)))
+        earlier = await self._log.read(
+            self._log.reader.attempts, endpoint_id, where, EARLIER_ATTEMPTS_SCANNED
+        )
+        for attempt in earlier:
+            if attempt.webhook_id == later.webhook_id and attempt.attempt == number:
+                where_it_is = parse_record_id(attempt.id, ATTEMPT_ID_PREFIX)
+                assert where_it_is is not None
+                first = await self._log.attempt_reader.read(*where_it_is)
+                return first.request_body if first is not None else None
+        return None
 
     async def event_attempts(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
