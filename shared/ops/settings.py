@@ -90,6 +90,9 @@ class Settings:
     portal_key: str = field(default="", repr=False)
     portal_frame_ancestors: str = "'none'"
     public_url: str = ""
+    # Where spans go (OTLP over HTTP, the collector's base URL); empty: no spans at all, the
+    # trace context only passed on (shared/ops/tracing.py).
+    otlp_endpoint: str = ""
 
     @property
     def deferral_delays_s(self) -> tuple[float, ...]:
@@ -114,6 +117,19 @@ def parse_delivery_log_url(raw: str) -> str:
     if url and not url.startswith(DELIVERY_LOG_URL_SCHEMES):
         raise SettingsError(
             "CLICKHOOK_DELIVERY_LOG_URL", "(not shown)", "expected postgresql://… or empty"
+        )
+    return url
+
+
+OTLP_URL_SCHEMES = ("http://", "https://")
+
+
+def parse_otlp_endpoint(raw: str) -> str:
+    """The OTLP collector's base URL, or empty for tracing off; anything else fails at start."""
+    url = raw.strip()
+    if url and not url.startswith(OTLP_URL_SCHEMES):
+        raise SettingsError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", url, "expected http://… or https://… or empty"
         )
     return url
 
@@ -249,6 +265,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         portal_key=env.get("CLICKHOOK_PORTAL_KEY", ""),
         portal_frame_ancestors=env.get("CLICKHOOK_PORTAL_FRAME_ANCESTORS") or "'none'",
         public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),
+        otlp_endpoint=parse_otlp_endpoint(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
     )
 
 
@@ -393,5 +410,12 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "CLICKHOOK_PUBLIC_URL",
         "empty: the request's scheme and host",
         "the base URL of portal links",
+    ),
+    SettingDoc(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "empty: no spans",
+        "an OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`): each service "
+        "exports spans of each click's publish, deliveries and attempts; unset, the "
+        "`traceparent` is only passed on ([tracing](../operations/tracing.md))",
     ),
 )
