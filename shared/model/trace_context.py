@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # The same names in HTTP headers and Kafka record headers (as OpenTelemetry's Kafka
 # instrumentations use them).
@@ -24,15 +24,16 @@ MAX_TRACESTATE_CHARS = 512
 
 # version-trace_id-parent_id-flags; version ff is invalid. A later version may append fields
 # after a dash: they are not ours to forward, so only the four known fields are kept.
-_TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT_LENGTH = 55
 _TRACESTATE = re.compile(r"[\x20-\x7e]*")
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """A valid ``traceparent`` and, when one came with it, a valid ``tracestate``."""
+class TraceContext(NamedTuple):
+    """A valid ``traceparent`` and, when one came with it, a valid ``tracestate`` (a named
+    tuple: built for every traced record, at a third of a frozen dataclass's cost)."""
 
     traceparent: str
     tracestate: str | None = None
@@ -67,13 +68,14 @@ def trace_context(traceparent: str | None, tracestate: str | None) -> TraceConte
     match = _TRACEPARENT.match(text)
     if match is None:
         return None
-    version, trace_id, span_id, _flags = match.groups()
-    rest = text[match.end() :]
-    if (version == "00" and rest) or (rest and not rest.startswith("-")):
+    known = match.group()
+    rest = text[_TRACEPARENT_LENGTH:]
+    if rest and (known.startswith("00") or not rest.startswith("-")):
         return None
-    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+    context = TraceContext(known, _valid_tracestate(tracestate))
+    if context.trace_id == _ZERO_TRACE_ID or context.span_id == _ZERO_SPAN_ID:
         return None
-    return TraceContext(match.group(0), _valid_tracestate(tracestate))
+    return context
 
 
 def _valid_tracestate(tracestate: str | None) -> str | None:

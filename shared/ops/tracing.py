@@ -13,10 +13,17 @@ context carried on is the new span's:
   ``traceparent`` the receiver gets.
 
 Off (the default) there are no spans at all: the context read in is passed on unchanged, and
-each step costs what ``Span(parent)`` costs. Measured on the 2-core machine (``python -m
-tests.bench.tracing``, best of 5 runs of 200,000): a ``deliver`` and an ``attempt`` span per
-delivery, off, cost 0.30 µs together, against 0 for no tracing code at all and about 150 µs
-for one delivery's whole path in the dispatcher; on, with the SDK's batch processor, 22 µs.
+each step costs what building a ``Span(parent)`` costs. What tracing adds per delivery in the
+dispatcher (``python -m tests.bench.tracing``: best of 5 runs of 100,000, on the 2-core machine
+while it was busy, load 5; rendering and signing the same request took 11 µs in that run):
+
+- off, a record without ``traceparent``: 2.0 µs, under 1 % of the dispatcher's 0.22 ms of CPU
+  per delivery (docs/performance.md);
+- off, a record with ``traceparent`` and ``tracestate`` (checked, passed on): 6.9 µs;
+- on (two spans, the SDK's batch processor): 246 µs, most of it the SDK's own (62 µs a span
+  started and ended with the processor, 14 µs without it): about twice the dispatcher's CPU.
+  A sampler (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``) keeps unsampled spans away from
+  the processor, the larger part of that cost.
 
 Spans are handed to a ``BatchSpanProcessor`` (a thread of its own, a bounded queue: a collector
 that is down costs dropped spans, never memory or the event loop). The SDK reads its own

@@ -115,16 +115,16 @@ def test_load_settings_reads_the_documented_variables() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("raw", "value"),
-    [("1", True), ("TRUE", True), (" on ", True), ("0", False), ("False", False), ("no", False)],
-)
 def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     assert load_settings({}).otlp_endpoint == ""
     on = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": " http://127.0.0.1:4318 "})
     assert on.otlp_endpoint == "http://127.0.0.1:4318"
 
 
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("TRUE", True), (" on ", True), ("0", False), ("False", False), ("no", False)],
+)
 def test_load_settings_reads_booleans(raw: str, value: bool) -> None:
     assert load_settings({"CLICKHOOK_ALLOW_HTTP": raw}).allow_http is value
 
