@@ -18,7 +18,8 @@ from shared.model.errors import InvalidClick, InvalidClickReason
 from shared.model.filters import endpoint_wants
 from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_stored_click
 from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
-from shared.ops import metrics
+from shared.model.trace_context import TraceContext, from_record
+from shared.ops import metrics, tracing
 from shared.ops.logging import bind_delivery
 from shared.ops.metrics import Service
 from shared.ops.settings import Settings
@@ -57,12 +58,13 @@ class Dispatcher:
             await self._set_aside(record, exc)
             return
         targets = self._targets(record, event)
+        trace = from_record(record.headers)
         if len(targets) == 1:
             # No task to spawn for the common case: the record's own task carries it.
-            await self._deliver(targets[0], event)
+            await self._deliver(targets[0], event, trace)
         elif targets:
             # gather wraps each in a task of its own, as bind_delivery requires.
-            await asyncio.gather(*(self._deliver(endpoint, event) for endpoint in targets))
+            await asyncio.gather(*(self._deliver(endpoint, event, trace) for endpoint in targets))
 
     def _targets(self, record: Record, event: ClickEvent) -> list[Endpoint]:
         """The account's endpoints that want the click; only the named one for a click
@@ -80,31 +82,38 @@ class Dispatcher:
             return []
         return [endpoint]
 
-    async def _deliver(self, endpoint: Endpoint, event: ClickEvent) -> None:
+    async def _deliver(
+        self, endpoint: Endpoint, event: ClickEvent, trace: TraceContext | None
+    ) -> None:
         envelope = first_envelope(endpoint, event)
         bind_delivery(envelope)
-        await self._attempt_or_defer(endpoint, envelope)
+        with tracing.deliver_span(trace, envelope, service=SERVICE) as span:
+            await self._attempt_or_defer(endpoint, envelope, span.context)
 
-    async def _attempt_or_defer(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+    async def _attempt_or_defer(
+        self, endpoint: Endpoint, envelope: DeliveryEnvelope, trace: TraceContext | None
+    ) -> None:
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
             await self._deliverer.defer(
-                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s
+                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s, trace=trace
             )
             return
         try:
             async with self._deliveries:
                 self._in_flight.inc()
                 try:
-                    await self._attempt(endpoint, envelope)
+                    await self._attempt(endpoint, envelope, trace)
                 finally:
                     self._in_flight.dec()
         finally:
             self._gate.leave(endpoint.id)
 
-    async def _attempt(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+    async def _attempt(
+        self, endpoint: Endpoint, envelope: DeliveryEnvelope, trace: TraceContext | None
+    ) -> None:
         """One attempt, in a task of its own so that a drain can interrupt just the attempt
         and still finish the record (see ``defer_running``)."""
-        attempt = asyncio.ensure_future(self._deliverer.deliver(endpoint, envelope))
+        attempt = asyncio.ensure_future(self._deliverer.deliver(endpoint, envelope, trace))
         self._attempts.add(attempt)
         attempt.add_done_callback(self._attempts.discard)
         try:
@@ -113,7 +122,7 @@ class Dispatcher:
             task = asyncio.current_task()
             if not self._deferring_running or (task is not None and task.cancelling()):
                 raise
-            await self._deliverer.defer(envelope, "draining")
+            await self._deliverer.defer(envelope, "draining", trace=trace)
             log.info("delivery_deferred_at_drain")
 
     def defer_running(self) -> None:

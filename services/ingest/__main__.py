@@ -10,13 +10,14 @@ from shared.ops import metrics
 from shared.ops.logging import configure_logging
 from shared.ops.process import run, stop_on_signals
 from shared.ops.settings import load_settings
+from shared.ops.tracing import tracing
 
 
 async def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics.initialise("ingest", settings)
-    async with service_base(settings) as base:
+    async with tracing(settings, "ingest"), service_base(settings) as base:
         stop_on_signals(base.stop)
         runner = web.AppRunner(create_app(base), access_log=None)
         await runner.setup()

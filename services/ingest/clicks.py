@@ -20,7 +20,8 @@ from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid, struct_r
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import ClickEvent, decode_json, encode, validate_click
 from shared.model.topics import Topics
-from shared.ops import metrics
+from shared.model.trace_context import TraceContext, from_http
+from shared.ops import metrics, tracing
 from shared.ops.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -109,19 +110,32 @@ class ClickIntake:
         except InvalidInput as exc:
             self._invalid.inc(len(items))
             raise invalid(exc) from None
-        await self._publish(events)
+        await self._publish(events, from_http(request.headers))
         self._accepted.inc(len(events))
         return struct_response(
             Accepted(accepted=len(events), ids=[event.id for event in events]), status=202
         )
 
-    async def _publish(self, events: list[ClickEvent]) -> None:
+    async def _publish(self, events: list[ClickEvent], trace: TraceContext | None) -> None:
+        """Each click's record carries the request's trace context (the publish span's when
+        tracing is on)."""
+        with tracing.publish_span(trace, topic=self._topic, events=len(events)) as span:
+            await self._publish_traced(
+                events, [] if span.context is None else span.context.record_headers()
+            )
+
+    async def _publish_traced(
+        self, events: list[ClickEvent], headers: list[tuple[str, bytes]]
+    ) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 futures = [
                     await self._producer.send(
-                        self._topic, key=event.link_id.encode(), value=encode(event.payload)
+                        self._topic,
+                        key=event.link_id.encode(),
+                        value=encode(event.payload),
+                        headers=headers,
                     )
                     for event in events
                 ]

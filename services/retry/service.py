@@ -18,7 +18,8 @@ from shared.kafka.endpoint_store import EndpointStore
 from shared.model.messages import DeliveryEnvelope, Endpoint, decode_envelope
 from shared.model.operational import OPERATIONAL_ENDPOINT_ID, operational_endpoint
 from shared.model.topics import Topics
-from shared.ops import metrics
+from shared.model.trace_context import TraceContext, from_record
+from shared.ops import metrics, tracing
 from shared.ops.logging import bind_delivery
 from shared.ops.metrics import Service
 from shared.ops.settings import Settings
@@ -88,25 +89,26 @@ class RetryService:
             return
         # The partition worker handles each record in a task of its own.
         bind_delivery(envelope)
-        await self._redeliver(envelope)
+        with tracing.deliver_span(from_record(record.headers), envelope, service=SERVICE) as span:
+            await self._redeliver(envelope, span.context)
 
-    async def _redeliver(self, envelope: DeliveryEnvelope) -> None:
+    async def _redeliver(self, envelope: DeliveryEnvelope, trace: TraceContext | None) -> None:
         metrics.RETRY_LATENESS_SECONDS.observe(max(0, _now_ms() - envelope.due_at_ms) / 1000)
         endpoint = self._endpoint(envelope.endpoint_id)
         if endpoint is None:
-            await self._deliverer.dead_letter(envelope, "endpoint_deleted")
+            await self._deliverer.dead_letter(envelope, "endpoint_deleted", trace=trace)
             return
         if not endpoint.enabled:
-            await self._deliverer.dead_letter(envelope, "endpoint_disabled")
+            await self._deliverer.dead_letter(envelope, "endpoint_disabled", trace=trace)
             return
         if not await self._gate.enter(endpoint.id, endpoint.rate_limit_per_s):
             await self._deliverer.defer(
-                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s
+                envelope, "endpoint_busy", rate_limit_per_s=endpoint.rate_limit_per_s, trace=trace
             )
             return
         try:
             self._in_flight.inc()
-            await self._deliverer.deliver(endpoint, envelope)
+            await self._deliverer.deliver(endpoint, envelope, trace)
         finally:
             self._in_flight.dec()
             self._gate.leave(endpoint.id)

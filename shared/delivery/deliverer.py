@@ -71,7 +71,8 @@ from shared.model.schedule import (
     waited_too_long,
 )
 from shared.model.topics import HEADER_DUE_AT_MS, HEADER_REASON, Topics
-from shared.ops import metrics
+from shared.model.trace_context import TraceContext
+from shared.ops import metrics, tracing
 from shared.ops.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -113,25 +114,32 @@ class Deliverer:
         self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
         self._latency_seconds = metrics.DELIVERY_LATENCY_SECONDS.labels(service=service)
 
-    async def deliver(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> None:
+    async def deliver(
+        self, endpoint: Endpoint, envelope: DeliveryEnvelope, trace: TraceContext | None = None
+    ) -> None:
         """Make one attempt and hand the delivery off durably according to its outcome; while
-        the endpoint is known to be down, defer it to the next probe instead."""
+        the endpoint is known to be down, defer it to the next probe instead. ``trace``: the
+        delivery's trace context, the parent of the attempt's span and carried on by the
+        records it is handed off in."""
         # Any accepted write to the endpoint (a new URL, re-enabled, ...) gives it a fresh chance.
         generation = endpoint.version
         if self._breaker.refresh(endpoint.id, generation, envelope.replay_id):
             log.info("breaker_reset", reason="replay" if envelope.replay_id else "endpoint_changed")
         now_s = self._clock()
         if not self._breaker.allow(endpoint.id, now_s):
-            await self.defer(envelope, "breaker_open")
+            await self.defer(envelope, "breaker_open", trace=trace)
             return
         attempt_no = envelope.attempts_made + 1
-        result = await self._sender.attempt(
-            endpoint,
-            envelope.event,
-            webhook_id=envelope.webhook_id,
-            event_id=envelope.event_id,
-            attempt=attempt_no,
-        )
+        with tracing.attempt_span(trace, attempt=attempt_no) as span:
+            result = await self._sender.attempt(
+                endpoint,
+                envelope.event,
+                webhook_id=envelope.webhook_id,
+                event_id=envelope.event_id,
+                attempt=attempt_no,
+                trace=span.context,
+            )
+            span.attempted(result.record.status, result.record.outcome)
         self._observe(result, envelope)
         record = result.record
         route = route_after_attempt(
@@ -165,7 +173,7 @@ class Deliverer:
             duration_ms=record.duration_ms,
             route=route.kind,
         )
-        await self._forward(endpoint, updated, route, record)
+        await self._forward(endpoint, updated, route, record, trace)
         if record.outcome == "success" and failing_since_ms is not None:
             await self._after_hand_off(
                 "recovered event",
@@ -205,6 +213,7 @@ class Deliverer:
         reason: DeferralReason,
         *,
         rate_limit_per_s: float | None = None,
+        trace: TraceContext | None = None,
     ) -> None:
         """Hand the delivery off without an attempt; it keeps its place in the schedule. While
         the breaker is open it waits until the endpoint's next probe; held back by the
@@ -213,7 +222,7 @@ class Deliverer:
         now_ms = int(self._clock() * 1000)
         if reason == "endpoint_busy":
             if waited_too_long(envelope.busy_since_ms, now_ms, self._settings.retry_schedule_s):
-                await self.dead_letter(envelope, "endpoint_busy")
+                await self.dead_letter(envelope, "endpoint_busy", trace=trace)
                 return
             envelope = msgspec.structs.replace(
                 envelope, busy_since_ms=envelope.busy_since_ms or now_ms
@@ -224,7 +233,7 @@ class Deliverer:
             delay_s = shortest_wait_s(self._settings.tier_delays_s, wait_s)
         else:
             delay_s = self._settings.retry_schedule_s[0]
-        queued = await self._wait(envelope, delay_s, deferrals=envelope.deferrals + 1)
+        queued = await self._wait(envelope, delay_s, deferrals=envelope.deferrals + 1, trace=trace)
         await self._after_hand_off("deferral record", self._record_deferral(queued, reason))
 
     def _busy_delay_s(self, envelope: DeliveryEnvelope, rate_limit_per_s: float | None) -> float:
@@ -282,9 +291,16 @@ class Deliverer:
         except Exception:  # any failure here: it must not undo a finished hand-off
             log.exception("after_hand_off_failed", step=step)
 
-    async def dead_letter(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
+    async def dead_letter(
+        self,
+        envelope: DeliveryEnvelope,
+        reason: DeadLetterReason,
+        *,
+        trace: TraceContext | None = None,
+    ) -> None:
         letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
-        await self._send(self._topics.dlq, letter, envelope, [(HEADER_REASON, reason.encode())])
+        headers = [(HEADER_REASON, reason.encode())]
+        await self._send(self._topics.dlq, letter, envelope, headers, trace)
         await self._after_hand_off("dead-letter record", self._count_dead(envelope, reason))
         await self._after_hand_off(
             "exhausted event", self._operational.publish(delivery_exhausted(letter))
@@ -295,7 +311,12 @@ class Deliverer:
         log.warning("delivery_dead_lettered", reason=reason, attempts=envelope.attempts_made)
 
     async def _forward(
-        self, endpoint: Endpoint, envelope: DeliveryEnvelope, route: Route, record: AttemptRecord
+        self,
+        endpoint: Endpoint,
+        envelope: DeliveryEnvelope,
+        route: Route,
+        record: AttemptRecord,
+        trace: TraceContext | None,
     ) -> None:
         """Where the route says: nowhere (delivered), a retry tier, or the dead letters."""
         match route:
@@ -307,10 +328,11 @@ class Deliverer:
                     msgspec.structs.replace(envelope, tier=tier),
                     shortest_wait_s(self._settings.tier_delays_s, delay_s),
                     deferrals=0,
+                    trace=trace,
                 )
                 await self._after_hand_off("retry record", self._record_retry(record, queued))
             case DeadLettered(reason=reason):
-                await self.dead_letter(envelope, reason)
+                await self.dead_letter(envelope, reason, trace=trace)
                 await self._after_hand_off(
                     "attempt record", self._log_attempt(record, dead_letter_reason=reason)
                 )
@@ -331,13 +353,18 @@ class Deliverer:
         self._log_record(record, dead_letter_reason=dead_letter_reason)
 
     async def _wait(
-        self, envelope: DeliveryEnvelope, delay_s: float, *, deferrals: int
+        self,
+        envelope: DeliveryEnvelope,
+        delay_s: float,
+        *,
+        deferrals: int,
+        trace: TraceContext | None,
     ) -> DeliveryEnvelope:
         """Write the envelope to the tier topic of ``delay_s``, due after it plus jitter."""
         due_at_ms = int((self._clock() + jittered_delay_s(delay_s, self._rng)) * 1000)
         queued = msgspec.structs.replace(envelope, due_at_ms=due_at_ms, deferrals=deferrals)
         headers = [(HEADER_DUE_AT_MS, str(due_at_ms).encode())]
-        await self._send(self._topics.retry(delay_s), queued, queued, headers)
+        await self._send(self._topics.retry(delay_s), queued, queued, headers, trace)
         return queued
 
     def _current_tier(self, envelope: DeliveryEnvelope) -> int:
@@ -419,7 +446,10 @@ class Deliverer:
         message: msgspec.Struct,
         envelope: DeliveryEnvelope,
         headers: list[tuple[str, bytes]],
+        trace: TraceContext | None,
     ) -> None:
+        if trace is not None:
+            headers = [*headers, *trace.record_headers()]
         await produce_durably(
             self._producer,
             topic,

@@ -19,6 +19,7 @@ from shared.model.routing import (
     describe_exception,
     parse_retry_after_s,
 )
+from shared.model.trace_context import TraceContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,10 @@ class Sender:
         webhook_id: str,
         event_id: str,
         attempt: int,
+        trace: TraceContext | None = None,
     ) -> AttemptResult:
+        """One signed request; with ``trace``, its ``traceparent`` (and ``tracestate``) beside
+        the headers the format, the signature and the endpoint set, none of them replaced."""
         started_s = self._clock()
         now = datetime.fromtimestamp(started_s, UTC)
         body: bytes = b""
@@ -62,6 +66,8 @@ class Sender:
             body, headers = build_request(
                 endpoint, event, webhook_id=webhook_id, timestamp_s=int(started_s), now=now
             )
+            if trace is not None:
+                trace.add_to(headers)
             response = await self._client.post(endpoint.url, headers, body)
             status = response.status
             response_body = response.body.decode("utf-8", errors="replace") or None

@@ -27,6 +27,7 @@ from shared.ops.logging import configure_logging
 from shared.ops.metrics import Service
 from shared.ops.process import close_quietly, stop_on_signals
 from shared.ops.settings import Settings, load_settings
+from shared.ops.tracing import tracing
 
 # Builds the service's consumer and its worker once the base, the deliverer and the gate exist.
 WorkerFactory = Callable[
@@ -46,6 +47,7 @@ async def run_delivery_worker(
     configure_logging(settings.log_format, settings.log_level)
     metrics.initialise(service, settings)
     async with (
+        tracing(settings, service),
         service_base(settings) as base,
         deliverer_for(base, service) as deliverer,
         caps_share(base, service) as membership,

@@ -102,6 +102,9 @@ class Settings:
     # shared/model/operational.py), and the secret they are signed with. Empty: none are sent.
     operational_webhook_url: str = ""
     operational_webhook_secret: str = field(default="", repr=False)
+    # Where spans go (OTLP over HTTP, the collector's base URL); empty: no spans at all, the
+    # trace context only passed on (shared/ops/tracing.py).
+    otlp_endpoint: str = ""
 
     @property
     def deferral_delays_s(self) -> tuple[float, ...]:
@@ -153,6 +156,19 @@ def parse_operational_webhook(env: Mapping[str, str]) -> tuple[str, str]:
             "expected whsec_ followed by base64 of 24 to 64 bytes",
         )
     return url, secret
+    ),
+    SettingDoc(
+OTLP_URL_SCHEMES = ("http://", "https://")
+
+
+def parse_otlp_endpoint(raw: str) -> str:
+    """The OTLP collector's base URL, or empty for tracing off; anything else fails at start."""
+    url = raw.strip()
+    if url and not url.startswith(OTLP_URL_SCHEMES):
+        raise SettingsError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", url, "expected http://… or https://… or empty"
+        )
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -295,6 +311,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=(env.get("CLICKHOOK_PUBLIC_URL") or "").rstrip("/"),
         operational_webhook_url=operational_url,
         operational_webhook_secret=operational_secret,
+        otlp_endpoint=parse_otlp_endpoint(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
     )
 
 
@@ -460,5 +477,12 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "required with the URL",
         "signs operational webhooks (Standard Webhooks): `whsec_` and base64 of 24 to 64 "
         "bytes; never printed",
+    ),
+    SettingDoc(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "empty: no spans",
+        "an OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`): each service "
+        "exports spans of each click's publish, deliveries and attempts; unset, the "
+        "`traceparent` is only passed on ([tracing](../operations/tracing.md))",
     ),
 )

@@ -1,5 +1,6 @@
 """The deliverer against the real broker and a real receiver: what follows a hand-off never
-fails the delivery, and a replay's old history never disables an endpoint.
+fails the delivery, a replay's old history never disables an endpoint, and a delivery's trace
+context goes with its request and its hand-offs.
 
 The endpoint store is the real one (its writes go through the broker); where a test needs its
 write to fail, that one method is replaced.
@@ -31,6 +32,7 @@ from shared.model.messages import (
     validate_click,
 )
 from shared.model.topics import Topics
+from shared.model.trace_context import TraceContext, from_record
 from tests.support.clicks import make_click
 from tests.support.endpoints import endpoint_to
 from tests.support.receiver import Receiver
@@ -197,3 +199,35 @@ async def test_a_live_delivery_failing_for_days_under_this_version_still_disable
     current = base.endpoints.table.get(endpoint.id)
     assert current is not None
     assert not current.enabled
+
+
+# --- the trace context -------------------------------------------------------------------
+
+TRACE = TraceContext("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "vendor=1")
+
+
+async def test_a_deliverys_trace_context_goes_on_its_request_and_its_hand_off_records(
+    base: ServiceBase, make_deliverer: MakeDeliverer, receiver: Receiver
+) -> None:
+    """Tracing off (no collector in these tests): the context is carried on as it came."""
+    endpoint = await registered(base, receiver, "/traced")
+    receiver.respond = lambda _request, _n: 500
+    deliverer = make_deliverer()
+    envelope = delivery_to(endpoint, "evt_traced")
+
+    await deliverer.deliver(endpoint, envelope, TRACE)
+    await deliverer.dead_letter(envelope, "exhausted", trace=TRACE)
+
+    [request] = receiver.on_path("/traced")
+    assert (request.headers["traceparent"], request.headers["tracestate"]) == (
+        TRACE.traceparent,
+        TRACE.tracestate,
+    )
+    topics = Topics(base.settings.topic_prefix)
+    for topic in (topics.retry(base.settings.retry_schedule_s[0]), topics.dlq):
+        [record] = [
+            r
+            for r in await read_records(base.settings.kafka_bootstrap, topic, 1)
+            if r.value is not None and envelope.webhook_id.encode() in r.value
+        ]
+        assert from_record(record.headers) == TRACE, topic

@@ -122,6 +122,12 @@ def test_load_settings_refuses_a_codec_kafka_does_not_have() -> None:
         load_settings({"CLICKHOOK_KAFKA_COMPRESSION": "brotli"})
 
 
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
+    assert load_settings({}).otlp_endpoint == ""
+    on = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": " http://127.0.0.1:4318 "})
+    assert on.otlp_endpoint == "http://127.0.0.1:4318"
+
+
 @pytest.mark.parametrize(
     ("raw", "value"),
     [("1", True), ("TRUE", True), (" on ", True), ("0", False), ("False", False), ("no", False)],
@@ -145,6 +151,11 @@ def test_load_settings_reads_booleans(raw: str, value: bool) -> None:
         ({"CLICKHOOK_DELIVERY_TIMEOUT": "-3"}, "CLICKHOOK_DELIVERY_TIMEOUT", "negative"),
         ({"CLICKHOOK_DRAIN_GRACE": "20 seconds"}, "CLICKHOOK_DRAIN_GRACE", "not a duration"),
         ({"CLICKHOOK_ALLOWED_CIDRS": "10.0.0.0/33"}, "CLICKHOOK_ALLOWED_CIDRS", "10.0.0.0/33"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "expected http://",
+        ),
     ],
 )
 def test_load_settings_fails_fast_naming_the_variable(
