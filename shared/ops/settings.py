@@ -156,8 +156,8 @@ def parse_operational_webhook(env: Mapping[str, str]) -> tuple[str, str]:
             "expected whsec_ followed by base64 of 24 to 64 bytes",
         )
     return url, secret
-    ),
-    SettingDoc(
+
+
 OTLP_URL_SCHEMES = ("http://", "https://")
 
 
