@@ -25,6 +25,7 @@ from tests.bench import (
     report,
     scenarios,
     semantics,
+    tracing,
 )
 from tests.bench.figures import Figure, figures
 from tests.bench.scenarios import FULL, QUICK, Bench, Plan
@@ -47,6 +48,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("replay", semantics.replay_memory),
     ("endpoint writes", endpoint_writes.endpoint_writes),
     ("bytes", bytes_per_click.bytes_per_click),
+    ("tracing", tracing.tracing_cost),
 )
 EXTERNAL = ("scale", "delivery log")
 

@@ -392,6 +392,22 @@ def _bytes_ratios() -> tuple[tuple[str, str, str], ...]:
     return tuple(ratios)
 
 
+def _tracing_specs() -> list[Spec]:
+    """Issue 25: what tracing costs a delivery (tests/bench/tracing.py); off, against the
+    dispatcher's CPU per delivery in the same run: nothing measurable."""
+    return [
+        Spec("tracing.off_ms", "tracing off: per delivery", "ms"),
+        Spec("tracing.off_with_context_ms", "tracing off, a traceparent passed on", "ms"),
+        Spec("tracing.on_ms", "tracing on (OpenTelemetry SDK): per delivery", "ms"),
+        Spec(
+            "tracing.off_share",
+            "tracing off / dispatcher CPU per delivery (backlog)",
+            "x",
+            Target("<=", 0.01),
+        ),
+    ]
+
+
 def _specs() -> list[Spec]:
     return [
         *_ceiling_specs(),
@@ -406,6 +422,7 @@ def _specs() -> list[Spec]:
         *_delivery_log_specs(),
         *_endpoint_write_specs(),
         *_bytes_specs(),
+        *_tracing_specs(),
     ]
 
 
@@ -415,6 +432,8 @@ RATIOS = (
     ("cpu.retry_vs_dispatcher.backlog", "cpu.retry.backlog", "cpu.dispatcher.fan1"),
     ("cpu.retry_vs_dispatcher", "recovery.cpu.retry", "cpu.dispatcher.rate500"),
     *_bytes_ratios(),
+    # Both in ms per delivery (cpu.dispatcher.fan1 is seconds per 1,000).
+    ("tracing.off_share", "tracing.off_ms", "cpu.dispatcher.fan1"),
 )
 
 

@@ -13,6 +13,9 @@ fraction of a delivery's CPU: the dispatcher spends 0.22 ms per delivery on a su
 backlog, docs/performance.md), since a busy machine moves both alike.
 
     python -m tests.bench.tracing [--deliveries 200000] [--repeat 5]
+
+``make bench`` runs it too (scenario ``tracing``): ``tracing.off_share`` is tracing off as a share
+of the dispatcher's CPU per delivery in the same run (target: under 1 %, nothing measurable).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -30,6 +34,7 @@ from shared.model.formats import build_request
 from shared.model.messages import DeliveryEnvelope, validate_click
 from shared.model.trace_context import from_record
 from shared.ops import tracing
+from tests.bench.scenarios import Bench
 from tests.support.clicks import make_click
 from tests.support.endpoints import endpoint_to
 
@@ -79,40 +84,72 @@ def best_us(
     return best / deliveries * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.tracing", description=__doc__)
-    parser.add_argument("--deliveries", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    click = validate_click(make_click("evt_bench"), now=datetime.now(UTC))
-    envelope = first_envelope(endpoint_to("https://hooks.example.com/x"), click)
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """Microseconds per delivery, best of the runs."""
 
+    signing_us: float  # rendering and signing the request: the reference
+    off_us: float
+    off_with_context_us: float
+    on_us: float
+
+
+def measure_costs(deliveries: int, repeat: int) -> Costs:
+    """Each case best of ``repeat`` runs; tracing on (about 100 times the cost of off) runs a
+    tenth as many deliveries."""
+    click = validate_click(make_click("evt_bench"), now=datetime.now(UTC))
     endpoint = endpoint_to("https://hooks.example.com/x")
+    envelope = first_envelope(endpoint, click)
+    now = datetime.now(UTC)
 
     def signed(envelope: DeliveryEnvelope, headers: tuple[tuple[str, bytes], ...]) -> None:
         build_request(
             endpoint, envelope.event, webhook_id=envelope.webhook_id, timestamp_s=0, now=now
         )
 
-    now = datetime.now(UTC)
-    signing_us = best_us(signed, envelope, WITHOUT, args.deliveries // 10, args.repeat)
+    def measure(headers: tuple[tuple[str, bytes], ...], count: int) -> float:
+        baseline = best_us(untraced, envelope, headers, count, repeat)
+        return best_us(traced, envelope, headers, count, repeat) - baseline
 
-    def measure(headers: tuple[tuple[str, bytes], ...]) -> float:
-        baseline = best_us(untraced, envelope, headers, args.deliveries, args.repeat)
-        return best_us(traced, envelope, headers, args.deliveries, args.repeat) - baseline
-
-    rows = [("off, no context", measure(WITHOUT)), ("off, a context", measure(WITH))]
+    signing_us = best_us(signed, envelope, WITHOUT, deliveries // 10, repeat)
+    off_us = measure(WITHOUT, deliveries)
+    off_with_context_us = measure(WITH, deliveries)
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Sink(), schedule_delay_millis=100))
     tracing._tracer = provider.get_tracer("bench")
     try:
-        rows.append(("on (SDK, batch processor)", measure(WITH)))
+        on_us = measure(WITH, deliveries // 10)
     finally:
         tracing._tracer = None
         provider.shutdown()
-    print(f"{'rendering and signing':28} {signing_us:7.2f} µs per request (the reference)")
+    return Costs(signing_us, off_us, off_with_context_us, on_us)
+
+
+async def tracing_cost(bench: Bench) -> None:
+    """``make bench``'s scenario: what tracing costs a delivery, in ms (the unit of the
+    dispatcher's CPU per delivery, against which ``tracing.off_share`` sets it)."""
+    deliveries = 20_000 if bench.plan.name == "quick" else 200_000
+    for _ in range(bench.plan.repeats):
+        costs = measure_costs(deliveries, repeat=3)
+        bench.record("tracing.off_ms", costs.off_us / 1000)
+        bench.record("tracing.off_with_context_ms", costs.off_with_context_us / 1000)
+        bench.record("tracing.on_ms", costs.on_us / 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.tracing", description=__doc__)
+    parser.add_argument("--deliveries", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    costs = measure_costs(args.deliveries, args.repeat)
+    print(f"{'rendering and signing':28} {costs.signing_us:7.2f} µs per request (the reference)")
+    rows = [
+        ("off, no context", costs.off_us),
+        ("off, a context", costs.off_with_context_us),
+        ("on (SDK, batch processor)", costs.on_us),
+    ]
     for name, cost_us in rows:
-        share = cost_us / signing_us
+        share = cost_us / costs.signing_us
         print(f"{name:28} {cost_us:7.2f} µs per delivery ({share:.0%} of the reference)")
 
 
