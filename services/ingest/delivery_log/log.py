@@ -45,6 +45,7 @@ import msgspec
 import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from services.ingest.api_types import IndexStatus
 from services.ingest.delivery_log.fill import (
@@ -604,10 +605,7 @@ class DeliveryLog:
         if batches or older is not None:
             writing = asyncio.ensure_future(self._index_both(batches, older))
         if not batches:
-            # Idle: everything fetched is indexed. Positions, not offsets seen: compaction and
-            # transaction markers leave gaps.
-            for tp in self._positions:
-                self._positions[tp] = await self._consumer.position(tp)
+            await self._advance_idle_positions()
         metrics.DELIVERY_LOG_BEHIND.set(self.status().behind)
         if not self._shared and not self._caught_up and self._reached_start_ends():
             self._caught_up = True
@@ -700,6 +698,19 @@ class DeliveryLog:
         if self.replays.apply(key, record.value, record.offset) == "unreadable":
             log.warning("replay_job_unreadable", key=key)
 
+    async def _advance_idle_positions(self) -> None:
+        """Idle: everything fetched is indexed. Positions, not offsets seen: compaction and
+        transaction markers leave gaps. A shared store's partition may be revoked while this
+        waits: it is then left to its next owner (writing it back would leave this member
+        reporting a partition it no longer reads)."""
+        for tp in list(self._positions):
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:
+                continue
+            if tp in self._positions:
+                self._positions[tp] = position
+
     def _reached_start_ends(self) -> bool:
         return all(
             self._positions[tp] >= end
@@ -711,9 +722,12 @@ class DeliveryLog:
         """How far the index is behind the topics, as of the consumer's last fetches (of a
         shared store: the whole group's, as of the last look)."""
         behind = self._others_behind if self._shared else 0
+        assigned = self._consumer.assignment()
         for tp, indexed in self._positions.items():
-            if tp.topic == self._endpoints_topic:
-                continue  # tombstones to apply are not records missing from answers
+            if tp.topic == self._endpoints_topic or tp not in assigned:
+                # Tombstones to apply are not records missing from answers; a partition in
+                # the middle of a rebalance is counted by whoever reads it next.
+                continue
             highwater = self._consumer.highwater(tp)
             end = highwater if highwater is not None else self._start_ends.get(tp, 0)
             behind += max(0, end - indexed)
