@@ -17,11 +17,13 @@ dead letter ``exhausted`` means the schedule's attempts were really made.
 
 Once the hand-off is acknowledged the delivery is done: what follows (an auto-disable, a
 metric, a log line) is logged when it fails, never raised, since the caller would take the
-failure for an unfinished record and send it again.
+failure for an unfinished record and send it again; an auto-disable, a write that may take
+seconds, runs in a task of its own, so that the record is done (and committed) meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -109,6 +111,8 @@ class Deliverer:
         # Per rate-capped endpoint, until when the turns promised to its deferred deliveries
         # run (this process's view): a burst's deferrals are spread over the time it needs.
         self._turns_booked_until_s: dict[str, float] = {}
+        # Endpoint id → its disable under way (``_disable_soon``).
+        self._disabling: dict[str, asyncio.Task[None]] = {}
         self._clock = clock
         # Children looked up once: .labels() on every attempt showed up in profiles.
         self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
@@ -186,7 +190,7 @@ class Deliverer:
                     )
                 ),
             )
-        await self._after_hand_off("auto-disable", self._disable_if_failing_too_long(endpoint))
+        self._disable_if_failing_too_long(endpoint)
 
     def _failing_since_ms(self, endpoint: Endpoint, envelope: DeliveryEnvelope) -> int | None:
         """Since when the endpoint has been failing before this attempt, as this process saw
@@ -337,11 +341,7 @@ class Deliverer:
                     "attempt record", self._log_attempt(record, dead_letter_reason=reason)
                 )
                 if reason == "endpoint_gone":
-                    # After the hand-off: a contended write here must not send it again.
-                    await self._after_hand_off(
-                        "disable on 410",
-                        self.disable_endpoint(endpoint, "endpoint answered 410 Gone"),
-                    )
+                    self._disable_soon(endpoint, "endpoint answered 410 Gone")
 
     async def _record_retry(self, record: AttemptRecord, queued: DeliveryEnvelope) -> None:
         metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(queued.tier)).inc()
@@ -403,16 +403,42 @@ class Deliverer:
             for state in ("open", "half_open"):
                 metrics.BREAKERS.labels(service=self._service, state=state).set(counts[state])
 
-    async def _disable_if_failing_too_long(self, endpoint: Endpoint) -> None:
+    def _disable_if_failing_too_long(self, endpoint: Endpoint) -> None:
         if not reports_on(endpoint.id):
             return  # the operational endpoint lives in the settings: nothing to disable
         failing_for_s = self._breaker.failing_for_s(endpoint.id, self._clock())
         if failing_for_s >= self._settings.disable_after_s:
             days = failing_for_s / 86400
-            await self.disable_endpoint(
+            self._disable_soon(
                 endpoint, f"every attempt failed for {days:.1f} days (CLICKHOOK_DISABLE_AFTER)"
             )
-            self._breaker.forget(endpoint.id)
+
+    def _disable_soon(self, endpoint: Endpoint, reason: str) -> None:
+        """Disable the endpoint in a task of its own, one at a time per endpoint.
+
+        The delivery that called for it is handed off already, and the disable is a write to
+        the endpoints topic that may take seconds: awaited here, it kept every record with a
+        delivery to that endpoint from being committed meanwhile (in the ledger test, a 410
+        endpoint's disable held the dispatcher's commits at offset 0 until it was killed, and
+        everything it had delivered was delivered again). Lost in a crash, it is asked again
+        by the endpoint's next 410 or failure.
+        """
+        if endpoint.id in self._disabling:
+            return  # the running one disables it; a second write would only contend
+        task = asyncio.create_task(
+            self._after_hand_off("disable endpoint", self._disable(endpoint, reason))
+        )
+        self._disabling[endpoint.id] = task
+        task.add_done_callback(lambda _: self._disabling.pop(endpoint.id, None))
+
+    async def _disable(self, endpoint: Endpoint, reason: str) -> None:
+        await self.disable_endpoint(endpoint, reason)
+        self._breaker.forget(endpoint.id)
+
+    async def finish_disables(self, timeout_s: float) -> None:
+        """At shutdown: let the disables under way finish, for at most ``timeout_s``."""
+        if self._disabling:
+            await asyncio.wait(set(self._disabling.values()), timeout=timeout_s)
 
     async def disable_endpoint(self, endpoint: Endpoint, reason: str) -> None:
         """Disable the endpoint as it stands now: a change written since (a rotated secret, a

@@ -29,6 +29,8 @@ from shared.ops.process import close_quietly, stop_on_signals
 from shared.ops.settings import Settings, load_settings
 from shared.ops.tracing import tracing
 
+# How long a stopping service waits for the endpoint disables under way (a write each).
+DISABLES_GRACE_S = 5.0
 # Builds the service's consumer and its worker once the base, the deliverer and the gate exist.
 WorkerFactory = Callable[
     [ServiceBase, Deliverer, EndpointGate], tuple[AIOKafkaConsumer, PartitionWorker]
@@ -65,16 +67,18 @@ async def deliverer_for(base: ServiceBase, service: str) -> AsyncIterator[Delive
     settings = base.settings
     client = WebhookClient(settings.allowed_cidrs, timeout_s=settings.delivery_timeout_s)
     async with attempt_log_for(base, service) as attempt_log:
+        deliverer = Deliverer(
+            settings,
+            service=service,
+            producer=base.producer,
+            attempt_log=attempt_log,
+            sender=Sender(client),
+            endpoints=base.endpoints,
+        )
         try:
-            yield Deliverer(
-                settings,
-                service=service,
-                producer=base.producer,
-                attempt_log=attempt_log,
-                sender=Sender(client),
-                endpoints=base.endpoints,
-            )
+            yield deliverer
         finally:
+            await deliverer.finish_disables(DISABLES_GRACE_S)
             await client.close()
 
 

@@ -119,6 +119,19 @@ async def test_the_operator_hears_of_dead_letters_disables_enables_and_recoverie
     ) as response:
         assert response.status == 200, await response.text()
     enabled = await wait_for_event(receiver, "endpoint.enabled")
+    async with pipeline.session.patch(
+        f"{pipeline.ingest_url}/v1/endpoints/{flaky['id']}",
+        json={"enabled": False},
+        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
+    ) as response:
+        assert response.status == 200, await response.text()
+    await receiver.wait_until(
+        lambda: (
+            operational_events(receiver)["endpoint.disabled"]["data"]["endpoint_id"] == flaky["id"]
+        ),
+        timeout_s=ARRIVAL_TIMEOUT_S,
+    )
+    disabled_by_hand = operational_events(receiver)["endpoint.disabled"]
 
     assert exhausted["data"]["endpoint_id"] == broken["id"]
     assert exhausted["data"]["event_id"] == "evt_op_broken"
@@ -134,7 +147,8 @@ async def test_the_operator_hears_of_dead_letters_disables_enables_and_recoverie
     assert enabled["data"]["endpoint_id"] == broken["id"]
     assert recovered["data"]["endpoint_id"] == flaky["id"]
     assert recovered["data"]["failing_since"] is not None
+    assert disabled_by_hand["data"]["trigger"] == "manual"
     # Each fact once; the operator's receiver took each at the first attempt.
     operator = receiver.on_path(OPERATIONAL_PATH)
-    assert len(operator) == 4, [orjson.loads(a.body)["type"] for a in operator]
+    assert len(operator) == 5, [orjson.loads(a.body)["type"] for a in operator]
     assert await logged_outcome(pipeline, exhausted["data"]["id"]) == "success"

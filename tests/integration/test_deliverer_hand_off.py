@@ -177,6 +177,7 @@ async def test_replayed_letters_failing_once_leave_the_endpoint_enabled(
 
     for letter in letters:
         await deliverer.deliver(endpoint, msgspec.structs.replace(letter, replay_id="rpl_1"))
+    await deliverer.finish_disables(timeout_s=30)  # none should have started
 
     assert [r.status for r in receiver.on_path("/replayed")] == [503, 200, 200]
     current = base.endpoints.table.get(endpoint.id)
@@ -194,7 +195,9 @@ async def test_a_live_delivery_failing_for_days_under_this_version_still_disable
         delivery_to(endpoint, "evt_down"), [6, 5], endpoint_version=endpoint.version
     )
 
-    await make_deliverer().deliver(endpoint, envelope)
+    deliverer = make_deliverer()
+    await deliverer.deliver(endpoint, envelope)  # done: the disable follows in a task of its own
+    await deliverer.finish_disables(timeout_s=30)
 
     current = base.endpoints.table.get(endpoint.id)
     assert current is not None
