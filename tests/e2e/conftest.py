@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,26 @@ class Pipeline:
             body: dict[str, Any] = await response.json()
             assert response.status == 201, body
             return body
+
+    async def endpoint(self, endpoint_id: str, token: str = ACCOUNT_TOKEN) -> dict[str, Any]:
+        """The endpoint as the API shows it."""
+        async with self.session.get(
+            f"{self.ingest_url}/v1/endpoints/{endpoint_id}",
+            headers={"authorization": f"Bearer {token}"},
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 200, body
+            return body
+
+    async def disabled_endpoint(self, endpoint_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The endpoint as the API shows it once a service's disable has reached ingest (or as
+        it stands after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            body = await self.endpoint(endpoint_id)
+            if body["enabled"] is False or time.monotonic() > deadline:
+                return body
+            await asyncio.sleep(0.1)
 
     async def post_clicks(self, payload: Any) -> dict[str, Any]:
         async with self.session.post(

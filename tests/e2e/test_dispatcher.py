@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from shared.model.messages import decode_dead_letter, decode_envelope
-from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
+from tests.e2e.conftest import ACCOUNT_ID, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver
 from tests.support.topics import read_records
@@ -121,7 +121,7 @@ async def test_410_disables_the_endpoint_and_dead_letters(
     await pipeline.post_clicks(make_click("evt_410_1", account_id=ACCOUNT_ID))
     await receiver.wait_for(2, timeout_s=10)
     [letter_record] = await read_records(pipeline.bootstrap, pipeline.topic("webhook.dlq"), 1)
-    shown = await get_endpoint(pipeline, gone["id"])
+    shown = await pipeline.disabled_endpoint(gone["id"])
     await pipeline.post_clicks(make_click("evt_410_2", account_id=ACCOUNT_ID))
     await receiver.wait_until(lambda: len(receiver.on_path("/ok")) == 2, timeout_s=10)
     await asyncio.sleep(0.5)
@@ -130,20 +130,6 @@ async def test_410_disables_the_endpoint_and_dead_letters(
     assert shown["enabled"] is False
     assert "410" in str(shown["disabled_reason"])
     assert len(receiver.on_path("/gone")) == 1
-
-
-async def get_endpoint(pipeline: Pipeline, endpoint_id: str) -> dict[str, object]:
-    """The endpoint as the API shows it, once the dispatcher's write has reached ingest."""
-    for _ in range(50):
-        async with pipeline.session.get(
-            f"{pipeline.ingest_url}/v1/endpoints/{endpoint_id}",
-            headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-        ) as response:
-            body: dict[str, object] = await response.json()
-        if body.get("enabled") is False:
-            return body
-        await asyncio.sleep(0.1)
-    return body
 
 
 @pytest.mark.timeout(300)

@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.model.messages import MASK, decode_attempt, decode_dead_letter
 from shared.model.signing import generate_secret
-from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
+from tests.e2e.conftest import ACCOUNT_ID, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Receiver
 from tests.support.services import ROOT, free_port
@@ -47,15 +47,6 @@ async def fixture_slack() -> AsyncIterator[FakeSlack]:
     await slack.start()
     yield slack
     await slack.stop()
-
-
-async def get_endpoint(pipeline: Pipeline, endpoint_id: str) -> dict[str, Any]:
-    async with pipeline.session.get(
-        f"{pipeline.ingest_url}/v1/endpoints/{endpoint_id}",
-        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-    ) as response:
-        body: dict[str, Any] = await response.json()
-        return body
 
 
 def hex_hmac(secret: str, body: bytes) -> str:
@@ -108,7 +99,7 @@ async def test_slack_archived_channel_disables_and_revoked_hook_is_retried(
     await slack.wait_for(3, timeout_s=15, path=NO_SERVICE_PATH)
     dead_letters = await read_records(pipeline.bootstrap, pipeline.topic("webhook.dlq"), 1, 15)
     [dead] = [r for r in dead_letters if r.key == archived["id"].encode()]
-    shown = await get_endpoint(pipeline, archived["id"])
+    shown = await pipeline.disabled_endpoint(archived["id"])
 
     letter = decode_dead_letter(dead.value)
     assert (letter.reason, letter.envelope.endpoint_id) == ("endpoint_gone", archived["id"])
@@ -119,7 +110,7 @@ async def test_slack_archived_channel_disables_and_revoked_hook_is_retried(
     revoked_posts = slack.on_path(NO_SERVICE_PATH)
     assert [p.answer for p in revoked_posts] == ["no_service"] * 3
     assert len({p.headers["webhook-id"] for p in revoked_posts}) == 1
-    assert (await get_endpoint(pipeline, revoked["id"]))["enabled"] is True
+    assert (await pipeline.endpoint(revoked["id"]))["enabled"] is True
 
 
 IFTTT_PATH = "/trigger/short_link_clicked/with/key/k3y"

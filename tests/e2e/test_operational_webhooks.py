@@ -74,15 +74,6 @@ async def logged_outcome(pipeline: Pipeline, event_id: str) -> str | None:
     return None
 
 
-async def shown(pipeline: Pipeline, endpoint_id: str) -> dict[str, Any]:
-    async with pipeline.session.get(
-        f"{pipeline.ingest_url}/v1/endpoints/{endpoint_id}",
-        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-    ) as response:
-        body: dict[str, Any] = await response.json()
-        return body
-
-
 async def test_the_operator_hears_of_dead_letters_disables_enables_and_recoveries(
     start_pipeline: StartPipeline, receiver: Receiver
 ) -> None:
@@ -111,7 +102,7 @@ async def test_the_operator_hears_of_dead_letters_disables_enables_and_recoverie
     exhausted = await wait_for_event(receiver, "delivery.exhausted")
     disabled = await wait_for_event(receiver, "endpoint.disabled")
     recovered = await wait_for_event(receiver, "endpoint.recovered")
-    shown_disabled = await shown(pipeline, broken["id"])
+    shown_disabled = await pipeline.disabled_endpoint(broken["id"])
     async with pipeline.session.patch(
         f"{pipeline.ingest_url}/v1/endpoints/{broken['id']}",
         json={"enabled": True},
