@@ -25,6 +25,8 @@ log = structlog.get_logger(__name__)
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HANDOFF_BATCH_BYTES = 256 * 1024
+# The attempt log's batches: large, as nobody waits on them (create_audit_producer).
+AUDIT_BATCH_BYTES = 256 * 1024
 MIN_INSYNC_REPLICAS = 2
 
 Header = tuple[str, bytes]
@@ -71,7 +73,7 @@ def create_audit_producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap,
         acks=1,
         linger_ms=50,
-        max_batch_size=256 * 1024,
+        max_batch_size=AUDIT_BATCH_BYTES,
         compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook-attempts",

@@ -18,6 +18,7 @@ import aiohttp
 from tests.bench import (
     bytes_per_click,
     caps,
+    codec_cpu,
     endpoint_writes,
     external,
     machine,
@@ -47,6 +48,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("replay", semantics.replay_memory),
     ("endpoint writes", endpoint_writes.endpoint_writes),
     ("bytes", bytes_per_click.bytes_per_click),
+    ("codec cpu", codec_cpu.codec_cpu),
 )
 EXTERNAL = ("scale", "delivery log")
 
