@@ -25,6 +25,8 @@ log = structlog.get_logger(__name__)
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HANDOFF_BATCH_BYTES = 256 * 1024
+# The attempt log's batches: large, as nobody waits on them (create_audit_producer).
+AUDIT_BATCH_BYTES = 256 * 1024
 MIN_INSYNC_REPLICAS = 2
 
 Header = tuple[str, bytes]
@@ -34,7 +36,16 @@ T = TypeVar("T")
 
 def compression_type(settings: Settings) -> str | None:
     """aiokafka's name for the settings' codec: every producer the services create uses it, so
-    every topic's batches are stored compressed (the broker keeps the producer's codec)."""
+    every topic's batches are stored compressed (the broker keeps the producer's codec).
+
+    One codec for all of them, the attempt log's included: it writes the most records (one
+    per delivery) and ``zstd`` is the cheapest codec there as well as the smallest. Built by
+    aiokafka on the event loop, a full 256 KiB batch of attempt records at fan-out 100 took
+    0.3-0.5 ms with ``zstd`` (+0.5-1.4 µs per record over ``none``, 16x smaller), ``snappy``
+    0.5-0.6 ms (+1.6 µs, 7x), ``lz4`` 2-5 ms (aiokafka's LZ4-HC level 9, 10x), ``gzip`` 4-10
+    ms (level 9, 14x), on a machine under varying load (``python -m tests.bench.codec_cost``).
+    Against the dispatcher's 0.25 ms per delivery, ``zstd`` adds under 0.6 %.
+    """
     return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
@@ -71,7 +82,7 @@ def create_audit_producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap,
         acks=1,
         linger_ms=50,
-        max_batch_size=256 * 1024,
+        max_batch_size=AUDIT_BATCH_BYTES,
         compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook-attempts",

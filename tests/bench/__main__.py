@@ -18,6 +18,7 @@ import aiohttp
 from tests.bench import (
     bytes_per_click,
     caps,
+    codec_cpu,
     endpoint_writes,
     external,
     machine,
@@ -49,6 +50,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("endpoint writes", endpoint_writes.endpoint_writes),
     ("bytes", bytes_per_click.bytes_per_click),
     ("tracing", tracing.tracing_cost),
+    ("codec cpu", codec_cpu.codec_cpu),
 )
 EXTERNAL = ("scale", "delivery log")
 

@@ -381,6 +381,21 @@ def _bytes_specs() -> list[Spec]:
     return specs
 
 
+def _codec_cpu_specs() -> list[Spec]:
+    """Issue 26: the dispatcher's CPU at fan-out 100 per codec (tests/bench/codec_cpu.py)."""
+    label = "dispatcher CPU / 1k deliveries, fan-out 100, 20k deliveries"
+    return [
+        Spec("codec.fan100.none", f"{label}, none", "s"),
+        Spec(f"codec.fan100.{DEFAULT_COMPRESSION}", f"{label}, {DEFAULT_COMPRESSION}", "s"),
+        Spec(
+            "codec.fan100.default_vs_none",
+            f"dispatcher CPU, fan-out 100: {DEFAULT_COMPRESSION} / none",
+            "x",
+            CPU_NO_WORSE,
+        ),
+    ]
+
+
 def _bytes_ratios() -> tuple[tuple[str, str, str], ...]:
     ratios: list[tuple[str, str, str]] = []
     for phase, _ in BYTES_PHASES:
@@ -423,6 +438,7 @@ def _specs() -> list[Spec]:
         *_endpoint_write_specs(),
         *_bytes_specs(),
         *_tracing_specs(),
+        *_codec_cpu_specs(),
     ]
 
 
@@ -434,6 +450,7 @@ RATIOS = (
     *_bytes_ratios(),
     # Both in ms per delivery (cpu.dispatcher.fan1 is seconds per 1,000).
     ("tracing.off_share", "tracing.off_ms", "cpu.dispatcher.fan1"),
+    ("codec.fan100.default_vs_none", f"codec.fan100.{DEFAULT_COMPRESSION}", "codec.fan100.none"),
 )
 
 

@@ -292,7 +292,7 @@ async def deliveries(bench: Bench) -> None:
         for fanout in FANOUTS:
             for run in range(bench.plan.repeats):
                 ceiling = await _sender_ceiling(bench, f"ceiling-r{run}") if fanout == 1 else 0
-                drained = await _drain_backlog(bench, stack, fanout, f"fan{fanout}-r{run}")
+                drained = await drain_backlog(bench, stack, fanout, f"fan{fanout}-r{run}")
                 rate = rate_of(drained.ledger)
                 bench.record(f"delivery.fan{fanout}.dps", rate)
                 if ceiling:
@@ -302,7 +302,7 @@ async def deliveries(bench: Bench) -> None:
                     bench.record(f"cpu.dispatcher.fan{fanout}", cpu)
     async with bench.stack("ingest") as stack:
         for run in range(bench.plan.repeats):
-            drained = await _drain_backlog(bench, stack, 1, f"capped-r{run}")
+            drained = await drain_backlog(bench, stack, 1, f"capped-r{run}")
             bench.record("delivery.capped.dps", rate_of(drained.ledger))
             total = drained.deferred + drained.ledger.count
             bench.record("delivery.capped.deferred", 100 * drained.deferred / max(1, total))
@@ -320,11 +320,15 @@ async def _sender_ceiling(bench: Bench, group: str) -> float:
     return deliveries_per_s
 
 
-async def _drain_backlog(bench: Bench, stack: Stack, fanout: int, group: str) -> Drained:
+async def drain_backlog(
+    bench: Bench, stack: Stack, fanout: int, group: str, deliveries: int | None = None
+) -> Drained:
+    """A backlog of ``deliveries`` (the plan's by default) to ``fanout`` endpoints, drained by
+    a dispatcher started once it is written, with the dispatcher's CPU over the drain."""
     account = f"acc_{group}"
     for n in range(fanout):
         await stack.create_endpoint(bench.receiver.url(f"/ok/{group}/{n}"), account)
-    clicks = bench.plan.backlog_deliveries // fanout
+    clicks = (deliveries or bench.plan.backlog_deliveries) // fanout
     await run_job(clicks_job(bench, stack, group, clicks, None, BACKLOG_LINKS), ProduceResult)
     await stack.start("dispatcher")
     cpu_before = stack.usage("dispatcher").cpu_s
