@@ -43,10 +43,11 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # The benchmark (issues 10, 15, 18): its own broker on a free port, the services as processes,
-# a loopback receiver; then the scale and delivery-log benches (each with its own broker).
-# Prints the table and writes docs/benchmarks/ (about 20 minutes on 2 cores: run it on a quiet
-# machine). bench-quick: one short run of each of its own scenarios (about 4 minutes), in
-# docs/benchmarks/quick/; `python -m tests.bench --quick --only NAME ...` runs a few.
+# a loopback receiver; then the scale, delivery-log and durable benches (each with its own broker
+# or cluster). Prints the table and writes docs/benchmarks/ (about 20 minutes on 2 cores, some 15
+# more for the durable bench's clusters: run it on a quiet machine). bench-quick: one short run
+# of each of its own scenarios (about 4 minutes), in docs/benchmarks/quick/;
+# `python -m tests.bench --quick --only NAME ...` runs a few.
 bench: install
 	$(VENV)/bin/python -m tests.bench
 

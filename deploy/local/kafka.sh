@@ -42,8 +42,13 @@
 #   KAFKA_DATA_DIR         log.dirs to use and keep (default: a fresh mktemp -d, removed by stop);
 #                          in a cluster, node I uses KAFKA_DATA_DIR/node-I
 #   KAFKA_VERSION          Kafka version to fetch (default: kafka.version in pom.xml)
-#   KAFKA_HEAP_OPTS        default "-Xms256m -Xmx512m" (a cluster: "-Xms128m -Xmx256m" per node)
+#   KAFKA_HEAP_OPTS        default "-Xms256m -Xmx512m" (a cluster: "-Xms128m -Xmx256m" per node;
+#                          KAFKA_PROFILE=production: "-Xms1g -Xmx1g")
 #   KAFKA_JVM_OPTS         extra JVM options for the broker
+#   KAFKA_PROFILE          test (default): fast start, little memory (C1 JIT only, SerialGC,
+#                          2 network and 2 I/O threads); production: what a deployment would
+#                          run (C2 JIT, G1 with Kafka's own pause target, Kafka's default 3
+#                          network and 8 I/O threads, a 1 GiB heap per node)
 #   KAFKA_LOG_LEVEL        level of the kafka loggers in <state>/logs/server.log (default INFO)
 #   KAFKA_AUTO_CREATE_TOPICS  auto.create.topics.enable (default false)
 #   KAFKA_EXTRA_PROPERTIES extra server.properties lines, appended last (they win)
@@ -73,6 +78,25 @@ PORT=${KAFKA_PORT:-9092}
 HOST=127.0.0.1
 NODES=${KAFKA_NODES:-1}
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "KAFKA_NODES must be a positive number, got '$NODES'"
+PROFILE=${KAFKA_PROFILE:-test}
+case $PROFILE in
+  # The tests start and stop dozens of brokers on a 2-core machine: C1 only and SerialGC start
+  # a node in about a second and keep it small; two threads each are plenty for their load.
+  test)
+    PROFILE_JVM=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+    PROFILE_THREADS=(2 2)
+    PROFILE_HEAP=
+    ;;
+  # kafka-run-class.sh's own defaults: C2 compiles the hot paths (request handling, replica
+  # fetches, CRCs), G1 keeps pauses short under a steady allocation rate.
+  production)
+    PROFILE_JVM=(-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+      -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15)
+    PROFILE_THREADS=(3 8)
+    PROFILE_HEAP="-Xms1g -Xmx1g"
+    ;;
+  *) die "KAFKA_PROFILE must be test or production, got '$PROFILE'" ;;
+esac
 
 # ---------------------------------------------------------------- helpers
 
@@ -324,8 +348,9 @@ group.min.session.timeout.ms=1000
 offsets.topic.num.partitions=5
 transaction.state.log.num.partitions=5
 share.coordinator.state.topic.num.partitions=5
-num.network.threads=2
-num.io.threads=2
+# Request threads per KAFKA_PROFILE (test: 2 and 2; production: Kafka's defaults).
+num.network.threads=${PROFILE_THREADS[0]}
+num.io.threads=${PROFILE_THREADS[1]}
 num.recovery.threads.per.data.dir=1
 background.threads=4
 log.cleaner.threads=1
@@ -339,7 +364,8 @@ PROPS
 # jvm_options DIR HEAP DUMP: sets TOOL_OPTS (the format step) and BROKER_OPTS (the broker of
 # DIR). HEAP is used unless KAFKA_HEAP_OPTS is set. AppCDS: the broker's first run (per Kafka
 # and Java version) dumps its classes at exit when DUMP is "dump"; later runs map that
-# archive (about 1.5 s faster, 35 MB less RSS). KAFKA_CDS=0: off.
+# archive (about 1.5 s faster, 35 MB less RSS). KAFKA_CDS=0: off. Only the test profile
+# dumps it (the tests' brokers are the ones started often), any profile maps it.
 jvm_options() {
   local dir=$1 heap_default=$2 dump=$3
   local -a log_opts=(
@@ -354,7 +380,7 @@ jvm_options() {
     if [[ -s $jsa ]]; then
       cds_use=("-XX:SharedArchiveFile=$jsa")
       cds_broker=("${cds_use[@]}")
-    elif [[ $dump == dump ]]; then
+    elif [[ $dump == dump && $PROFILE == test ]]; then
       cds_broker=("-XX:ArchiveClassesAtExit=$dir/broker.jsa")
       echo "$jsa" >"$dir/cds_target"
     fi
@@ -362,9 +388,9 @@ jvm_options() {
   TOOL_OPTS=(-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData
     -Djava.awt.headless=true ${cds_use[@]+"${cds_use[@]}"} "${log_opts[@]}")
   local -a heap jvm_extra
-  read -r -a heap <<<"${KAFKA_HEAP_OPTS:-$heap_default}"
+  read -r -a heap <<<"${KAFKA_HEAP_OPTS:-${PROFILE_HEAP:-$heap_default}}"
   read -r -a jvm_extra <<<"${KAFKA_JVM_OPTS:-}"
-  BROKER_OPTS=("${heap[@]}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData
+  BROKER_OPTS=("${heap[@]}" "${PROFILE_JVM[@]}" -XX:-UsePerfData
     -Djava.awt.headless=true ${cds_broker[@]+"${cds_broker[@]}"} "${log_opts[@]}"
     ${jvm_extra[@]+"${jvm_extra[@]}"})
 }

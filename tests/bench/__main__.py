@@ -1,6 +1,6 @@
 """python -m tests.bench [--quick] [--only NAME ...] [--out DIR]: run the scenarios, print the
-table, write results.json, results.md and bench.png (and, in the full run, the scale and
-delivery-log benches' files, whose figures join results.json)."""
+table, write results.json, results.md and bench.png (and, in the full run, the scale,
+delivery-log and durable benches' files, whose figures join results.json)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("tracing", tracing.tracing_cost),
     ("codec cpu", codec_cpu.codec_cpu),
 )
-EXTERNAL = ("scale", "delivery log")
+EXTERNAL = ("scale", "delivery log", "durable")
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,20 +93,25 @@ async def run_scenarios(
 def run_external(
     plan: Plan, out: Path, only: list[str] | None
 ) -> tuple[list[Figure], dict[str, list[float]]]:
-    """The scale and delivery-log benches, after ours (each starts its own broker)."""
+    """The scale, delivery-log and durable benches, after ours (each starts its own broker or
+    cluster); the scale figures, and the others' samples."""
     wanted = [name for name in EXTERNAL if (only is None and plan.external) or name in (only or ())]
     quick = plan.name == "quick"
     scale: list[Figure] = []
-    delivery_log: dict[str, list[float]] = {}
+    samples: dict[str, list[float]] = {}
     if "scale" in wanted:
         started = time.monotonic()
         scale = external.run_scale(out, quick=quick)
         print(f"scale: {time.monotonic() - started:.0f}s", flush=True)
     if "delivery log" in wanted:
         started = time.monotonic()
-        delivery_log = external.run_delivery_log(out, quick=quick)
+        samples.update(external.run_delivery_log(out, quick=quick))
         print(f"delivery log: {time.monotonic() - started:.0f}s", flush=True)
-    return scale, delivery_log
+    if "durable" in wanted:
+        started = time.monotonic()
+        samples.update(external.run_durable(out, quick=quick))
+        print(f"durable: {time.monotonic() - started:.0f}s", flush=True)
+    return scale, samples
 
 
 def main() -> None:
@@ -120,10 +125,10 @@ def main() -> None:
     print(f"clickhook bench ({plan.name}, {plan.repeats} run(s) each); logs in {log_dir}")
     started = time.monotonic()
     samples = asyncio.run(run_scenarios(plan, log_dir, chosen)) if chosen else {}
-    scale, delivery_log = run_external(plan, out, args.only)
+    scale, external_samples = run_external(plan, out, args.only)
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
-    measured = figures({**samples, **delivery_log}) + scale
+    measured = figures({**samples, **external_samples}) + scale
     print()
     print(report.text_table(measured))
     report.write_json(out / "results.json", meta, measured)

@@ -1,6 +1,7 @@
 """The other benches ``make bench`` runs, each as its own process with its own broker:
-issue 18's scale-out figures (``python -m tests.bench.scale``: workers, endpoints, cluster)
-and issue 16's delivery log (``python -m tests.bench.delivery_log``). Their files are written
+issue 18's scale-out figures (``python -m tests.bench.scale``: workers, endpoints, cluster),
+issue 16's delivery log (``python -m tests.bench.delivery_log``) and issue 26's durable mode
+on a three-node cluster (``python -m tests.bench.durable``). Their files are written
 beside results.json as they would be alone; their figures join results.json."""
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def run_delivery_log(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
         keys = {f"delivery_log.{store}.{key}": path for key, path in CAP_KEYS.items()}
         samples.update(_picked(cap.get(store, {}), keys))
     return samples
+
+
+def run_durable(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
+    out = out_dir / "durable.json"
+    _run(["tests.bench.durable", "--out", str(out), *(["--quick"] if quick else [])])
+    entries = json.loads(out.read_text())["figures"]
+    return {entry["key"]: entry["samples"] for entry in entries}
 
 
 def _picked(found: dict[str, Any], keys: dict[str, tuple[str, ...]]) -> dict[str, list[float]]:

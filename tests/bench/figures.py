@@ -26,6 +26,19 @@ DELIVERING_SERVICES = 2  # dispatcher and retry: each holds an endpoint to its c
 # Issue 26: concurrent clients creating endpoints through one ingest, and one import's size.
 ENDPOINT_WRITE_CLIENTS = (1, 16, 32)
 ENDPOINT_IMPORT_LINES = 10_000
+# Issue 26: the three-node cluster (RF 3, min ISR 2, acks=all) per broker profile and codec,
+# beside one broker in the same run, and the rates of clicks through ingest's API there;
+# targets on the production profile.
+DURABLE_VARIANTS = (
+    ("one", "1 node, as make bench"),
+    ("test", "3 nodes, test brokers"),
+    ("production", "3 nodes, production brokers"),
+    ("production_none", "3 nodes, production brokers, no compression"),
+)
+DURABLE_RATES = (200, 500)
+DURABLE_TARGET = "production"
+# 1.5 x the 1,029 accepted/s the cluster took through ingest's API with the test brokers.
+DURABLE_ACCEPTED_PER_S = 1544
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +436,48 @@ def _tracing_specs() -> list[Spec]:
     ]
 
 
+def _durable_specs() -> list[Spec]:
+    """Issue 26: durable mode (tests/bench/durable.py): accepted/s through ingest's API
+    (single-event requests), CPU per event of the services and of the three brokers apart,
+    and click → webhook latency through the API, on each variant (services on zstd unless
+    named)."""
+    specs: list[Spec] = []
+    for variant, what in DURABLE_VARIANTS:
+        target = variant == DURABLE_TARGET
+        prefix = f"durable.{variant}"
+        specs += [
+            Spec(
+                f"{prefix}.ingest.rps",
+                f"{what}: accepted/s, single-event requests",
+                "/s",
+                Target(">=", DURABLE_ACCEPTED_PER_S) if target else None,
+            ),
+            Spec(f"{prefix}.ingest.cpu_ms", f"{what}: ingest CPU / accepted event", "ms"),
+            Spec(f"{prefix}.ingest.broker_cpu_ms", f"{what}: brokers' CPU / event", "ms"),
+        ]
+        for rate in DURABLE_RATES:
+            light = target and rate == HTTP_RATE
+            targets = {"p50": Target("<=", 3), "p99": Target("<=", 15)} if light else None
+            label = f"{what}: click → receiver {{}} at {rate}/s (API)"
+            specs += [
+                *_latency_specs(f"{prefix}.http{rate}", label, targets),
+                Spec(
+                    f"{prefix}.http{rate}.services_cpu_ms",
+                    f"{what}: the services' CPU / click at {rate}/s",
+                    "ms",
+                ),
+                Spec(
+                    f"{prefix}.http{rate}.broker_cpu_ms",
+                    f"{what}: brokers' CPU / click at {rate}/s",
+                    "ms",
+                ),
+            ]
+    specs.append(
+        Spec("durable.production_vs_test.rps", "3 nodes: accepted/s, production / test", "x")
+    )
+    return specs
+
+
 def _specs() -> list[Spec]:
     return [
         *_ceiling_specs(),
@@ -439,6 +494,7 @@ def _specs() -> list[Spec]:
         *_bytes_specs(),
         *_tracing_specs(),
         *_codec_cpu_specs(),
+        *_durable_specs(),
     ]
 
 
@@ -451,6 +507,7 @@ RATIOS = (
     # Both in ms per delivery (cpu.dispatcher.fan1 is seconds per 1,000).
     ("tracing.off_share", "tracing.off_ms", "cpu.dispatcher.fan1"),
     ("codec.fan100.default_vs_none", f"codec.fan100.{DEFAULT_COMPRESSION}", "codec.fan100.none"),
+    ("durable.production_vs_test.rps", "durable.production.ingest.rps", "durable.test.ingest.rps"),
 )
 
 

@@ -376,21 +376,17 @@ async def cluster(run: Run) -> None:
     bootstrap = await asyncio.to_thread(nodes.start)
     run.record("cluster.start_s", time.monotonic() - started)
     try:
-        for pid in _node_pids(nodes):
+        for pid in nodes.node_pids():
             run.record("cluster.node_rss", _rss_mb(pid))
         rate, _ = await _drain(run, 1, "cluster", run.settings(bootstrap, replication=3))
         run.record("cluster.delivery.dps", rate)
-        for pid in _node_pids(nodes):
+        for pid in nodes.node_pids():
             run.record("cluster.node_peak_rss", usage(pid).peak_rss_mb)
     finally:
         await run.stop_all()
         started = time.monotonic()
         await asyncio.to_thread(nodes.stop)
         run.record("cluster.stop_s", time.monotonic() - started)
-
-
-def _node_pids(nodes: PrivateCluster) -> list[int]:
-    return [int(path.read_text()) for path in sorted(nodes.state_dir.glob("node-*/kafka.pid"))]
 
 
 def _rss_mb(pid: int) -> float:

@@ -221,11 +221,11 @@ async def ingest(bench: Bench) -> None:
     batch = msgspec.json.encode([event] * BATCH_SIZE).decode()
     async with bench.stack("ingest") as stack:
         for _ in range(bench.plan.repeats):
-            result, cpu_s = await _closed_loop(bench, stack, single, INGEST_CONNECTIONS)
+            result, cpu_s = await closed_loop(bench, stack, single, INGEST_CONNECTIONS)
             bench.record("ingest.single.rps", result.per_s)
             bench.record("cpu.ingest.single", cpu_per_1k(cpu_s, result.ok_total))
             ceiling = await _producer_ceiling(bench, stack, event)
-            result, cpu_s = await _closed_loop(bench, stack, batch, BATCH_CONNECTIONS)
+            result, cpu_s = await closed_loop(bench, stack, batch, BATCH_CONNECTIONS)
             events_per_s = result.per_s * BATCH_SIZE
             bench.record("ingest.batch.eps", events_per_s)
             bench.record("cpu.ingest.batch", cpu_per_1k(cpu_s, result.ok_total * BATCH_SIZE))
@@ -249,7 +249,7 @@ async def _producer_ceiling(bench: Bench, stack: Stack, event: dict[str, object]
     return events_per_s
 
 
-async def _closed_loop(
+async def closed_loop(
     bench: Bench, stack: Stack, body: str, connections: int
 ) -> tuple[HttpResult, float]:
     """The load's result, and ingest's CPU seconds over all of it."""
@@ -362,13 +362,11 @@ async def latency(bench: Bench) -> None:
                 cpu_s = stack.usage("dispatcher").cpu_s - cpu_before
                 bench.record("cpu.dispatcher.rate500", cpu_per_1k(cpu_s, ledger.count))
         for group in http_runs:
-            ledger = await _http_stream(bench, stack, group, HTTP_RATE, bench.clicks(HTTP_RATE))
+            ledger = await http_stream(bench, stack, group, HTTP_RATE, bench.clicks(HTTP_RATE))
             bench.record_latencies(f"latency.http{HTTP_RATE}", ledger, bench.clicks(HTTP_RATE))
 
 
-async def _http_stream(
-    bench: Bench, stack: Stack, group: str, rate: int, count: int
-) -> GroupLedger:
+async def http_stream(bench: Bench, stack: Stack, group: str, rate: int, count: int) -> GroupLedger:
     """One click per request to ingest's API at ``rate``, as the Svix comparison sent them."""
     job = HttpStream(
         url=stack.url("ingest", "/v1/clicks"),

@@ -53,6 +53,10 @@ class Broker:
     def stop(self) -> None:
         self._kafka_sh("stop")
 
+    def node_pids(self) -> list[int]:
+        """The broker's JVM, as a one-node list (a cluster has one per node)."""
+        return [int((self._state_dir() / "kafka.pid").read_text())]
+
     def data_dir(self) -> Path:
         """The broker's ``log.dirs``, as kafka.sh wrote it into the node's properties."""
         properties = self._state_dir() / "server.properties"

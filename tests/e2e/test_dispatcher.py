@@ -132,7 +132,7 @@ async def test_410_disables_the_endpoint_and_dead_letters(
     assert len(receiver.on_path("/gone")) == 1
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 async def test_kill_9_mid_stream_loses_nothing(
     start_pipeline: StartPipeline, receiver: Receiver
 ) -> None:
@@ -152,9 +152,12 @@ async def test_kill_9_mid_stream_loses_nothing(
     await restarted.wait_ready()
     expected = {(f"/ep{n}", e["id"]) for n in range(3) for e in events}
     # Deliveries deferred by both dispatchers drain through the retry tiers, three endpoints at
-    # their shares of the caps: 30-90 s on the 2-core machine (a few wait three times in the
-    # first tier, and then a minute: the caps' back-off).
-    await receiver.wait_until(lambda: set(pairs(receiver.received)) >= expected, timeout_s=240)
+    # their shares of the caps (10 in flight per process): 220-260 s on the 2-core machine. The
+    # burst is far over the shares; deferred ones back off to the minute tier and come back a
+    # minute at a time, and the retry service lets in only what drains within the gate's 1 s
+    # wait, so the last ~1,200 take three or four minute steps (a known gap: the back-off does
+    # not yet follow the pace the endpoint shows).
+    await receiver.wait_until(lambda: set(pairs(receiver.received)) >= expected, timeout_s=420)
 
     delivered = pairs(receiver.received)
     duplicates = sum(count - 1 for count in delivered.values())

@@ -115,6 +115,7 @@ class PrivateCluster:
 
     state_dir: Path
     bootstrap: str = ""
+    profile: str = "test"  # kafka.sh's KAFKA_PROFILE
 
     def _env(self) -> dict[str, str]:
         return {
@@ -122,7 +123,12 @@ class PrivateCluster:
             "KAFKA_PORT": "0",
             "KAFKA_STATE_DIR": str(self.state_dir),
             "KAFKA_LOG_LEVEL": "WARN",
+            "KAFKA_PROFILE": self.profile,
         }
+
+    def node_pids(self) -> list[int]:
+        """The running nodes' JVMs, node 1 first."""
+        return [int(path.read_text()) for path in sorted(self.state_dir.glob("node-*/kafka.pid"))]
 
     def start(self) -> str:
         """Start the cluster, or the nodes of it that are down; the bootstrap list."""
