@@ -166,7 +166,10 @@ class Deliverer:
             deferrals=0,
             busy_since_ms=None,
         )
-        failing_since_ms = self._failing_since_ms(endpoint, envelope)
+        # Read before the breaker hears of this attempt: a success ends the streak.
+        recovered_from_ms = (
+            self._failing_since_ms(endpoint, envelope) if record.outcome == "success" else None
+        )
         self._track_breaker(endpoint, updated, result, generation)
         record = _without_repeated_body(record, envelope, endpoint.version)
         log.info(
@@ -178,7 +181,7 @@ class Deliverer:
             route=route.kind,
         )
         await self._forward(endpoint, updated, route, record, trace)
-        if record.outcome == "success" and failing_since_ms is not None:
+        if recovered_from_ms is not None:
             await self._after_hand_off(
                 "recovered event",
                 self._operational.publish(
@@ -186,7 +189,7 @@ class Deliverer:
                         endpoint,
                         recovered_by=envelope.webhook_id,
                         at_ms=record.at_ms,
-                        failing_since_ms=failing_since_ms,
+                        failing_since_ms=recovered_from_ms,
                     )
                 ),
             )
