@@ -60,6 +60,18 @@ class Pipeline:
             assert response.status == 200, body
             return body
 
+    async def patch_endpoint(
+        self, endpoint_id: str, token: str = ACCOUNT_TOKEN, **fields: Any
+    ) -> dict[str, Any]:
+        async with self.session.patch(
+            f"{self.ingest_url}/v1/endpoints/{endpoint_id}",
+            json=fields,
+            headers={"authorization": f"Bearer {token}"},
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 200, body
+            return body
+
     async def disabled_endpoint(self, endpoint_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
         """The endpoint as the API shows it once a service's disable has reached ingest (or as
         it stands after ``timeout_s``)."""

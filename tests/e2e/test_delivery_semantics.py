@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.model.messages import DeadLetter, decode_dead_letter
-from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, Pipeline, StartPipeline
+from tests.e2e.conftest import ACCOUNT_ID, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver, Responder
 from tests.support.topics import read_records
@@ -174,12 +174,7 @@ async def test_patching_the_url_of_a_down_endpoint_gives_it_a_fresh_chance(
     await publish(pipeline, "refused", count=30)
     await asyncio.sleep(2.0)  # ten refused connections in a row have opened the breaker
 
-    async with pipeline.session.patch(
-        f"{pipeline.ingest_url}/v1/endpoints/{endpoint['id']}",
-        json={"url": receiver.url()},
-        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-    ) as response:
-        assert response.status == 200, await response.text()
+    await pipeline.patch_endpoint(endpoint["id"], url=receiver.url())
     await asyncio.sleep(0.5)  # every service has seen the change
     fixed_at = datetime.now(UTC)
     await publish(pipeline, "after_fix", count=10)

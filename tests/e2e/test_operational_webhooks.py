@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from shared.model.operational import OPERATIONAL_ACCOUNT_ID
-from tests.e2e.conftest import ACCOUNT_ID, ACCOUNT_TOKEN, ADMIN_TOKEN, Pipeline, StartPipeline
+from tests.e2e.conftest import ACCOUNT_ID, ADMIN_TOKEN, Pipeline, StartPipeline
 from tests.support.clicks import make_click
 from tests.support.receiver import Received, Receiver
 
@@ -103,19 +103,9 @@ async def test_the_operator_hears_of_dead_letters_disables_enables_and_recoverie
     disabled = await wait_for_event(receiver, "endpoint.disabled")
     recovered = await wait_for_event(receiver, "endpoint.recovered")
     shown_disabled = await pipeline.disabled_endpoint(broken["id"])
-    async with pipeline.session.patch(
-        f"{pipeline.ingest_url}/v1/endpoints/{broken['id']}",
-        json={"enabled": True},
-        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-    ) as response:
-        assert response.status == 200, await response.text()
+    await pipeline.patch_endpoint(broken["id"], enabled=True)
     enabled = await wait_for_event(receiver, "endpoint.enabled")
-    async with pipeline.session.patch(
-        f"{pipeline.ingest_url}/v1/endpoints/{flaky['id']}",
-        json={"enabled": False},
-        headers={"authorization": f"Bearer {ACCOUNT_TOKEN}"},
-    ) as response:
-        assert response.status == 200, await response.text()
+    await pipeline.patch_endpoint(flaky["id"], enabled=False)
     await receiver.wait_until(
         lambda: (
             operational_events(receiver)["endpoint.disabled"]["data"]["endpoint_id"] == flaky["id"]

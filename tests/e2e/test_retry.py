@@ -149,12 +149,7 @@ async def test_deleted_and_disabled_endpoints_dead_letter_their_retries(
         f"{pipeline.ingest_url}/v1/endpoints/{deleted['id']}", headers=headers
     ) as response:
         assert response.status == 204
-    async with pipeline.session.patch(
-        f"{pipeline.ingest_url}/v1/endpoints/{disabled['id']}",
-        json={"enabled": False},
-        headers=headers,
-    ) as response:
-        assert response.status == 200
+    await pipeline.patch_endpoint(disabled["id"], enabled=False)
     records = await read_records(pipeline.bootstrap, pipeline.topic("webhook.dlq"), 2, 20)
 
     reasons = {r.key.decode(): decode_dead_letter(r.value).reason for r in records}
