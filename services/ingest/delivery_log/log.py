@@ -254,8 +254,9 @@ class DeliveryLog:
             else self._consumer
         )
         self._unpositioned: set[TopicPartition] = set()
-        # Of a shared store: the partitions other members index, as of the last look.
-        self._others_behind = 0
+        # Of a shared store: how far each partition is behind, as of the last look; a
+        # partition this member has indexed since counts as of its own fetches (``status``).
+        self._store_behind: dict[TopicPartition, int] = {}
         self._status_known = False
         self._status_at = 0.0
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
@@ -517,12 +518,10 @@ class DeliveryLog:
         ends = await self._replays.end_offsets(counted)
         beginnings = await self._replays.beginning_offsets(counted)
         stored = await self.read(self._reader.positions)
-        # Partitions this member indexes count as of its own fetches (``status``).
-        self._others_behind = sum(
-            max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
+        self._store_behind = {
+            tp: max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
             for tp in counted
-            if tp not in self._positions
-        )
+        }
         self._status_known = True
         if not self._caught_up and self.status().caught_up:
             self._caught_up = True
@@ -721,7 +720,7 @@ class DeliveryLog:
     def status(self) -> IndexStatus:
         """How far the index is behind the topics, as of the consumer's last fetches (of a
         shared store: the whole group's, as of the last look)."""
-        behind = self._others_behind if self._shared else 0
+        behind = sum(lag for tp, lag in self._store_behind.items() if tp not in self._positions)
         assigned = self._consumer.assignment()
         for tp, indexed in self._positions.items():
             if tp.topic == self._endpoints_topic or tp not in assigned:
