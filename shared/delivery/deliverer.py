@@ -117,6 +117,10 @@ class Deliverer:
         # Children looked up once: .labels() on every attempt showed up in profiles.
         self._attempt_seconds = metrics.DELIVERY_ATTEMPT_SECONDS.labels(service=service)
         self._latency_seconds = metrics.DELIVERY_LATENCY_SECONDS.labels(service=service)
+        self._attempts_by_outcome = {
+            outcome: metrics.DELIVERY_ATTEMPTS.labels(service=service, outcome=outcome)
+            for outcome in metrics.ATTEMPT_OUTCOMES
+        }
 
     async def deliver(
         self, endpoint: Endpoint, envelope: DeliveryEnvelope, trace: TraceContext | None = None
@@ -509,7 +513,7 @@ class Deliverer:
 
     def _observe(self, result: AttemptResult, envelope: DeliveryEnvelope) -> None:
         record = result.record
-        metrics.DELIVERY_ATTEMPTS.labels(service=self._service, outcome=record.outcome).inc()
+        self._attempts_by_outcome[record.outcome].inc()
         self._attempt_seconds.observe(record.duration_ms / 1000)
         if record.outcome == "success":
             occurred = envelope.event.get("occurred_at")

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared.ops import process
 from shared.ops.supervision import BackgroundTaskFailed
+
+
+@pytest.fixture(name="collector_restored", autouse=True)
+def fixture_collector_restored() -> Iterator[None]:
+    """``process.run`` tunes the collector for the whole process: not for the rest of pytest."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 class BrokenLog:
@@ -54,3 +65,16 @@ def test_a_service_that_stops_cleanly_returns_normally() -> None:
         await asyncio.sleep(0)
 
     process.run(main)
+
+
+def test_a_service_runs_with_the_collector_tuned_and_its_start_up_objects_frozen() -> None:
+    seen: list[tuple[tuple[int, int, int], int]] = []
+
+    async def main() -> None:
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    process.run(main)
+
+    [(thresholds, frozen)] = seen
+    assert thresholds == process.GC_THRESHOLDS
+    assert frozen > 0
