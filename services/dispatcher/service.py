@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -50,8 +51,9 @@ class Dispatcher:
         # in profiles.
         self._in_flight = 0
         metrics.DELIVERIES_IN_FLIGHT.labels(service=SERVICE).set_function(lambda: self._in_flight)
-        self._attempts: set[asyncio.Future[None]] = set()
-        self._deferring_running = False
+        # The tasks in an attempt, and those of them ``defer_running`` interrupted.
+        self._attempting: set[asyncio.Task[Any]] = set()
+        self._interrupted: set[asyncio.Task[Any]] = set()
 
     async def handle(self, record: Record) -> None:
         """Finish one ``clicks`` record: every delivery done or durably handed off."""
@@ -114,26 +116,34 @@ class Dispatcher:
     async def _attempt(
         self, endpoint: Endpoint, envelope: DeliveryEnvelope, trace: TraceContext | None
     ) -> None:
-        """One attempt, in a task of its own so that a drain can interrupt just the attempt
-        and still finish the record (see ``defer_running``)."""
-        attempt = asyncio.ensure_future(self._deliverer.deliver(endpoint, envelope, trace))
-        self._attempts.add(attempt)
-        attempt.add_done_callback(self._attempts.discard)
+        """One attempt, which a drain can interrupt and still finish the record: deferred to
+        the first tier (see ``defer_running``). It runs in the task that carries the delivery,
+        registered while it does: a task of its own for every attempt cost a task and a loop
+        turn per delivery."""
+        task = asyncio.current_task()
+        assert task is not None  # always awaited inside a task
+        self._attempting.add(task)
         try:
-            await attempt
+            await self._deliverer.deliver(endpoint, envelope, trace)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._deferring_running or (task is not None and task.cancelling()):
+            # Interrupted by ``defer_running`` alone (a second cancel, the drain's last resort
+            # or a caller's, goes on as a cancel).
+            if task not in self._interrupted or task.cancelling() > 1:
                 raise
+            task.uncancel()
+            self._interrupted.discard(task)
             await self._deliverer.defer(envelope, "draining", trace=trace)
             log.info("delivery_deferred_at_drain")
+        finally:
+            self._attempting.discard(task)
+            self._interrupted.discard(task)
 
     def defer_running(self) -> None:
         """At the end of the drain grace: interrupt the attempts still running; each delivery
         is then deferred to the first retry tier, and its record can be committed."""
-        self._deferring_running = True
-        for attempt in set(self._attempts):
-            attempt.cancel()
+        for task in self._attempting - self._interrupted:
+            self._interrupted.add(task)
+            task.cancel()
 
     async def _set_aside(self, record: Record, exc: InvalidClick) -> None:
         """Bad input is never dropped: the original bytes go to ``clicks.invalid``."""
