@@ -18,7 +18,13 @@ from services.ingest.api_types import Accepted
 from services.ingest.auth import Authenticator, insufficient_scope
 from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid, struct_response
 from shared.model.errors import InvalidInput, Problem
-from shared.model.messages import ClickEvent, decode_json, encode, validate_click
+from shared.model.messages import (
+    ClickEvent,
+    decode_json,
+    decode_json_items,
+    encode,
+    validate_click,
+)
 from shared.model.topics import Topics
 from shared.model.trace_context import TraceContext, from_http
 from shared.ops import metrics, tracing
@@ -51,8 +57,7 @@ def parse_body(raw: bytes, content_type: str) -> list[Any]:
                     "malformed NDJSON", [Problem("$", f"line {number}: {problem.problem}")]
                 ) from None
         return items
-    decoded = decode_json(raw)
-    return decoded if isinstance(decoded, list) else [decoded]
+    return decode_json_items(raw)
 
 
 def validate_all(items: list[Any], now: datetime) -> list[ClickEvent]:

@@ -257,9 +257,10 @@ def nested_deeper_than(obj: Any, limit: int) -> bool:
     return bool(level)
 
 
-def decode_json(raw: bytes) -> Any:
-    """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or deep nesting."""
-    too_deep = Problem("$", f"nested more than {MAX_JSON_DEPTH} levels deep")
+def decode_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or nesting deeper
+    than ``max_depth``."""
+    too_deep = Problem("$", f"nested more than {max_depth} levels deep")
     try:
         obj = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -268,9 +269,30 @@ def decode_json(raw: bytes) -> Any:
         raise InvalidInput("malformed JSON", [too_deep]) from None
     # Nesting never goes deeper than the number of brackets: most values need no walk.
     brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets > MAX_JSON_DEPTH and nested_deeper_than(obj, MAX_JSON_DEPTH):
+    if brackets > max_depth and nested_deeper_than(obj, max_depth):
         raise InvalidInput("malformed JSON", [too_deep])
     return obj
+
+
+_ARRAY_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def decode_json_items(raw: bytes) -> list[Any]:
+    """A JSON array's items, or the one value that is not an array, as a list; raises as
+    ``decode_json`` does for the whole.
+
+    An array is decoded item by item, each within the depth left inside the array: a batch of
+    clicks has more brackets than the depth limit, so decoded whole it was walked value by
+    value, which cost as much as decoding it (8 % of ingest's samples on batches of 100).
+    Anything amiss is decoded whole again, so that the error is the one for the whole body.
+    """
+    try:
+        items = _ARRAY_ITEMS.decode(raw)
+        return [decode_json(bytes(item), max_depth=MAX_JSON_DEPTH - 1) for item in items]
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, InvalidInput):
+        pass  # not an array, or not a valid one: decoded whole, which says why
+    decoded = decode_json(raw)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def position_event_id(topic: str, partition: int, offset: int) -> str:

@@ -22,6 +22,7 @@ from shared.model.messages import (
     DeliveryEnvelope,
     decode_click,
     decode_json,
+    decode_json_items,
     encode,
     nested_deeper_than,
     webhook_body,
@@ -63,6 +64,28 @@ def test_decode_json_refuses_nesting_beyond_the_limit(levels: int) -> None:
     assert caught.value.problems[0].problem == f"nested more than {MAX_JSON_DEPTH} levels deep"
 
 
+def test_a_batch_may_nest_its_items_one_level_less_than_the_limit() -> None:
+    at_limit = b"[" + nested(MAX_JSON_DEPTH - 1) + b"]"
+    beyond = b"[" + nested(MAX_JSON_DEPTH) + b"]"
+
+    assert decode_json_items(at_limit) == decode_json(at_limit)
+    with pytest.raises(InvalidInput) as caught:
+        decode_json_items(beyond)
+    assert caught.value.problems[0].problem == f"nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[1,2", b'[{"a":1},]', b'[{"a":1}] x', b'[{"a":"\xff"}]', b"[NaN]", b""]
+)
+def test_decode_json_items_refuses_as_decoding_the_whole_does(raw: bytes) -> None:
+    with pytest.raises(InvalidInput) as whole:
+        decode_json(raw)
+    with pytest.raises(InvalidInput) as items:
+        decode_json_items(raw)
+
+    assert items.value.problems == whole.value.problems
+
+
 def test_decode_json_counts_arrays_as_levels() -> None:
     with pytest.raises(InvalidInput):
         decode_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
@@ -87,6 +110,13 @@ _JSON_VALUES = st.recursive(
 @given(value=_JSON_VALUES, limit=st.integers(1, 8))
 def test_depth_check_agrees_with_a_recursive_count(value: Any, limit: int) -> None:
     assert nested_deeper_than(value, limit) == (_depth(value) > limit)
+
+
+@given(_JSON_VALUES)
+def test_decode_json_items_gives_what_decoding_the_whole_gives(value: Any) -> None:
+    raw = msgspec.json.encode(value)
+
+    assert decode_json_items(raw) == (value if isinstance(value, list) else [value])
 
 
 def test_decode_json_accepts_many_shallow_siblings() -> None:
