@@ -59,6 +59,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
     parser.add_argument("--out", type=Path, default=None, help="where the results go")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        metavar="N",
+        help="deliveries per drain of the deliveries scenario (quick: 2,000; full: 20,000)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, metavar="N", help="runs of each")
     names = [name for name, _ in SCENARIOS] + list(EXTERNAL)
     parser.add_argument(
         "--only", nargs="+", choices=names, metavar="NAME", help=f"among: {', '.join(names)}"
@@ -117,6 +125,10 @@ def run_external(
 def main() -> None:
     args = parse_args()
     plan = QUICK if args.quick else FULL
+    if args.backlog is not None:
+        plan = dataclasses.replace(plan, backlog_deliveries=args.backlog)
+    if args.repeats is not None:
+        plan = dataclasses.replace(plan, repeats=args.repeats)
     out: Path = args.out or Path("docs/benchmarks") / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     chosen = [(n, s) for n, s in SCENARIOS if args.only is None or n in args.only]

@@ -103,7 +103,7 @@ def _ceiling_specs() -> list[Spec]:
             "ingest.batch.ratio_to_ceiling",
             "ingest batches of 100 / bare producer",
             "x",
-            Target(">=", 0.6),
+            Target(">=", 0.65),
         ),
     ]
 
