@@ -131,7 +131,6 @@ class Dispatcher:
             if task not in self._interrupted or task.cancelling() > 1:
                 raise
             task.uncancel()
-            self._interrupted.discard(task)
             await self._deliverer.defer(envelope, "draining", trace=trace)
             log.info("delivery_deferred_at_drain")
         finally:
