@@ -259,6 +259,7 @@ class DeliveryLog:
         self._store_behind: dict[TopicPartition, int] = {}
         self._status_known = False
         self._status_at = 0.0
+        self._status_task: asyncio.Future[None] | None = None
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
         # A fresh embedded index fills its history behind the newest hour, with a consumer of
@@ -336,6 +337,10 @@ class DeliveryLog:
                     await self._seek_to_indexed()
 
     async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
         await close_quietly("delivery log consumer", self._consumer.stop())
         if self._replays is not self._consumer:
             await close_quietly("delivery log replays consumer", self._replays.stop())
@@ -425,6 +430,9 @@ class DeliveryLog:
     async def _close_index(self, *, discard: bool) -> None:
         """Close the index; ``discard`` removes its file, for a fresh one from the beginning."""
         reader, self._reader = self._reader, None
+        if self._status_task is not None:
+            # A status refresh may be reading through this reader: its connections close after.
+            await asyncio.wait([self._status_task])
         if reader is not None:
             # Queries still running on it fail, and answer 503 as any failure of the index.
             await asyncio.get_running_loop().run_in_executor(None, reader.close_all)
@@ -489,8 +497,23 @@ class DeliveryLog:
         if self._unpositioned:
             sought = await self._seek_stored()
             batches = {tp: records for tp, records in batches.items() if tp not in sought}
-        await self._refresh_shared_status()
+        self._refresh_status_aside()
         return batches
+
+    def _refresh_status_aside(self) -> None:
+        """Refresh the status beside the batches, not between them: the topics' offsets come
+        through the replays consumer, whose idle fetch the broker holds for up to its wait
+        (500 ms) before it answers them; asked in line, that held up every batch once every
+        two seconds for most of a second (PostgreSQL indexed at half the SQLite index's rate)."""
+        due = time.monotonic() - self._status_at >= SHARED_STATUS_EVERY_S
+        if due and (self._status_task is None or self._status_task.done()):
+            self._status_task = asyncio.ensure_future(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh_shared_status()
+        except Exception as exc:  # noqa: BLE001 - the next refresh tries again; a failing store fails its batches too
+            log.warning("delivery_log_status_failed", error=repr(exc))
 
     async def _seek_stored(self) -> set[TopicPartition]:
         """Each newly assigned partition to its stored position (its beginning without one,
@@ -509,7 +532,8 @@ class DeliveryLog:
 
     async def _refresh_shared_status(self) -> None:
         """How far the whole group is behind: the topics' ends against the store's positions."""
-        if time.monotonic() - self._status_at < SHARED_STATUS_EVERY_S or self._reader is None:
+        reader = self._reader
+        if time.monotonic() - self._status_at < SHARED_STATUS_EVERY_S or reader is None:
             return
         self._status_at = time.monotonic()
         counted = [
@@ -517,7 +541,7 @@ class DeliveryLog:
         ]
         ends = await self._replays.end_offsets(counted)
         beginnings = await self._replays.beginning_offsets(counted)
-        stored = await self.read(self._reader.positions)
+        stored = await self.read(reader.positions)
         self._store_behind = {
             tp: max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
             for tp in counted

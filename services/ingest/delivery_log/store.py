@@ -100,6 +100,9 @@ SQLITE_NOTADB = 26
 
 # Where each topic partition's next record is: ((topic, partition), offset).
 Positions = Iterable[tuple[tuple[str, int], int]]
+# Rows of a batch into one table (every column, in order), and what a row whose key is there
+# already does (an ``ON CONFLICT`` clause): ``IndexWriter._insert``.
+Insert = Callable[[str, list[tuple[Any, ...]], str], None]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -346,41 +349,41 @@ class _AttemptBatch:
             if record.outcome != "deferred":
                 self.durations[(ep, minute, duration_bucket(record.duration_ms))] += 1
 
-    def write(self, db: Database) -> None:
+    def write(self, insert: Insert) -> None:
         # Keys in one order: two writers of a shared store (PostgreSQL) never wait on each
         # other's rows in opposite orders.
-        db.executemany(
-            "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            self.rows,
-        )
-        db.executemany(
-            "INSERT INTO deliveries VALUES (?,?,?,?,?) ON CONFLICT (ep, webhook_key) DO UPDATE"
+        insert("attempts", self.rows, "ON CONFLICT DO NOTHING")
+        insert(
+            "deliveries",
+            [(*key, v.at_ms, v.pos, *v.values) for key, v in sorted(self.deliveries.items())],
+            "ON CONFLICT (ep, webhook_key) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (deliveries.at_ms, deliveries.pos)",
-            [(*key, v.at_ms, v.pos, *v.values) for key, v in sorted(self.deliveries.items())],
         )
-        db.executemany(
-            "INSERT INTO breakers VALUES (?,?,?,?) ON CONFLICT (ep) DO UPDATE"
+        insert(
+            "breakers",
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.breakers.items())],
+            "ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (breakers.at_ms, breakers.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.breakers.items())],
         )
-        db.executemany(
-            "INSERT INTO last_errors VALUES (?,?,?,?,?,?,?) ON CONFLICT (ep) DO UPDATE"
+        insert(
+            "last_errors",
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.errors.items())],
+            "ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, webhook_id = excluded.webhook_id,"
             " outcome = excluded.outcome, status = excluded.status, error = excluded.error"
             " WHERE (excluded.at_ms, excluded.pos) > (last_errors.at_ms, last_errors.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.errors.items())],
         )
-        db.executemany(
-            "INSERT INTO rollups VALUES (?,?,?,?) ON CONFLICT (ep, minute, kind)"
-            " DO UPDATE SET n = rollups.n + excluded.n",
+        insert(
+            "rollups",
             sorted((*key, n) for key, n in self.kinds.items()),
+            "ON CONFLICT (ep, minute, kind) DO UPDATE SET n = rollups.n + excluded.n",
         )
-        db.executemany(
-            "INSERT INTO durations VALUES (?,?,?,?) ON CONFLICT (ep, minute, bucket)"
-            " DO UPDATE SET n = durations.n + excluded.n",
+        insert(
+            "durations",
             sorted((*key, n) for key, n in self.durations.items()),
+            "ON CONFLICT (ep, minute, bucket) DO UPDATE SET n = durations.n + excluded.n",
         )
 
 
@@ -491,6 +494,13 @@ class IndexWriter:
         """The records not indexed yet (a shared store skips what another writer did)."""
         return list(fetched)
 
+    def _insert(self, table: str, rows: list[tuple[Any, ...]], on_conflict: str) -> None:
+        """A batch's rows into ``table``, in their order: one statement a row, which SQLite
+        runs in process (the PostgreSQL store copies them in instead)."""
+        if rows:
+            marks = ",".join("?" * len(rows[0]))
+            self._db.executemany(f"INSERT INTO {table} VALUES ({marks}) {on_conflict}", rows)  # noqa: S608 - our own tables and clauses
+
     def _save_positions(self, positions: Positions) -> None:
         self._db.executemany(
             "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
@@ -563,7 +573,7 @@ class IndexWriter:
                 ep = self._endpoint_key(record.endpoint_id, record.account_id)
                 if ep is not None and record.at_ms >= kept_from:
                     batch.add(ep, item.pos, record)
-            batch.write(self._db)
+            batch.write(self._insert)
             self._save_positions(positions)
             batches.clear()
             batches.append(batch)
@@ -595,9 +605,7 @@ class IndexWriter:
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
                 if ep is not None and letter.dead_at_ms >= kept_from:
                     rows.append(_letter_row(item.pos, ep, letter))
-            self._db.executemany(
-                "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows
-            )
+            self._insert("dead_letters", rows, "ON CONFLICT DO NOTHING")
             self._save_positions(positions)
 
         self._fitted(write)
