@@ -49,7 +49,9 @@ from aiokafka.errors import IllegalStateError
 
 from services.ingest.api_types import IndexStatus
 from services.ingest.delivery_log.fill import (
+    budget_reached,
     complete_since_ms,
+    evicted_through,
     loaded_state,
     next_positions,
     stored_positions,
@@ -259,6 +261,8 @@ class DeliveryLog:
         self._store_behind: dict[TopicPartition, int] = {}
         self._status_known = False
         self._status_at = 0.0
+        # Of a shared store: the newest record time its byte budget dropped, as of the last look.
+        self._store_evicted_ms: int | None = None
         self._status_task: asyncio.Future[None] | None = None
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
@@ -542,6 +546,7 @@ class DeliveryLog:
         ends = await self._replays.end_offsets(counted)
         beginnings = await self._replays.beginning_offsets(counted)
         stored = await self.read(reader.positions)
+        self._store_evicted_ms = evicted_through(stored)
         self._store_behind = {
             tp: max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
             for tp in counted
@@ -661,12 +666,19 @@ class DeliveryLog:
         history.advance(older.reached)
         state = history.state
         if state is not None and state.window_done:
-            following = await history.next_window()
+            evicted_ms = self._evicted_through_ms()
+            stopped = budget_reached(state, evicted_ms)
+            following = None if stopped else await history.next_window()
             assert self._writer is not None
             await self._write(self._writer.save_positions, stored_positions(following))
             history.resume(following)
-            since = complete_since_ms(following)
-            log.info("delivery_log_history_filled", since=since, complete=following is None)
+            since = complete_since_ms(following, evicted_ms)
+            log.info(
+                "delivery_log_history_filled",
+                since=since,
+                complete=following is None and since is None,
+                stopped_by_budget=stopped,
+            )
 
     async def _write_topics(
         self, fetched: dict[str, list[Fetched]], reached: Mapping[str, Positions]
@@ -758,12 +770,20 @@ class DeliveryLog:
             caught_up = behind == 0 and self._status_known and not self._unpositioned
         else:
             caught_up = behind == 0 and self._reached_start_ends()
-        since_ms = complete_since_ms(None if self.history is None else self.history.state)
+        since_ms = complete_since_ms(
+            None if self.history is None else self.history.state, self._evicted_through_ms()
+        )
         return IndexStatus(
             caught_up=caught_up,
             behind=behind,
             complete_since=None if since_ms is None else ms_to_datetime(since_ms),
         )
+
+    def _evicted_through_ms(self) -> int | None:
+        """The newest record time the byte budget dropped: the log is complete after it."""
+        if self._shared:
+            return self._store_evicted_ms
+        return None if self._writer is None else self._writer.evicted_through_ms
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
         return self.replays.of_endpoint(endpoint_id)

@@ -427,12 +427,19 @@ class PgWriter(IndexWriter):
                 )
             self._days[table] = existing | missing
 
-    def _drop_days(self, table: str, days: Iterable[int]) -> None:
+    def _drop_days(self, table: str, days: Iterable[int], *, for_budget: bool = False) -> None:
+        """Drop whole days; ``for_budget``: days retention still covers, so the log is
+        complete only after them (``fill.complete_since_ms``)."""
+        dropped = sorted(days)
         with self._connection.transaction():
             self._db.execute(PARTITIONS_LOCK)
-            for day in sorted(days):
+            for day in dropped:
                 self._connection.execute(f"DROP TABLE IF EXISTS {partition_name(table, day)}")
                 self._days.get(table, set()).discard(day)
+            if for_budget and dropped:
+                self._mark_evicted((dropped[-1] + 1) * DAY_MS - 1)
+        if for_budget and dropped:
+            self._evicted((dropped[-1] + 1) * DAY_MS - 1)
         self._attempt_counts.clear()  # counted again as endpoints come by
         self._letter_counts.clear()
         self._delivery_counts.clear()
@@ -465,6 +472,7 @@ class PgWriter(IndexWriter):
             # them (they join no endpoint); the one-row tables would keep them forever.
             for table in ("breakers", "last_errors"):
                 db.execute(f"DELETE FROM {table} WHERE ep NOT IN (SELECT key FROM endpoints)")  # noqa: S608 - constant tables
+            self._forget_old_evictions(now_ms)
 
         self._transaction(write)
         self.keep_within_budget(today)
@@ -509,7 +517,7 @@ class PgWriter(IndexWriter):
                 (rows,) = self._db.execute(
                     f"SELECT COUNT(*) FROM {partition_name(timed.table, day)}"  # noqa: S608 - our own names
                 ).fetchone()
-                self._drop_days(timed.table, [day])
+                self._drop_days(timed.table, [day], for_budget=True)
                 metrics.DELIVERY_LOG_EVICTED.inc(rows)
                 log.warning("delivery_log_evicted", table=timed.table, day=day, rows=rows)
         used = self.used_bytes()
