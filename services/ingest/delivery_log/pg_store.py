@@ -223,6 +223,8 @@ class PgWriter(IndexWriter):
         self._known: dict[tuple[str, int], int] = {}
         # Each staged table's column types, for the binary COPY.
         self._column_types: dict[str, list[str]] = {}
+        # The statements that move the batch's staged rows into their tables (``_insert``).
+        self._staged: list[str] = []
         try:
             self._create_schema()
             self._create_staging()
@@ -266,8 +268,9 @@ class PgWriter(IndexWriter):
 
     def _insert(self, table: str, rows: list[tuple[Any, ...]], on_conflict: str) -> None:
         """A batch's rows into ``table`` in two statements whatever their number: ``COPY``
-        into the staging table, then one ``INSERT … SELECT`` with the conflict clause (the
-        rows' order kept: a freshly emptied heap reads back in the order it was written).
+        into the staging table, then (``_insert_staged``) one ``INSERT … SELECT`` with the
+        conflict clause (the rows' order kept: a freshly emptied heap reads back in the order
+        it was written).
         One statement a row cost the server a parse, a plan and an executor start each.
         A batch writes each table once, so the staging table is empty until its commit
         empties it again (in place: ``TRUNCATE`` would give it a new file every batch)."""
@@ -278,9 +281,14 @@ class PgWriter(IndexWriter):
             copy.set_types(self._column_types[table])
             for row in rows:
                 copy.write_row(row)
-        cursor.execute(
-            f"INSERT INTO {table} SELECT * FROM {staging(table)} {on_conflict}"  # noqa: S608 - our own tables and clauses
-        )
+        self._staged.append(f"INSERT INTO {table} SELECT * FROM {staging(table)} {on_conflict}")  # noqa: S608 - our own tables and clauses
+
+    def _insert_staged(self) -> None:
+        """The batch's ``INSERT … SELECT``s in one round trip (no parameters: one simple query
+        of several statements), at the end of its transaction."""
+        staged, self._staged = self._staged, []
+        if staged:
+            self._connection.execute(";".join(staged), prepare=False)
 
     # --- transactions and positions -----------------------------------------------------------
 
@@ -289,7 +297,9 @@ class PgWriter(IndexWriter):
         try:
             with self._connection.transaction():
                 write()
+                self._insert_staged()
         except BaseException:
+            self._staged.clear()
             self._forget_endpoints()
             raise
         self._known.update(self._pending)
