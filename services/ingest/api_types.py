@@ -234,9 +234,10 @@ class IndexStatus(msgspec.Struct, kw_only=True):
     complete_since: Annotated[
         datetime | None,
         msgspec.Meta(
-            description="the log holds every attempt and dead letter since this time; older"
-            " ones are still being read (a fresh instance reads the newest hour first). null:"
-            " it holds all the topics keep"
+            description="the log holds every attempt and dead letter since this time, of"
+            " every endpoint (within its per-endpoint cap); older ones are still being read (a"
+            " fresh instance reads the newest hour first) or no longer fit the log's byte"
+            " budget. null: it holds all the topics keep"
         ),
     ] = None
 

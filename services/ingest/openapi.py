@@ -399,7 +399,8 @@ def _meta_path() -> dict[str, Any]:
 LOG_NOTE = (
     "Served by every ingest instance from its own index of webhook.attempts and webhook.dlq, "
     "built from the topics: `index` says how far behind it is, and since when it is complete "
-    "(`complete_since`: a fresh instance reads the newest hour first, then older history). "
+    "(`complete_since`: a fresh instance reads the newest hour first, then older history; "
+    "history the byte budget dropped moves it later). "
     "The log keeps 7 days "
     "(the topic's retention), at most CLICKHOOK_DELIVERY_LOG_PER_ENDPOINT attempts per "
     "endpoint, newest first, and at most CLICKHOOK_DELIVERY_LOG_MAX_BYTES in all, the oldest "

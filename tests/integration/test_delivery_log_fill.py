@@ -1,10 +1,12 @@
 """A fresh delivery log index against the real broker, with six hours of attempts (records with
 their real, older Kafka timestamps) already in the topics: it serves the newest hour first,
 then fills the older history behind it (held by the test to look in between), with no record
-twice and cursors still valid; a restart during the fill resumes it."""
+twice and cursors still valid; a restart during the fill resumes it; a byte budget too small
+for the whole history ends the fill, and ``complete_since`` says what it kept."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +21,7 @@ from services.ingest.app import create_app
 from services.ingest.delivery_log.api import DELIVERY_LOG
 from services.ingest.delivery_log.history import HistoryReader
 from services.ingest.delivery_log.log import DeliveryLog
+from services.ingest.delivery_log.store import RESPONSE_BODY_CHARS
 from shared.kafka.clients import ensure_topics
 from shared.kafka.service_base import service_base
 from shared.model.messages import AttemptRecord, encode
@@ -36,6 +39,13 @@ PARTITIONS = 3
 HOURS = 6
 EVERY_MS = 300_000  # one attempt every five minutes: 72 in six hours
 LOG_PATH = f"/v1/endpoints/{ENDPOINT_ID}/attempts"
+# Sixteen hours of attempts with 1 KiB answers, one every 30 s (1,920: about 2.7 MB in the
+# index), against a budget that holds about eleven of them; an hour (a step of the fill) is
+# well below the budget's margin (170 KB), as a batch is of a real budget's.
+SMALL_BUDGET = 2 << 20
+SMALL_HOURS = 16
+SMALL_EVERY_MS = 30_000
+ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
 
 
 def history(now: int) -> list[AttemptRecord]:
@@ -192,3 +202,55 @@ async def test_a_restart_during_the_fill_resumes_it(
         assert event_ids(await page(ingest)) == [r.event_id for r in reversed(records)]
         stats = await page(ingest, f"/v1/endpoints/{ENDPOINT_ID}/stats")
         assert stats["last_24h"]["attempts"] == len(records), "no record counted twice"
+
+
+async def every_page(ingest: Client, path: str) -> list[Any]:
+    """Every item of a log's route, following the cursors."""
+    found = await page(ingest, path)
+    items: list[Any] = found["data"]
+    while found["next_cursor"] is not None:
+        found = await page(ingest, path, cursor=found["next_cursor"])
+        items += found["data"]
+    return items
+
+
+def as_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def test_a_budget_too_small_for_the_history_ends_the_fill_and_says_what_it_kept(
+    settings: Settings, aiohttp_client: AiohttpClient
+) -> None:
+    now = now_ms()
+    records = [
+        attempt(ENDPOINT_ID, f"evt_{n:04}", account_id="acc_a",
+                at_ms=now - 60_000 - n * SMALL_EVERY_MS, outcome="http_5xx", status=502,
+                response_body=ANSWER)
+        for n in reversed(range(SMALL_HOURS * 3_600_000 // SMALL_EVERY_MS))
+    ]  # fmt: skip
+    await produce_history(settings, records, now)
+    small = dataclasses.replace(settings, delivery_log_max_bytes=SMALL_BUDGET)
+
+    async with ingest_on(small, aiohttp_client, batches_allowed=None) as (ingest, delivery_log):
+
+        async def fill_ended() -> bool:
+            return (
+                bool((await page(ingest))["index"]["caught_up"])
+                and not fill_of(delivery_log).wanted
+            )
+
+        await eventually(fill_ended)
+        since = (await page(ingest))["index"]["complete_since"]
+        attempts = {a["event_id"] for a in await every_page(ingest, LOG_PATH)}
+        letters_path = f"/v1/endpoints/{ENDPOINT_ID}/dead-letters"
+        letters = {d["event_id"] for d in await every_page(ingest, letters_path)}
+
+    assert since is not None, "the budget dropped history: the log is not complete"
+    since_ms = as_ms(since)
+    missing = [r for r in records if r.event_id not in attempts]
+    assert missing, "the budget dropped the oldest attempts"
+    assert all(r.at_ms < since_ms for r in missing), "complete since: nothing after it missing"
+    assert since_ms <= now - 3_600_000, "the newest hour is kept whole"
+    assert max(r.at_ms for r in missing) >= since_ms - SMALL_EVERY_MS, "and no later than that"
+    assert "evt_dead_new" in letters
+    assert "evt_dead_old" in letters or now - 3 * 3_600_000 < since_ms

@@ -9,11 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.ingest.delivery_log.fill import (
+    EVICTED_STREAM,
     HOUR_MS,
     FillState,
     Key,
     Window,
+    budget_reached,
     complete_since_ms,
+    evicted_through,
     first_state,
     loaded_state,
     newest_first_since,
@@ -114,3 +117,18 @@ def test_the_state_is_kept_and_loaded_back_from_the_positions_table() -> None:
     assert loaded_state(stored) == state.advanced(B, 30)
     assert loaded_state({A: 1234}) is None, "an index built before fills: complete"
     assert loaded_state(dict(stored_positions(None))) is None, "the fill is done"
+
+
+def test_the_log_is_complete_only_after_the_newest_record_the_budget_dropped() -> None:
+    filling = first_state(NOW_MS, heads={A: 900}, window_starts={A: 700})
+    read = filling.advanced(A, 900)
+
+    assert complete_since_ms(filling, NOW_MS - 5 * HOUR_MS) == NOW_MS, "the fill is later"
+    assert complete_since_ms(filling, NOW_MS + 5) == NOW_MS + 6, "the budget is later"
+    assert complete_since_ms(None, NOW_MS - 5 * HOUR_MS) == NOW_MS - 5 * HOUR_MS + 1
+    assert complete_since_ms(None, None) is None
+    assert not budget_reached(read, None)
+    assert not budget_reached(read, NOW_MS - HOUR_MS - 2), "older than the window read"
+    assert budget_reached(read, NOW_MS - HOUR_MS - 1), "the next window would go again"
+    assert evicted_through({A: 5, (EVICTED_STREAM, 0): 77}) == 77
+    assert evicted_through({A: 5}) is None

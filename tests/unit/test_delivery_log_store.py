@@ -159,6 +159,12 @@ def test_filled_past_its_budget_the_index_keeps_the_newest_within_it(
     assert 0 < len(kept) < total
     oldest_kept = min(int(e.removeprefix("evt_")) for e in kept)
     assert kept == {f"evt_{n}" for n in range(oldest_kept, total)}, "the oldest went first"
+    assert len(kept) >= 400, "each round evicts a share of the rows held, never all of them"
+    # The log is complete exactly after the newest attempt evicted (evt_{n} at base + n),
+    # and a restart knows it.
+    assert writer.evicted_through_ms == base + oldest_kept - 1
+    writer.close()
+    assert LogWriter(path, 100_000, BUDGET).evicted_through_ms == base + oldest_kept - 1
     for n, ep in enumerate(endpoints):
         newest = reader.attempts(ep, AttemptFilter(), 1)[0]
         assert newest.event_id == f"evt_{total - len(endpoints) + n}"

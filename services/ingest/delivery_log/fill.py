@@ -18,6 +18,13 @@ timestamp look-ups per window, against hours of reading.
 Where the fill stands is kept in the index's ``positions`` table, beside the topic positions
 and in the same transactions as the rows it reads, so a restart during the fill resumes it.
 It uses stream names no topic can have (``~`` is not allowed in a Kafka topic name).
+
+The byte budget can drop history too: past it the oldest rows go, whichever endpoint they
+belong to (a PostgreSQL store drops its oldest days). The store keeps the newest record time
+it dropped that way (``EVICTED_STREAM``, in the transaction that dropped the rows), and the log
+is complete only after it: ``complete_since`` is the later of the two. A fill whose window
+the budget has already reached into stops there: what it would read next is older than
+anything the budget keeps, so it would only be dropped again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ NEWEST_FIRST_MS = HOUR_MS
 WINDOW_MS = HOUR_MS
 
 SINCE_STREAM = "~complete-since"
+# The newest record time the byte budget dropped (absent: it never dropped any).
+EVICTED_STREAM = "~evicted-through"
 START_SUFFIX = "~fill-start"
 NEXT_SUFFIX = "~fill-next"
 END_SUFFIX = "~fill-end"
@@ -127,11 +136,26 @@ def next_window_ms(state: FillState) -> int:
     return max(COMPLETE, state.since_ms - 2 * WINDOW_MS)
 
 
-def complete_since_ms(state: FillState | None) -> int | None:
-    """Since when the index holds every record; None once it holds all the topics keep."""
-    if state is None:
-        return None
-    return state.since_ms - WINDOW_MS if state.window_done else state.since_ms
+def complete_since_ms(state: FillState | None, evicted_through_ms: int | None = None) -> int | None:
+    """Since when the index holds every record: after what the fill has yet to read and
+    after the newest record the byte budget dropped; None once it holds all the topics keep."""
+    found = []
+    if state is not None:
+        found.append(state.since_ms - WINDOW_MS if state.window_done else state.since_ms)
+    if evicted_through_ms is not None:
+        found.append(evicted_through_ms + 1)
+    return max(found, default=None)
+
+
+def budget_reached(state: FillState, evicted_through_ms: int | None) -> bool:
+    """Whether the byte budget has dropped records of the window the fill has read in full
+    (or newer): every older one would be the first to go again."""
+    return evicted_through_ms is not None and evicted_through_ms + 1 >= state.since_ms - WINDOW_MS
+
+
+def evicted_through(stored: Mapping[Key, int]) -> int | None:
+    """The newest record time the byte budget dropped, as the positions table keeps it."""
+    return stored.get((EVICTED_STREAM, 0))
 
 
 # --- kept in the index's positions table ---------------------------------------------------

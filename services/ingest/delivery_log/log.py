@@ -49,7 +49,9 @@ from aiokafka.errors import IllegalStateError
 
 from services.ingest.api_types import IndexStatus
 from services.ingest.delivery_log.fill import (
+    budget_reached,
     complete_since_ms,
+    evicted_through,
     loaded_state,
     next_positions,
     stored_positions,
@@ -259,6 +261,9 @@ class DeliveryLog:
         self._store_behind: dict[TopicPartition, int] = {}
         self._status_known = False
         self._status_at = 0.0
+        # Of a shared store: the newest record time its byte budget dropped, as of the last look.
+        self._store_evicted_ms: int | None = None
+        self._status_task: asyncio.Future[None] | None = None
         self.attempt_reader = AttemptReader(settings, self._attempts_topic)
         self.replays = ReplayBook()
         # A fresh embedded index fills its history behind the newest hour, with a consumer of
@@ -336,6 +341,10 @@ class DeliveryLog:
                     await self._seek_to_indexed()
 
     async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
         await close_quietly("delivery log consumer", self._consumer.stop())
         if self._replays is not self._consumer:
             await close_quietly("delivery log replays consumer", self._replays.stop())
@@ -425,6 +434,9 @@ class DeliveryLog:
     async def _close_index(self, *, discard: bool) -> None:
         """Close the index; ``discard`` removes its file, for a fresh one from the beginning."""
         reader, self._reader = self._reader, None
+        if self._status_task is not None:
+            # A status refresh may be reading through this reader: its connections close after.
+            await asyncio.wait([self._status_task])
         if reader is not None:
             # Queries still running on it fail, and answer 503 as any failure of the index.
             await asyncio.get_running_loop().run_in_executor(None, reader.close_all)
@@ -489,8 +501,23 @@ class DeliveryLog:
         if self._unpositioned:
             sought = await self._seek_stored()
             batches = {tp: records for tp, records in batches.items() if tp not in sought}
-        await self._refresh_shared_status()
+        self._refresh_status_aside()
         return batches
+
+    def _refresh_status_aside(self) -> None:
+        """Refresh the status beside the batches, not between them: the topics' offsets come
+        through the replays consumer, whose idle fetch the broker holds for up to its wait
+        (500 ms) before it answers them; asked in line, that held up every batch once every
+        two seconds for most of a second (PostgreSQL indexed at half the SQLite index's rate)."""
+        due = time.monotonic() - self._status_at >= SHARED_STATUS_EVERY_S
+        if due and (self._status_task is None or self._status_task.done()):
+            self._status_task = asyncio.ensure_future(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh_shared_status()
+        except Exception as exc:  # noqa: BLE001 - the next refresh tries again; a failing store fails its batches too
+            log.warning("delivery_log_status_failed", error=repr(exc))
 
     async def _seek_stored(self) -> set[TopicPartition]:
         """Each newly assigned partition to its stored position (its beginning without one,
@@ -509,7 +536,8 @@ class DeliveryLog:
 
     async def _refresh_shared_status(self) -> None:
         """How far the whole group is behind: the topics' ends against the store's positions."""
-        if time.monotonic() - self._status_at < SHARED_STATUS_EVERY_S or self._reader is None:
+        reader = self._reader
+        if time.monotonic() - self._status_at < SHARED_STATUS_EVERY_S or reader is None:
             return
         self._status_at = time.monotonic()
         counted = [
@@ -517,7 +545,8 @@ class DeliveryLog:
         ]
         ends = await self._replays.end_offsets(counted)
         beginnings = await self._replays.beginning_offsets(counted)
-        stored = await self.read(self._reader.positions)
+        stored = await self.read(reader.positions)
+        self._store_evicted_ms = evicted_through(stored)
         self._store_behind = {
             tp: max(0, ends[tp] - max(stored.get((tp.topic, tp.partition), 0), beginnings[tp]))
             for tp in counted
@@ -637,12 +666,19 @@ class DeliveryLog:
         history.advance(older.reached)
         state = history.state
         if state is not None and state.window_done:
-            following = await history.next_window()
+            evicted_ms = self._evicted_through_ms()
+            stopped = budget_reached(state, evicted_ms)
+            following = None if stopped else await history.next_window()
             assert self._writer is not None
             await self._write(self._writer.save_positions, stored_positions(following))
             history.resume(following)
-            since = complete_since_ms(following)
-            log.info("delivery_log_history_filled", since=since, complete=following is None)
+            since = complete_since_ms(following, evicted_ms)
+            log.info(
+                "delivery_log_history_filled",
+                since=since,
+                complete=following is None and since is None,
+                stopped_by_budget=stopped,
+            )
 
     async def _write_topics(
         self, fetched: dict[str, list[Fetched]], reached: Mapping[str, Positions]
@@ -734,12 +770,20 @@ class DeliveryLog:
             caught_up = behind == 0 and self._status_known and not self._unpositioned
         else:
             caught_up = behind == 0 and self._reached_start_ends()
-        since_ms = complete_since_ms(None if self.history is None else self.history.state)
+        since_ms = complete_since_ms(
+            None if self.history is None else self.history.state, self._evicted_through_ms()
+        )
         return IndexStatus(
             caught_up=caught_up,
             behind=behind,
             complete_since=None if since_ms is None else ms_to_datetime(since_ms),
         )
+
+    def _evicted_through_ms(self) -> int | None:
+        """The newest record time the byte budget dropped: the log is complete after it."""
+        if self._shared:
+            return self._store_evicted_ms
+        return None if self._writer is None else self._writer.evicted_through_ms
 
     def jobs_of(self, endpoint_id: str) -> list[ReplayJob]:
         return self.replays.of_endpoint(endpoint_id)

@@ -105,6 +105,16 @@ CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL);
 """
 # Partitioned tables, and how long their days are kept.
 PARTITIONED = ((ATTEMPTS_TIMED, ATTEMPTS_KEPT_MS), (LETTERS_TIMED, DEAD_LETTERS_KEPT_MS))
+# The tables batches write, each with a staging table of this session's own (``_insert``).
+STAGED = (
+    "attempts",
+    "deliveries",
+    "breakers",
+    "last_errors",
+    "rollups",
+    "durations",
+    "dead_letters",
+)
 # A per-schema lock, so that replicas making or dropping days take turns.
 PARTITIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.partitions'))"
 
@@ -157,6 +167,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def staging(table: str) -> str:
+    return f"staged_{table}"
+
+
 def day_of(ms: int) -> int:
     return ms // DAY_MS
 
@@ -207,8 +221,13 @@ class PgWriter(IndexWriter):
         self._days: dict[str, set[int]] = {}
         # What this writer last read or wrote of each partition's position: the fence.
         self._known: dict[tuple[str, int], int] = {}
+        # Each staged table's column types, for the binary COPY.
+        self._column_types: dict[str, list[str]] = {}
+        # The statements that move the batch's staged rows into their tables (``_insert``).
+        self._staged: list[str] = []
         try:
             self._create_schema()
+            self._create_staging()
             self.expire(now_ms)
         except BaseException:
             self._connection.close()
@@ -229,6 +248,48 @@ class PgWriter(IndexWriter):
             elif found[0] != SCHEMA_VERSION:
                 raise StoreLayoutChanged(f"layout {found[0]}, this build writes {SCHEMA_VERSION}")
 
+    def _create_staging(self) -> None:
+        """A temporary table of each one batches write, emptied at every commit: once per
+        session, outside any batch (a rolled-back batch would take its creation with it)."""
+        for table in STAGED:
+            self._connection.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging(table)} (LIKE {table})"
+                " ON COMMIT DELETE ROWS"
+            )
+            self._column_types[table] = [
+                name
+                for (name,) in self._db.execute(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = CAST(? AS regclass) AND attnum > 0 AND NOT attisdropped"
+                    " ORDER BY attnum",
+                    (table,),
+                ).fetchall()
+            ]
+
+    def _insert(self, table: str, rows: list[tuple[Any, ...]], on_conflict: str) -> None:
+        """A batch's rows into ``table`` in two statements whatever their number: ``COPY``
+        into the staging table, then (``_insert_staged``) one ``INSERT … SELECT`` with the
+        conflict clause (the rows' order kept: a freshly emptied heap reads back in the order
+        it was written).
+        One statement a row cost the server a parse, a plan and an executor start each.
+        A batch writes each table once, so the staging table is empty until its commit
+        empties it again (in place: ``TRUNCATE`` would give it a new file every batch)."""
+        if not rows:
+            return
+        cursor = self._connection.cursor()
+        with cursor.copy(f"COPY {staging(table)} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(self._column_types[table])
+            for row in rows:
+                copy.write_row(row)
+        self._staged.append(f"INSERT INTO {table} SELECT * FROM {staging(table)} {on_conflict}")  # noqa: S608 - our own tables and clauses
+
+    def _insert_staged(self) -> None:
+        """The batch's ``INSERT … SELECT``s in one round trip (no parameters: one simple query
+        of several statements), at the end of its transaction."""
+        staged, self._staged = self._staged, []
+        if staged:
+            self._connection.execute(";".join(staged), prepare=False)
+
     # --- transactions and positions -----------------------------------------------------------
 
     def _transaction(self, write: Callable[[], None]) -> None:
@@ -236,7 +297,9 @@ class PgWriter(IndexWriter):
         try:
             with self._connection.transaction():
                 write()
+                self._insert_staged()
         except BaseException:
+            self._staged.clear()
             self._forget_endpoints()
             raise
         self._known.update(self._pending)
@@ -374,12 +437,19 @@ class PgWriter(IndexWriter):
                 )
             self._days[table] = existing | missing
 
-    def _drop_days(self, table: str, days: Iterable[int]) -> None:
+    def _drop_days(self, table: str, days: Iterable[int], *, for_budget: bool = False) -> None:
+        """Drop whole days; ``for_budget``: days retention still covers, so the log is
+        complete only after them (``fill.complete_since_ms``)."""
+        dropped = sorted(days)
         with self._connection.transaction():
             self._db.execute(PARTITIONS_LOCK)
-            for day in sorted(days):
+            for day in dropped:
                 self._connection.execute(f"DROP TABLE IF EXISTS {partition_name(table, day)}")
                 self._days.get(table, set()).discard(day)
+            if for_budget and dropped:
+                self._mark_evicted((dropped[-1] + 1) * DAY_MS - 1)
+        if for_budget and dropped:
+            self._evicted((dropped[-1] + 1) * DAY_MS - 1)
         self._attempt_counts.clear()  # counted again as endpoints come by
         self._letter_counts.clear()
         self._delivery_counts.clear()
@@ -412,6 +482,7 @@ class PgWriter(IndexWriter):
             # them (they join no endpoint); the one-row tables would keep them forever.
             for table in ("breakers", "last_errors"):
                 db.execute(f"DELETE FROM {table} WHERE ep NOT IN (SELECT key FROM endpoints)")  # noqa: S608 - constant tables
+            self._forget_old_evictions(now_ms)
 
         self._transaction(write)
         self.keep_within_budget(today)
@@ -456,7 +527,7 @@ class PgWriter(IndexWriter):
                 (rows,) = self._db.execute(
                     f"SELECT COUNT(*) FROM {partition_name(timed.table, day)}"  # noqa: S608 - our own names
                 ).fetchone()
-                self._drop_days(timed.table, [day])
+                self._drop_days(timed.table, [day], for_budget=True)
                 metrics.DELIVERY_LOG_EVICTED.inc(rows)
                 log.warning("delivery_log_evicted", table=timed.table, day=day, rows=rows)
         used = self.used_bytes()

@@ -51,6 +51,7 @@ from services.ingest.api_types import (
     LastError,
     WindowStats,
 )
+from services.ingest.delivery_log.fill import EVICTED_STREAM, evicted_through
 from shared.model.errors import ClickhookError
 from shared.model.messages import (
     AttemptRecord,
@@ -84,6 +85,9 @@ WRITER_CACHE_KIB = 16 * 1024
 BUDGET_HIGH = 0.9
 BUDGET_LOW = 0.8
 EVICT_ROWS = 5000  # per table and round: one short transaction each
+# And at most this share of the rows held per round: a small budget (a few thousand rows) loses
+# its oldest, not everything at once.
+EVICT_SHARE = 0.05
 MIN_PAGES = 64  # a budget smaller than this is no index at all
 # The WAL is cut back to this after checkpoints; it comes on top of the budget.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -100,6 +104,9 @@ SQLITE_NOTADB = 26
 
 # Where each topic partition's next record is: ((topic, partition), offset).
 Positions = Iterable[tuple[tuple[str, int], int]]
+# Rows of a batch into one table (every column, in order), and what a row whose key is there
+# already does (an ``ON CONFLICT`` clause): ``IndexWriter._insert``.
+Insert = Callable[[str, list[tuple[Any, ...]], str], None]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -346,41 +353,41 @@ class _AttemptBatch:
             if record.outcome != "deferred":
                 self.durations[(ep, minute, duration_bucket(record.duration_ms))] += 1
 
-    def write(self, db: Database) -> None:
+    def write(self, insert: Insert) -> None:
         # Keys in one order: two writers of a shared store (PostgreSQL) never wait on each
         # other's rows in opposite orders.
-        db.executemany(
-            "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            self.rows,
-        )
-        db.executemany(
-            "INSERT INTO deliveries VALUES (?,?,?,?,?) ON CONFLICT (ep, webhook_key) DO UPDATE"
+        insert("attempts", self.rows, "ON CONFLICT DO NOTHING")
+        insert(
+            "deliveries",
+            [(*key, v.at_ms, v.pos, *v.values) for key, v in sorted(self.deliveries.items())],
+            "ON CONFLICT (ep, webhook_key) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (deliveries.at_ms, deliveries.pos)",
-            [(*key, v.at_ms, v.pos, *v.values) for key, v in sorted(self.deliveries.items())],
         )
-        db.executemany(
-            "INSERT INTO breakers VALUES (?,?,?,?) ON CONFLICT (ep) DO UPDATE"
+        insert(
+            "breakers",
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.breakers.items())],
+            "ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, state = excluded.state"
             " WHERE (excluded.at_ms, excluded.pos) > (breakers.at_ms, breakers.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.breakers.items())],
         )
-        db.executemany(
-            "INSERT INTO last_errors VALUES (?,?,?,?,?,?,?) ON CONFLICT (ep) DO UPDATE"
+        insert(
+            "last_errors",
+            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.errors.items())],
+            "ON CONFLICT (ep) DO UPDATE"
             " SET at_ms = excluded.at_ms, pos = excluded.pos, webhook_id = excluded.webhook_id,"
             " outcome = excluded.outcome, status = excluded.status, error = excluded.error"
             " WHERE (excluded.at_ms, excluded.pos) > (last_errors.at_ms, last_errors.pos)",
-            [(ep, v.at_ms, v.pos, *v.values) for ep, v in sorted(self.errors.items())],
         )
-        db.executemany(
-            "INSERT INTO rollups VALUES (?,?,?,?) ON CONFLICT (ep, minute, kind)"
-            " DO UPDATE SET n = rollups.n + excluded.n",
+        insert(
+            "rollups",
             sorted((*key, n) for key, n in self.kinds.items()),
+            "ON CONFLICT (ep, minute, kind) DO UPDATE SET n = rollups.n + excluded.n",
         )
-        db.executemany(
-            "INSERT INTO durations VALUES (?,?,?,?) ON CONFLICT (ep, minute, bucket)"
-            " DO UPDATE SET n = durations.n + excluded.n",
+        insert(
+            "durations",
             sorted((*key, n) for key, n in self.durations.items()),
+            "ON CONFLICT (ep, minute, bucket) DO UPDATE SET n = durations.n + excluded.n",
         )
 
 
@@ -458,6 +465,9 @@ class IndexWriter:
         self._letter_counts: Counter[int] = Counter()
         self._delivery_counts: Counter[int] = Counter()
         self.unreadable = 0
+        # The newest record time the byte budget dropped, as this writer last wrote or read it
+        # (``fill.complete_since_ms``); None: it never dropped any.
+        self.evicted_through_ms: int | None = None
 
     # --- what each store does its own way --------------------------------------------------
 
@@ -491,12 +501,43 @@ class IndexWriter:
         """The records not indexed yet (a shared store skips what another writer did)."""
         return list(fetched)
 
+    def _insert(self, table: str, rows: list[tuple[Any, ...]], on_conflict: str) -> None:
+        """A batch's rows into ``table``, in their order: one statement a row, which SQLite
+        runs in process (the PostgreSQL store copies them in instead)."""
+        if rows:
+            marks = ",".join("?" * len(rows[0]))
+            self._db.executemany(f"INSERT INTO {table} VALUES ({marks}) {on_conflict}", rows)  # noqa: S608 - our own tables and clauses
+
     def _save_positions(self, positions: Positions) -> None:
         self._db.executemany(
             "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
             " DO UPDATE SET next_offset = excluded.next_offset",
             [(topic, partition, offset) for (topic, partition), offset in positions],
         )
+
+    def _mark_evicted(self, through_ms: int) -> None:
+        """In the transaction that drops rows for the budget: the newest record time dropped
+        (never moved back; another writer of a shared store may have dropped newer ones)."""
+        self._db.execute(
+            "INSERT INTO positions VALUES (?, 0, ?) ON CONFLICT (topic, partition) DO UPDATE"
+            " SET next_offset = CASE WHEN excluded.next_offset > positions.next_offset"
+            " THEN excluded.next_offset ELSE positions.next_offset END",
+            (EVICTED_STREAM, through_ms),
+        )
+
+    def _evicted(self, through_ms: int) -> None:
+        """Once the transaction that dropped records up to ``through_ms`` is committed."""
+        self.evicted_through_ms = max(through_ms, self.evicted_through_ms or through_ms)
+
+    def _forget_old_evictions(self, now_ms: int) -> None:
+        """Within ``expire``: once every topic's retention has passed what the budget dropped,
+        nothing the topics keep is missing."""
+        cutoff = now_ms - DEAD_LETTERS_KEPT_MS
+        self._db.execute(
+            "DELETE FROM positions WHERE topic = ? AND next_offset < ?", (EVICTED_STREAM, cutoff)
+        )
+        if self.evicted_through_ms is not None and self.evicted_through_ms < cutoff:
+            self.evicted_through_ms = None
 
     def keep_within_budget(self) -> None:
         raise NotImplementedError
@@ -563,7 +604,7 @@ class IndexWriter:
                 ep = self._endpoint_key(record.endpoint_id, record.account_id)
                 if ep is not None and record.at_ms >= kept_from:
                     batch.add(ep, item.pos, record)
-            batch.write(self._db)
+            batch.write(self._insert)
             self._save_positions(positions)
             batches.clear()
             batches.append(batch)
@@ -595,9 +636,7 @@ class IndexWriter:
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
                 if ep is not None and letter.dead_at_ms >= kept_from:
                     rows.append(_letter_row(item.pos, ep, letter))
-            self._db.executemany(
-                "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows
-            )
+            self._insert("dead_letters", rows, "ON CONFLICT DO NOTHING")
             self._save_positions(positions)
 
         self._fitted(write)
@@ -676,6 +715,7 @@ class LogWriter(IndexWriter):
         self._deleted: set[str] = set()
         self._forget_endpoints()
         self._recount()
+        self.evicted_through_ms = evicted_through(self.positions())
 
     def close(self) -> None:
         self._sqlite.close()
@@ -768,7 +808,7 @@ class LogWriter(IndexWriter):
         returns how many rows went."""
         evicted = 0
         while self.used_bytes() > target_bytes:
-            gone = self._evict_oldest(EVICT_ROWS)
+            gone = self._evict_oldest(self._eviction_round())
             if gone == 0:
                 break  # nothing left to evict: the rest is endpoints and the 25 h figures
             evicted += gone
@@ -777,6 +817,12 @@ class LogWriter(IndexWriter):
             log.info("delivery_log_evicted", rows=evicted, used_bytes=self.used_bytes())
             self._recount()
         return evicted
+
+    def _eviction_round(self) -> int:
+        """Rows per table to evict in one round, from the counts kept in memory."""
+        counts = (self._attempt_counts, self._letter_counts, self._delivery_counts)
+        held = sum(sum(c.values()) for c in counts)
+        return max(1, min(EVICT_ROWS, int(held * EVICT_SHARE)))
 
     def _evict_oldest(self, rows: int) -> int:
         """Up to ``rows`` of each table, all older than the ``rows``-th oldest of any: the
@@ -795,8 +841,12 @@ class LogWriter(IndexWriter):
                     f" ORDER BY {timed.time_column} LIMIT ?)",
                     (cutoff, rows),
                 )
+            # Every row older than the cutoff is gone, of every table (each has fewer than
+            # ``rows`` of them); of its time, maybe not all.
+            self._mark_evicted(cutoff)
 
         self._transaction(write)
+        self._evicted(cutoff)
         return self._sqlite.total_changes - before
 
     def _cutoff(self, timed: Timed, rows: int) -> int | None:
@@ -824,6 +874,7 @@ class LogWriter(IndexWriter):
             db.execute("DELETE FROM deleted_endpoints WHERE deleted_at_ms < ?", (cutoff,))
             db.execute("DELETE FROM rollups WHERE minute < ?", (first_minute,))
             db.execute("DELETE FROM durations WHERE minute < ?", (first_minute,))
+            self._forget_old_evictions(now_ms)
 
         self._transaction(write)
         self._recount()
