@@ -234,10 +234,12 @@ def test_days_dropped_for_the_budget_say_since_when_the_log_is_complete(
     url = postgres.new_schema()
     now = now_ms()
     old_ms = (now // DAY_MS - 2) * DAY_MS
+    # Today's rows a minute back, but never yesterday's (in the first minute after midnight).
+    today_ms = max(now - 60_000, now // DAY_MS * DAY_MS)
     records = [
         attempt("ep_budget", f"evt_{n:04}", at_ms=at_ms + n, outcome="http_5xx", status=502,
                 response_body=ANSWER)
-        for at_ms in (old_ms, now - 60_000) for n in range(FILL_ATTEMPTS)
+        for at_ms in (old_ms, today_ms) for n in range(FILL_ATTEMPTS)
     ]  # fmt: skip
     fetched = [Fetched(0, n, encode(record)) for n, record in enumerate(records)]
     writer = PgWriter(url, per_endpoint=100_000, max_bytes=SMALL_BUDGET, now_ms=now)

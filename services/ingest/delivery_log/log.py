@@ -342,9 +342,9 @@ class DeliveryLog:
 
     async def stop(self) -> None:
         if self._status_task is not None:
+            # Waited for, not awaited: a cancel of ``stop`` itself must not be swallowed.
             self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+            await asyncio.wait([self._status_task])
         await close_quietly("delivery log consumer", self._consumer.stop())
         if self._replays is not self._consumer:
             await close_quietly("delivery log replays consumer", self._replays.stop())
@@ -517,6 +517,8 @@ class DeliveryLog:
         try:
             await self._refresh_shared_status()
         except Exception as exc:  # noqa: BLE001 - the next refresh tries again; a failing store fails its batches too
+            # Not caught up until a look succeeds again: the last look's figures may be stale.
+            self._status_known = False
             log.warning("delivery_log_status_failed", error=repr(exc))
 
     async def _seek_stored(self) -> set[TopicPartition]:
