@@ -38,39 +38,33 @@ class Pipeline:
     def topic(self, name: str) -> str:
         return self.prefix + name
 
+    async def _call(
+        self, method: str, path: str, token: str, expected: int, json: Any = None
+    ) -> dict[str, Any]:
+        """One request to ingest's API; its JSON body, once the status is the one expected."""
+        async with self.session.request(
+            method,
+            f"{self.ingest_url}{path}",
+            json=json,
+            headers={"authorization": f"Bearer {token}"},
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == expected, body
+            return body
+
     async def create_endpoint(
         self, url: str, token: str = ACCOUNT_TOKEN, **fields: Any
     ) -> dict[str, Any]:
-        async with self.session.post(
-            f"{self.ingest_url}/v1/endpoints",
-            json={"url": url, **fields},
-            headers={"authorization": f"Bearer {token}"},
-        ) as response:
-            body: dict[str, Any] = await response.json()
-            assert response.status == 201, body
-            return body
+        return await self._call("POST", "/v1/endpoints", token, 201, {"url": url, **fields})
 
     async def endpoint(self, endpoint_id: str, token: str = ACCOUNT_TOKEN) -> dict[str, Any]:
         """The endpoint as the API shows it."""
-        async with self.session.get(
-            f"{self.ingest_url}/v1/endpoints/{endpoint_id}",
-            headers={"authorization": f"Bearer {token}"},
-        ) as response:
-            body: dict[str, Any] = await response.json()
-            assert response.status == 200, body
-            return body
+        return await self._call("GET", f"/v1/endpoints/{endpoint_id}", token, 200)
 
     async def patch_endpoint(
         self, endpoint_id: str, token: str = ACCOUNT_TOKEN, **fields: Any
     ) -> dict[str, Any]:
-        async with self.session.patch(
-            f"{self.ingest_url}/v1/endpoints/{endpoint_id}",
-            json=fields,
-            headers={"authorization": f"Bearer {token}"},
-        ) as response:
-            body: dict[str, Any] = await response.json()
-            assert response.status == 200, body
-            return body
+        return await self._call("PATCH", f"/v1/endpoints/{endpoint_id}", token, 200, fields)
 
     async def disabled_endpoint(self, endpoint_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
         """The endpoint as the API shows it once a service's disable has reached ingest (or as
@@ -83,14 +77,7 @@ class Pipeline:
             await asyncio.sleep(0.1)
 
     async def post_clicks(self, payload: Any) -> dict[str, Any]:
-        async with self.session.post(
-            f"{self.ingest_url}/v1/clicks",
-            json=payload,
-            headers={"authorization": f"Bearer {PUBLISH_TOKEN}"},
-        ) as response:
-            body: dict[str, Any] = await response.json()
-            assert response.status == 202, body
-            return body
+        return await self._call("POST", "/v1/clicks", PUBLISH_TOKEN, 202, payload)
 
     async def post_until_accepted(
         self, batch: list[dict[str, Any]], *, retry_s: float = 0.5, timeout_s: float = 30.0
@@ -120,19 +107,12 @@ class Pipeline:
         self, endpoint_id: str, since: datetime, token: str = ACCOUNT_TOKEN
     ) -> dict[str, Any]:
         """Start a replay of the endpoint's dead letters and wait until the job has ended."""
-        url = f"{self.ingest_url}/v1/endpoints/{endpoint_id}/replay"
-        headers = {"authorization": f"Bearer {token}"}
-        async with self.session.post(
-            url, json={"since": since.isoformat()}, headers=headers
-        ) as response:
-            job: dict[str, Any] = await response.json()
-            assert response.status == 202, job
+        path = f"/v1/endpoints/{endpoint_id}/replay"
+        job = await self._call("POST", path, token, 202, {"since": since.isoformat()})
         async with asyncio.timeout(REPLAY_TIMEOUT_S):
             while job["state"] == "running":
                 await asyncio.sleep(0.2)
-                async with self.session.get(url, headers=headers) as response:
-                    job = await response.json()
-                    assert response.status == 200, job
+                job = await self._call("GET", path, token, 200)
         return job
 
     def spawn(self, name: str, instance: str) -> ServiceProcess:
