@@ -156,20 +156,9 @@ class Deliverer:
             schedule_s=self._settings.retry_schedule_s,
             retry_after_s=result.retry_after_s,
         )
-        history = msgspec.structs.replace(
-            record,
-            request_headers=None,
-            request_body=None,
-            endpoint_version=endpoint.version,
-            replay_id=envelope.replay_id,
-        )
-        updated = msgspec.structs.replace(
-            envelope,
-            attempts_made=attempt_no,
-            attempts=[*envelope.attempts, history],
-            deferrals=0,
-            busy_since_ms=None,
-        )
+        # A delivered envelope goes nowhere: only one handed off carries its history on.
+        delivered = isinstance(route, Delivered)
+        updated = envelope if delivered else _with_attempt(envelope, record, endpoint.version)
         # Read before the breaker hears of this attempt: a success ends the streak.
         recovered_from_ms = (
             self._failing_since_ms(endpoint, envelope) if record.outcome == "success" else None
@@ -389,17 +378,16 @@ class Deliverer:
         generation: int,
     ) -> None:
         record = result.record
-        if record.outcome == "success":
-            outcome = Result.SUCCESS
-        elif signals_down(record.outcome, record.status):
-            outcome = Result.DOWN
-        else:
-            outcome = Result.FAILED
         now_s = self._clock()
-        streak_start_ms = failure_streak_start_ms(
-            envelope.attempts, endpoint_version=generation, replay_id=envelope.replay_id
-        )
-        streak_start_s = None if streak_start_ms is None else streak_start_ms / 1000
+        streak_start_s = None
+        if record.outcome == "success":
+            outcome = Result.SUCCESS  # ends any streak: where it began does not matter
+        else:
+            outcome = Result.DOWN if signals_down(record.outcome, record.status) else Result.FAILED
+            streak_start_ms = failure_streak_start_ms(
+                envelope.attempts, endpoint_version=generation, replay_id=envelope.replay_id
+            )
+            streak_start_s = None if streak_start_ms is None else streak_start_ms / 1000
         self._breaker.record(
             endpoint.id, outcome, now_s, generation=generation, streak_start_s=streak_start_s
         )
@@ -526,6 +514,27 @@ class Deliverer:
                     self._latency_seconds.observe(
                         max(0.0, record.at_ms / 1000 + record.duration_ms / 1000 - occurred_s)
                     )
+
+
+def _with_attempt(
+    envelope: DeliveryEnvelope, record: AttemptRecord, endpoint_version: int
+) -> DeliveryEnvelope:
+    """The envelope after ``record``'s attempt, which joins its history (without the request,
+    which the delivery log keeps), for its hand-off."""
+    history = msgspec.structs.replace(
+        record,
+        request_headers=None,
+        request_body=None,
+        endpoint_version=endpoint_version,
+        replay_id=envelope.replay_id,
+    )
+    return msgspec.structs.replace(
+        envelope,
+        attempts_made=record.attempt,
+        attempts=[*envelope.attempts, history],
+        deferrals=0,
+        busy_since_ms=None,
+    )
 
 
 def _without_repeated_body(

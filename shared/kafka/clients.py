@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeAlias, TypeVar
 
@@ -10,6 +11,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
 
 from shared.kafka.idempotence import SequenceRecoveringProducer
@@ -28,6 +30,8 @@ HANDOFF_BATCH_BYTES = 256 * 1024
 # The attempt log's batches: large, as nobody waits on them (create_audit_producer).
 AUDIT_BATCH_BYTES = 256 * 1024
 MIN_INSYNC_REPLICAS = 2
+# Keys whose hash is remembered: endpoint ids (the hand-offs, the attempt log) and link ids.
+KEY_HASHES_KEPT = 4096
 
 Header = tuple[str, bytes]
 Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
@@ -47,6 +51,25 @@ def compression_type(settings: Settings) -> str | None:
     Against the dispatcher's 0.25 ms per delivery, ``zstd`` adds under 0.6 %.
     """
     return None if settings.kafka_compression == "none" else settings.kafka_compression
+
+
+@functools.lru_cache(maxsize=KEY_HASHES_KEPT)
+def _key_hash(key: bytes) -> int:
+    hashed: int = murmur2(key)
+    return hashed & 0x7FFFFFFF
+
+
+def partition_for_key(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's default partitioner (murmur2 of the key, as the Java client), with each
+    key's hash remembered: its murmur2 is pure Python, and hashing the same endpoint id
+    again for every attempt record was 2 % of the dispatcher's samples."""
+    if key is None:
+        partition: int = _DEFAULT_PARTITIONER(key, all_partitions, available)
+        return partition
+    return all_partitions[_key_hash(key) % len(all_partitions)]
+
+
+_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
@@ -71,6 +94,7 @@ def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProduc
         compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook",
+        partitioner=partition_for_key,
     )
 
 
@@ -86,6 +110,7 @@ def create_audit_producer(settings: Settings) -> AIOKafkaProducer:
         compression_type=compression_type(settings),
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         client_id="clickhook-attempts",
+        partitioner=partition_for_key,
     )
 
 

@@ -260,18 +260,21 @@ def nested_deeper_than(obj: Any, limit: int) -> bool:
 def decode_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Decode JSON bytes; raises ``InvalidInput`` on bad UTF-8, syntax, NaN or nesting deeper
     than ``max_depth``."""
-    too_deep = Problem("$", f"nested more than {max_depth} levels deep")
     try:
         obj = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput("malformed JSON", [Problem("$", str(exc))]) from None
     except RecursionError:
-        raise InvalidInput("malformed JSON", [too_deep]) from None
+        raise InvalidInput("malformed JSON", [_too_deep(max_depth)]) from None
     # Nesting never goes deeper than the number of brackets: most values need no walk.
     brackets = raw.count(b"[") + raw.count(b"{")
     if brackets > max_depth and nested_deeper_than(obj, max_depth):
-        raise InvalidInput("malformed JSON", [too_deep])
+        raise InvalidInput("malformed JSON", [_too_deep(max_depth)])
     return obj
+
+
+def _too_deep(max_depth: int) -> Problem:
+    return Problem("$", f"nested more than {max_depth} levels deep")
 
 
 _ARRAY_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
