@@ -186,6 +186,15 @@ def _throughput_specs() -> list[Spec]:
     for fanout in FANOUTS:
         label = "deliveries to 1 endpoint" if fanout == 1 else f"deliveries, fan-out to {fanout}"
         specs.append(Spec(f"delivery.fan{fanout}.dps", label, "/s"))
+        # The delivery log keeps up with the drain, or its records are dropped (counted).
+        specs.append(
+            Spec(
+                f"delivery.fan{fanout}.log_dropped",
+                "  of which attempt records dropped by the delivery log",
+                "%",
+                Target("<=", 5),
+            )
+        )
     specs += [
         Spec(
             "delivery.capped.dps",

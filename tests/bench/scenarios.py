@@ -71,6 +71,7 @@ NEIGHBOUR_FAST_ENDPOINTS = 3
 STALL_MS = 30_000
 HTTP_STREAM_CONNECTIONS = 8
 DEFERRED = "clickhook_deliveries_deferred_total"
+LOG_DROPPED = "clickhook_attempt_log_dropped_total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,7 @@ class Drained:
     ledger: GroupLedger
     cpu_s: float
     deferred: int
+    log_dropped: int  # attempt records the delivery log dropped (queue full, send failed)
 
 
 async def deliveries(bench: Bench) -> None:
@@ -295,6 +297,9 @@ async def deliveries(bench: Bench) -> None:
                 drained = await drain_backlog(bench, stack, fanout, f"fan{fanout}-r{run}")
                 rate = rate_of(drained.ledger)
                 bench.record(f"delivery.fan{fanout}.dps", rate)
+                attempts = drained.ledger.count + drained.deferred
+                dropped = 100 * drained.log_dropped / max(1, attempts)
+                bench.record(f"delivery.fan{fanout}.log_dropped", dropped)
                 if ceiling:
                     bench.record("delivery.fan1.ratio_to_ceiling", rate / ceiling)
                 if fanout in (1, 100):
@@ -338,7 +343,8 @@ async def drain_backlog(
 
     ledger = await bench.wait_for(group, clicks * fanout, also_done=deferred)
     after = stack.usage("dispatcher")
-    drained = Drained(ledger, after.cpu_s - cpu_before, int(await deferred()))
+    log_dropped = int(await stack.metric("dispatcher", LOG_DROPPED))
+    drained = Drained(ledger, after.cpu_s - cpu_before, int(await deferred()), log_dropped)
     bench.record("rss.dispatcher", after.peak_rss_mb)
     await stack.stop("dispatcher")
     return drained
