@@ -1,9 +1,9 @@
 """What each codec of ``CLICKHOOK_KAFKA_COMPRESSION`` costs the attempt log by itself (issue
 26): batches of the dispatcher's attempt records at fan-out 100 (each click's delivery to 100
-endpoints: the same body, its own signature and ids), filled to the audit producer's 256 KiB
-and built by aiokafka's record batch builder with that codec, as its sender does on the
-event loop. No broker, no network: the codec's own work, and how long one batch holds the
-event loop.
+endpoints: the same body, its own signature and ids), filled to the audit producer's batch
+size (``AUDIT_BATCH_BYTES``) and built by aiokafka's record batch builder with that codec, as
+its sender does on the event loop. No broker, no network: the codec's own work, and how
+long one batch holds the event loop.
 
 Prints, per codec, the records in a batch, its size built, the time to build it (median of
 ``--repeat``) in ms per batch and in µs per record, and that time less ``none``'s: what the
