@@ -403,6 +403,8 @@ async def measure_store(
     log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
     state_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
     env = {"CLICKHOOK_STATE_DIR": str(state_dir), "CLICKHOOK_DELIVERY_LOG_URL": url}
+    if args.max_bytes:
+        env["CLICKHOOK_DELIVERY_LOG_MAX_BYTES"] = str(args.max_bytes)
     ids = endpoint_ids(counts["endpoints"])
     rng = random.Random(23)
     async with aiohttp.ClientSession() as session:
@@ -494,6 +496,9 @@ def main_at_cap(argv: list[str]) -> None:
         "--reuse", metavar="PREFIX", help="the topics an earlier run at this scale wrote there"
     )
     parser.add_argument("--no-new-replica", action="store_true", help="skip the new replica")
+    parser.add_argument(
+        "--max-bytes", type=int, help="CLICKHOOK_DELIVERY_LOG_MAX_BYTES (default: the setting's)"
+    )
     parser.add_argument("--output", type=Path, default=CAP_OUTPUT)
     args = parser.parse_args(argv)
     figures = asyncio.run(measure_at_cap(args))
