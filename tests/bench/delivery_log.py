@@ -298,21 +298,32 @@ def cap_letter(endpoint_id: str, n: int, now_ms: int) -> bytes:
     )
 
 
-async def produce_at_cap(bootstrap: str, prefix: str, scale: float) -> dict[str, int]:
+def cap_counts(scale: float) -> dict[str, int]:
     """``CAP_ENDPOINTS`` x ``CAP_ATTEMPTS_PER_ENDPOINT`` attempts, and dead letters for
     ``CAP_LETTER_ENDPOINTS`` of them, all scaled by ``scale`` in endpoints (never per
     endpoint: the cap is what is measured)."""
     endpoints = max(1, round(CAP_ENDPOINTS * scale))
-    letter_endpoints = max(1, round(CAP_LETTER_ENDPOINTS * scale))
-    records = endpoints * CAP_ATTEMPTS_PER_ENDPOINT
-    await produce_everything(bootstrap, prefix, records, endpoints)
+    letters = max(1, round(CAP_LETTER_ENDPOINTS * scale)) * CAP_LETTERS_PER_ENDPOINT
+    return {
+        "endpoints": endpoints,
+        "attempts": endpoints * CAP_ATTEMPTS_PER_ENDPOINT,
+        "dead_letters": letters,
+    }
+
+
+async def produce_at_cap(bootstrap: str, prefix: str, scale: float) -> dict[str, int]:
+    """The records ``cap_counts`` says, written to the topics under ``prefix``."""
+    counts = cap_counts(scale)
+    endpoints = counts["endpoints"]
+    letter_endpoints = counts["dead_letters"] // CAP_LETTERS_PER_ENDPOINT
+    await produce_everything(bootstrap, prefix, counts["attempts"], endpoints)
     producer = bulk_producer(bootstrap)
     await producer.start()
     try:
         ids = endpoint_ids(endpoints)[:letter_endpoints]
         now_ms = int(time.time() * 1000)
         futures = []
-        for n in range(letter_endpoints * CAP_LETTERS_PER_ENDPOINT):
+        for n in range(counts["dead_letters"]):
             endpoint_id = ids[n % letter_endpoints]
             value = cap_letter(endpoint_id, n, now_ms)
             futures.append(
@@ -324,8 +335,7 @@ async def produce_at_cap(bootstrap: str, prefix: str, scale: float) -> dict[str,
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    letters = letter_endpoints * CAP_LETTERS_PER_ENDPOINT
-    return {"endpoints": endpoints, "attempts": records, "dead_letters": letters}
+    return counts
 
 
 async def until_caught_up(client: Client, rng: random.Random, started: float) -> float:
@@ -379,12 +389,22 @@ def index_bytes(store: str, state_dir: Path, url: str) -> int:
 
 
 async def measure_store(
-    store: str, bootstrap: str, prefix: str, counts: dict[str, int], url: str, requests: int
+    store: str,
+    bootstrap: str,
+    prefix: str,
+    counts: dict[str, int],
+    url: str,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """One store: index from the topics, first pages, a restart, a new replica."""
+    """One store: index from the topics, first pages, a restart, a new replica (unless
+    ``--no-new-replica``: the records were all written within the hour, so a new SQLite
+    replica's newest hour is every record, as long again as the first index)."""
+    requests = args.requests
     log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
     state_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
     env = {"CLICKHOOK_STATE_DIR": str(state_dir), "CLICKHOOK_DELIVERY_LOG_URL": url}
+    if args.max_bytes:
+        env["CLICKHOOK_DELIVERY_LOG_MAX_BYTES"] = str(args.max_bytes)
     ids = endpoint_ids(counts["endpoints"])
     rng = random.Random(23)
     async with aiohttp.ClientSession() as session:
@@ -411,6 +431,18 @@ async def measure_store(
         await stack.start("ingest")
         restart_s = await until_caught_up(client, rng, started)
 
+        found = {
+            "records": records,
+            "index_s": round(index_s, 1),
+            "index_records_per_s": round(records / index_s),
+            "index_mb": round(used_bytes / 1024 / 1024, 1),
+            "first_page_ms": _percentiles(latencies),
+            "ingest_peak_rss_mb": round(peak_rss, 1),
+            "restart_to_serving_s": round(restart_s, 1),
+        }
+        if args.no_new_replica:
+            await stack.stop("ingest")
+            return found
         # A new replica beside the running one: its own state directory (SQLite) or the
         # shared store (PostgreSQL), until it lists the newest hour as the first one does.
         fresh_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-state-"))
@@ -425,25 +457,19 @@ async def measure_store(
         new_replica_s = time.monotonic() - started
         await second.stop("ingest")
         await stack.stop("ingest")
-    return {
-        "records": records,
-        "index_s": round(index_s, 1),
-        "index_records_per_s": round(records / index_s),
-        "index_mb": round(used_bytes / 1024 / 1024, 1),
-        "first_page_ms": _percentiles(latencies),
-        "ingest_peak_rss_mb": round(peak_rss, 1),
-        "restart_to_serving_s": round(restart_s, 1),
-        "new_replica_newest_hour_s": round(new_replica_s, 1),
-    }
+    return {**found, "new_replica_newest_hour_s": round(new_replica_s, 1)}
 
 
 async def measure_at_cap(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="clickhook-bench-log-"))
     async with broker(args.bootstrap, log_dir) as bootstrap:
-        prefix = f"bench{random.Random().getrandbits(32):08x}."
-        started = time.monotonic()
-        counts = await produce_at_cap(bootstrap, prefix, args.scale)
-        print(f"produced {counts} in {time.monotonic() - started:.1f} s", flush=True)
+        if args.reuse:
+            prefix, counts = args.reuse, cap_counts(args.scale)
+        else:
+            prefix = f"bench{random.Random().getrandbits(32):08x}."
+            started = time.monotonic()
+            counts = await produce_at_cap(bootstrap, prefix, args.scale)
+            print(f"produced {counts} under {prefix} in {time.monotonic() - started:.1f} s")
         found: dict[str, Any] = {
             "scale": args.scale,
             **counts,
@@ -453,14 +479,10 @@ async def measure_at_cap(args: argparse.Namespace) -> dict[str, Any]:
             if store == "postgres":
                 with running_postgres() as server:
                     url = await asyncio.to_thread(server.new_schema)
-                    found[store] = await measure_store(
-                        store, bootstrap, prefix, counts, url, args.requests
-                    )
+                    found[store] = await measure_store(store, bootstrap, prefix, counts, url, args)
                     found[store]["server"] = server_version()
             else:
-                found[store] = await measure_store(
-                    store, bootstrap, prefix, counts, "", args.requests
-                )
+                found[store] = await measure_store(store, bootstrap, prefix, counts, "", args)
     return found
 
 
@@ -470,6 +492,13 @@ def main_at_cap(argv: list[str]) -> None:
     parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--bootstrap", help="an existing broker instead of a throwaway one")
+    parser.add_argument(
+        "--reuse", metavar="PREFIX", help="the topics an earlier run at this scale wrote there"
+    )
+    parser.add_argument("--no-new-replica", action="store_true", help="skip the new replica")
+    parser.add_argument(
+        "--max-bytes", type=int, help="CLICKHOOK_DELIVERY_LOG_MAX_BYTES (default: the setting's)"
+    )
     parser.add_argument("--output", type=Path, default=CAP_OUTPUT)
     args = parser.parse_args(argv)
     figures = asyncio.run(measure_at_cap(args))

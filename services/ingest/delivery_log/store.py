@@ -77,8 +77,10 @@ TRIM_SLACK = 0.1
 BUCKETS_PER_DOUBLING = 8
 POSITION_BITS = 40  # offsets below 2^40 (a trillion records a partition)
 
-READER_CACHE_KIB = 8 * 1024
-WRITER_CACHE_KIB = 16 * 1024
+# Each connection's page cache counts against ingest's 150 MB. A reader answers a page of one
+# endpoint (a few index pages and the rows), the operating system's file cache under it.
+READER_CACHE_KIB = 2 * 1024
+WRITER_CACHE_KIB = 8 * 1024
 
 # The byte budget: past BUDGET_HIGH of it the oldest rows are evicted down to BUDGET_LOW, so a
 # batch (5,000 records, a few MB) always finds room below the hard limit (max_page_count).
