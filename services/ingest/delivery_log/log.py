@@ -97,9 +97,9 @@ RETRY_MAX_S = 60.0
 FULL_TRIES = 2
 # Small fetches: the index is written a batch at a time, and what waits in aiokafka's buffers
 # (decoded before it is handed over) counts against the service's memory (150 MB in all). At
-# the cap (1,000 endpoints x 10,000 attempts, a million dead letters of 12 KB) 4 MiB fetches
-# and a 16 MiB writer cache held a fresh index at 162 MB; these and 8 MiB at 138 MB, at the
-# same rate (docs/benchmarks/delivery_log_cap.json).
+# the cap (1,000 endpoints x 10,000 attempts, a million dead letters of 12 KB) a fresh index
+# peaked at 162 MB in its first 100 s with 4 MiB fetches and a 16 MiB writer cache, and at
+# 138 MB with these and 8 MiB, at the same rate (docs/benchmarks/delivery_log_cap.json).
 FETCH_MAX_BYTES = 2 * 1024 * 1024
 PARTITION_FETCH_BYTES = 512 * 1024
 BATCH_RECORDS = 5000
