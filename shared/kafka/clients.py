@@ -55,6 +55,9 @@ def compression_type(settings: Settings) -> str | None:
     return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
+_DEFAULT_PARTITIONER = DefaultPartitioner()
+
+
 @functools.lru_cache(maxsize=KEY_HASHES_KEPT)
 def _key_hash(key: bytes) -> int:
     hashed: int = murmur2(key)
@@ -69,9 +72,6 @@ def partition_for_key(key: bytes | None, all_partitions: list[int], available: l
         partition: int = _DEFAULT_PARTITIONER(key, all_partitions, available)
         return partition
     return all_partitions[_key_hash(key) % len(all_partitions)]
-
-
-_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
