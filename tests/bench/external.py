@@ -22,6 +22,7 @@ from tests.support.services import ROOT
 DELIVERY_LOG_KEYS = {
     "delivery_log.records": ("records",),
     "delivery_log.index_s": ("index_s",),
+    "delivery_log.newest_hour_s": ("newest_hour_s",),
     "delivery_log.first_page_ms.p95": ("first_page_ms", "p95"),
     "delivery_log.first_page_ms_during_indexing.p95": ("first_page_ms_during_indexing", "p95"),
     "delivery_log.ingest_peak_rss_mb": ("ingest_peak_rss_mb",),
@@ -34,6 +35,7 @@ CAP_STORES = ("sqlite", "postgres")
 CAP_KEYS = {
     "index_mb": ("index_mb",),
     "index_records_per_s": ("index_records_per_s",),
+    "newest_hour_s": ("newest_hour_s",),
     "restart_to_serving_s": ("restart_to_serving_s",),
     "new_replica_newest_hour_s": ("new_replica_newest_hour_s",),
     "first_page_ms.p95": ("first_page_ms", "p95"),

@@ -308,6 +308,7 @@ def _delivery_log_specs() -> list[Spec]:
     return [
         Spec("delivery_log.records", "delivery log: attempt records indexed", ""),
         Spec("delivery_log.index_s", "delivery log: fresh ingest indexes them", "s"),
+        Spec("delivery_log.newest_hour_s", "delivery log: fresh ingest serves newest hour", "s"),
         Spec(
             "delivery_log.first_page_ms.p95",
             "delivery log: first page p95, indexed",
@@ -337,6 +338,7 @@ def _delivery_log_cap_specs(store: str) -> list[Spec]:
     return [
         Spec(f"{key}.index_mb", f"{label}: index bytes", "MB"),
         Spec(f"{key}.index_records_per_s", f"{label}: index rate", "records/s"),
+        Spec(f"{key}.newest_hour_s", f"{label}: fresh index serves newest hour", "s"),
         Spec(f"{key}.restart_to_serving_s", f"{label}: restart to serving", "s"),
         Spec(f"{key}.new_replica_newest_hour_s", f"{label}: new replica serves newest hour", "s"),
         Spec(f"{key}.first_page_ms.p95", f"{label}: first page p95", "ms", Target("<=", 300)),

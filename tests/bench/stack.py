@@ -148,8 +148,8 @@ class Stack:
             CLICKHOOK_INGEST_PORT=str(ports["ingest"]),
             CLICKHOOK_DISPATCHER_PORT=str(ports["dispatcher"]),
             CLICKHOOK_RETRY_PORT=str(ports["retry"]),
-            CLICKHOOK_LOG_LEVEL="warning",  # logging every delivery would be measured too
-            **self.extra_env,
+            # Logging every delivery would be measured too (unless a scenario asks for it).
+            **{"CLICKHOOK_LOG_LEVEL": "warning", **self.extra_env},
         )
         self.services = {
             name: ServiceProcess(name, env, port, self.log_dir / f"{self.prefix}{name}.log")
