@@ -426,9 +426,10 @@ async def until_filled(
         await asyncio.sleep(POLL_S * 4)
 
 
-async def newest_hour(stack: Stack, endpoint_id: str) -> int | None:
-    """How many attempts of the last hour the endpoint's log lists (None: not answering)."""
-    since = datetime.fromtimestamp(time.time() - 3600, tz=UTC).isoformat()
+async def newest_hour(stack: Stack, endpoint_id: str, since: str) -> int | None:
+    """How many attempts since ``since`` (an hour before the first look: the same instant at
+    every look, so records ageing out of a moving window never change the count) the
+    endpoint's log lists (None: not answering)."""
     url = stack.url("ingest", f"/v1/endpoints/{endpoint_id}/attempts")
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     try:
@@ -443,10 +444,10 @@ async def newest_hour(stack: Stack, endpoint_id: str) -> int | None:
     return len(body["data"])
 
 
-async def until_lists(stack: Stack, endpoint_id: str, expected: int | None) -> None:
+async def until_lists(stack: Stack, endpoint_id: str, since: str, expected: int | None) -> None:
     deadline = time.monotonic() + INDEX_TIMEOUT_S * 4
     while time.monotonic() < deadline:
-        if await newest_hour(stack, endpoint_id) == expected:
+        if await newest_hour(stack, endpoint_id, since) == expected:
             return
         await asyncio.sleep(POLL_S)
     raise RuntimeError(f"the new replica did not list the newest hour of {endpoint_id}")
@@ -503,7 +504,8 @@ async def measure_store(
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
         peak_rss = stack.usage("ingest").peak_rss_mb
         used_bytes = await asyncio.to_thread(index_bytes, store, state_dir, url)
-        expected_hour = await newest_hour(stack, ids[0])
+        an_hour_ago = datetime.fromtimestamp(time.time() - 3600, tz=UTC).isoformat()
+        expected_hour = await newest_hour(stack, ids[0], an_hour_ago)
 
         await stack.stop("ingest")
         started = time.monotonic()
@@ -521,6 +523,7 @@ async def measure_store(
             "ingest_peak_rss_mb": round(peak_rss, 1),
             "restart_to_serving_s": round(restart_s, 1),
         }
+        print(f"{store}: {found}", flush=True)  # kept if the new replica fails
         if args.no_new_replica:
             await stack.stop("ingest")
             return found
@@ -534,7 +537,7 @@ async def measure_store(
         second_client = Client(second, ids)
         if store == "sqlite":
             await until_caught_up(second_client, rng, started)
-        await until_lists(second, ids[0], expected_hour)
+        await until_lists(second, ids[0], an_hour_ago, expected_hour)
         new_replica_s = time.monotonic() - started
         await second.stop("ingest")
         await stack.stop("ingest")
