@@ -1,8 +1,7 @@
 """The delivery log in PostgreSQL, against the real broker and a real server: two ingest
 replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down, or
 a store over its byte budget, degrades only the log's routes (503 with Retry-After) until it
-is back, without losing a record; days dropped for the budget say where the log is complete,
-and rows written twice (copied in) are kept once."""
+is back, without losing a record (test_delivery_log_pg_hours: what the budget drops)."""
 
 from __future__ import annotations
 
@@ -14,17 +13,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from services.ingest.app import create_app
-from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
 from services.ingest.delivery_log.log import DeliveryLog
-from services.ingest.delivery_log.pg_store import PgReader, PgWriter
-from services.ingest.delivery_log.store import (
-    DAY_MS,
-    RESPONSE_BODY_CHARS,
-    AttemptFilter,
-    Fetched,
-)
+from services.ingest.delivery_log.store import HOUR_MS, RESPONSE_BODY_CHARS
 from shared.kafka.service_base import service_base
-from shared.model.messages import encode
 from shared.model.topics import Topics
 from tests.integration.conftest import (
     ACCOUNT_A,
@@ -40,7 +31,7 @@ pytestmark = pytest.mark.kafka
 
 Client = TestClient[Any, Any]
 REPLICAS = 2
-# An empty store takes 320 KiB; past this, today's attempts alone are over the budget.
+# An empty store takes 320 KiB; past this, the current hour's attempts alone are over the budget.
 SMALL_BUDGET = 512 * 1024
 FILL_ATTEMPTS = 300
 # The budget's check, every 60 s in service.
@@ -157,7 +148,7 @@ async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
         await started.aclose()
 
 
-async def test_a_store_over_its_budget_with_only_today_left_degrades_only_the_log_routes(
+async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_the_log_only(
     postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
 ) -> None:
     """As a full SQLite index: the log's routes answer 503 `delivery_log_unavailable` (reason
@@ -204,8 +195,10 @@ async def test_a_store_over_its_budget_with_only_today_left_degrades_only_the_lo
 
 
 def _filling(endpoint_id: str) -> list[Any]:
-    """Today's failed attempts, each with a receiver's answer of 1 KiB: about 600 KiB."""
-    base = now_ms() - 60_000
+    """The current hour's failed attempts, each with a receiver's answer of 1 KiB: about
+    600 KiB (a minute back, but never in the previous hour, which the budget would drop)."""
+    now = now_ms()
+    base = max(now - 60_000, now // HOUR_MS * HOUR_MS)
     return [
         attempt(endpoint_id, f"evt_{n:04}", at_ms=base + n, outcome="http_5xx", status=502,
                 response_body=ANSWER)
@@ -223,44 +216,3 @@ def _sample(name: str, **labels: str) -> float:
 
 async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:
     return event_id in (await listed(ingest, endpoint_id) or [])
-
-
-def test_days_dropped_for_the_budget_say_since_when_the_log_is_complete(
-    postgres: PostgresServer,
-) -> None:
-    """Attempts of two days ago and of today, over the budget: the older day goes, and the
-    store keeps where the log is complete (after it) for every replica to read. The same rows
-    copied in again by another writer are kept once (idempotent by position)."""
-    url = postgres.new_schema()
-    now = now_ms()
-    old_ms = (now // DAY_MS - 2) * DAY_MS
-    # Today's rows a minute back, but never yesterday's (in the first minute after midnight).
-    today_ms = max(now - 60_000, now // DAY_MS * DAY_MS)
-    records = [
-        attempt("ep_budget", f"evt_{n:04}", at_ms=at_ms + n, outcome="http_5xx", status=502,
-                response_body=ANSWER)
-        for at_ms in (old_ms, today_ms) for n in range(FILL_ATTEMPTS)
-    ]  # fmt: skip
-    fetched = [Fetched(0, n, encode(record)) for n, record in enumerate(records)]
-    writer = PgWriter(url, per_endpoint=100_000, max_bytes=SMALL_BUDGET, now_ms=now)
-    again = PgWriter(url, per_endpoint=100_000, max_bytes=1 << 30, now_ms=now)
-    reader = PgReader(url)
-    try:
-        writer.add_attempts(fetched, now, [(("webhook.attempts", 0), len(fetched))])
-        again.add_attempts(fetched, now)
-        assert len(reader.attempts("ep_budget", AttemptFilter(), 1000)) == len(records)
-
-        writer.keep_within_budget(now // DAY_MS)
-
-        through_ms = (now // DAY_MS - 1) * DAY_MS - 1
-        assert writer.evicted_through_ms == through_ms
-        assert reader.positions()[(EVICTED_STREAM, 0)] == through_ms
-        kept = reader.attempts("ep_budget", AttemptFilter(), 1000)
-        assert {a.event_id for a in kept} == {r.event_id for r in records[FILL_ATTEMPTS:]}
-        since_ms = complete_since_ms(None, through_ms)
-        assert since_ms is not None
-        assert all(r.at_ms < since_ms for r in records[:FILL_ATTEMPTS])
-    finally:
-        reader.close_all()
-        again.close()
-        writer.close()

@@ -4,14 +4,18 @@ replica, written by the members of one consumer group, read by all.
 The same rows, the same queries and the same answers as the SQLite index (``store``): what
 differs is how the store stays bounded and how several writers share it.
 
-- Attempts and dead letters are partitioned by day of their record time (declarative range
-  partitions on ``at_ms`` and ``dead_at_ms``): retention drops whole days (attempts after 7,
-  dead letters after 30, as the topics keep them), never a slow ``DELETE``. Days are created
-  ahead (``DAYS_AHEAD``) and, for a record outside them, before its batch.
+- Attempts and dead letters are partitioned by hour of their record time (declarative range
+  partitions on ``at_ms`` and ``dead_at_ms``): retention drops whole hours (attempts after 7
+  days, dead letters after 30, as the topics keep them), never a slow ``DELETE``. Hours are
+  created ahead (``HOURS_AHEAD``) and, for a record outside them, before its batch.
 - Bytes: each endpoint keeps its newest ``per_endpoint`` rows, so the store holds at most
   endpoints x per_endpoint rows of each kind; and past 90 % of ``CLICKHOOK_DELIVERY_LOG_MAX_BYTES``
-  (all its tables, indexes included, as PostgreSQL counts them) the oldest days go first, down
-  to 80 %, the current day excepted.
+  (all its tables, indexes included, as PostgreSQL counts them) the oldest hours go first, down
+  to 80 %, the current hour excepted: a budget that holds two hours of records always finds
+  one to drop (by day, a store writing 43 M records a day was full three hours into each day).
+- A store made by day (``{table}_dYYYYMMDD``, before hours) is read as it is: its days are
+  dropped as hours are (past retention, or for the budget), and hours are made only where no
+  day covers them (PostgreSQL refuses overlapping partitions).
 - Idempotent by topic, partition and offset: rows are keyed by their position, inserted with
   ``ON CONFLICT DO NOTHING``; the positions reached are written in the same transaction as the
   rows, and only by the writer that read them last (``PositionsMoved`` otherwise), so a record
@@ -24,6 +28,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +43,7 @@ from services.ingest.delivery_log.store import (
     BUDGET_LOW,
     DAY_MS,
     DEAD_LETTERS_KEPT_MS,
+    HOUR_MS,
     LETTERS_TIMED,
     MINUTE_MS,
     ROLLUPS_KEPT_MS,
@@ -54,8 +60,10 @@ from shared.ops import metrics
 
 log = structlog.get_logger(__name__)
 
-# Days of partitions made before records need them, so batches never wait on DDL.
-DAYS_AHEAD = 2
+# Hours of partitions made before records need them, so batches never wait on DDL: the expiry
+# timer (every minute) makes each hour three hours before its first record, so a store that
+# was down for two hours still finds it made.
+HOURS_AHEAD = 3
 # A store that does not answer within this degrades the routes instead of holding requests.
 CONNECT_TIMEOUT_S = 3
 QUERY_TIMEOUT_MS = 10_000
@@ -103,7 +111,7 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (topic, partition));
 CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL);
 """
-# Partitioned tables, and how long their days are kept.
+# Partitioned tables, and how long their hours are kept.
 PARTITIONED = ((ATTEMPTS_TIMED, ATTEMPTS_KEPT_MS), (LETTERS_TIMED, DEAD_LETTERS_KEPT_MS))
 # The tables batches write, each with a staging table of this session's own (``_insert``).
 STAGED = (
@@ -115,7 +123,7 @@ STAGED = (
     "durations",
     "dead_letters",
 )
-# A per-schema lock, so that replicas making or dropping days take turns.
+# A per-schema lock, so that replicas making or dropping partitions take turns.
 PARTITIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.partitions'))"
 
 
@@ -171,23 +179,48 @@ def staging(table: str) -> str:
     return f"staged_{table}"
 
 
-def day_of(ms: int) -> int:
-    return ms // DAY_MS
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# How partitions are named (marker, start, its digits, span): by hour, and by day as stores
+# made before hours were.
+NAMINGS = (("h", "%Y%m%d%H", 10, HOUR_MS), ("d", "%Y%m%d", 8, DAY_MS))
 
 
-def partition_name(table: str, day: int) -> str:
-    date = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    return f"{table}_d{date:%Y%m%d}"
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition of a table: the record times it holds, ``[start_ms, end_ms)``."""
+
+    name: str
+    start_ms: int
+    end_ms: int
+
+    @property
+    def hours(self) -> range:
+        return range(self.start_ms // HOUR_MS, self.end_ms // HOUR_MS)
 
 
-def day_of_partition(table: str, name: str) -> int | None:
-    """The day a partition of ``table`` holds, from its name; None for another table's."""
-    prefix = f"{table}_d"
-    digits = name.removeprefix(prefix)
-    if not name.startswith(prefix) or len(digits) != 8 or not digits.isdigit():
-        return None
-    date = datetime.strptime(digits, "%Y%m%d").replace(tzinfo=UTC)
-    return (date - datetime(1970, 1, 1, tzinfo=UTC)).days
+def hour_of(ms: int) -> int:
+    return ms // HOUR_MS
+
+
+def partition_name(table: str, hour: int) -> str:
+    return f"{table}_h{EPOCH + timedelta(hours=hour):%Y%m%d%H}"
+
+
+def partition_of(table: str, name: str) -> Partition | None:
+    """The times a partition of ``table`` holds, from its name (an hour, or a day of a store
+    made before hours); None for another table's."""
+    for marker, pattern, length, span_ms in NAMINGS:
+        prefix = f"{table}_{marker}"
+        digits = name.removeprefix(prefix)
+        if name.startswith(prefix) and digits.isdigit() and len(digits) == length:
+            start = datetime.strptime(digits, pattern).replace(tzinfo=UTC)
+            start_ms = int((start - EPOCH).total_seconds()) * 1000
+            return Partition(name, start_ms, start_ms + span_ms)
+    return None
+
+
+def covered_hours(partitions: Iterable[Partition]) -> set[int]:
+    return {hour for partition in partitions for hour in partition.hours}
 
 
 class PgWriter(IndexWriter):
@@ -212,13 +245,14 @@ class PgWriter(IndexWriter):
         self._connection = open_connection(url)
         super().__init__(PgDatabase(self._connection), per_endpoint)
         self._max_bytes = max_bytes
-        # Over the whole budget with no day left to drop: batches are refused until there is
+        # Over the whole budget with no hour left to drop: batches are refused until there is
         # room (measured again before each).
         self._over_budget = False
         self._keys: dict[str, int] = {}
         self._deleted: set[str] = set()
         self._deleted_seen_ms = -1
-        self._days: dict[str, set[int]] = {}
+        # The hours each partitioned table has partitions for, as this writer last saw them.
+        self._hours: dict[str, set[int]] = {}
         # What this writer last read or wrote of each partition's position: the fence.
         self._known: dict[tuple[str, int], int] = {}
         # Each staged table's column types, for the binary COPY.
@@ -347,16 +381,15 @@ class PgWriter(IndexWriter):
     def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
         """Keys for new endpoints (outside the batch's transaction: two writers meeting on
         one never wait for each other's batch), the deletions other replicas applied, and the
-        days the batch's records fall on."""
+        hours the batch's records fall on."""
         self._refresh_deleted()
         for endpoint_id, account_id in sorted(endpoints):
             if endpoint_id not in self._keys and endpoint_id not in self._deleted:
                 self._keys[endpoint_id] = self._assign_key(endpoint_id, account_id)
         kept_ms = ATTEMPTS_KEPT_MS if timed is ATTEMPTS_TIMED else DEAD_LETTERS_KEPT_MS
-        # The first day kept: older records would land in a day already dropped.
-        kept_from = day_of(_now_ms() - kept_ms) * DAY_MS
-        days = {day_of(t) for t in times if t >= kept_from}
-        self._ensure_days(timed.table, days)
+        # The first hour kept: older records would land in an hour already dropped.
+        kept_from = hour_of(_now_ms() - kept_ms) * HOUR_MS
+        self._ensure_hours(timed.table, {hour_of(t) for t in times if t >= kept_from})
         return kept_from
 
     def _assign_key(self, endpoint_id: str, account_id: str) -> int:
@@ -412,44 +445,49 @@ class PgWriter(IndexWriter):
             for ep in new:
                 counts[ep] = max(counts[ep], int(found.get(ep, 0)))
 
-    # --- days -------------------------------------------------------------------------------------
+    # --- partitions -----------------------------------------------------------------------------
 
-    def _existing_days(self, table: str) -> set[int]:
+    def _partitions(self, table: str) -> list[Partition]:
+        """The table's partitions, oldest first."""
         rows = self._db.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             " WHERE i.inhparent = CAST(? AS regclass)",
             (table,),
         ).fetchall()
-        found = {day_of_partition(table, name) for (name,) in rows}
-        return {day for day in found if day is not None}
+        found = (partition_of(table, name) for (name,) in rows)
+        return sorted((p for p in found if p is not None), key=lambda p: p.start_ms)
 
-    def _ensure_days(self, table: str, days: set[int]) -> None:
-        missing = days - self._days.get(table, set())
+    def _ensure_hours(self, table: str, hours: set[int]) -> None:
+        """Partitions for ``hours``, but for those a partition covers already (a day of a
+        store made by day: PostgreSQL refuses overlapping ranges)."""
+        missing = hours - self._hours.get(table, set())
         if not missing:
             return
         with self._connection.transaction():
             self._db.execute(PARTITIONS_LOCK)
-            existing = self._existing_days(table)
-            for day in sorted(missing - existing):
+            covered = covered_hours(self._partitions(table))
+            for hour in sorted(missing - covered):
                 self._connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(table, day)} PARTITION OF {table}"
-                    f" FOR VALUES FROM ({day * DAY_MS}) TO ({(day + 1) * DAY_MS})"
+                    f"CREATE TABLE IF NOT EXISTS {partition_name(table, hour)} PARTITION OF"
+                    f" {table} FOR VALUES FROM ({hour * HOUR_MS}) TO ({(hour + 1) * HOUR_MS})"
                 )
-            self._days[table] = existing | missing
+            self._hours[table] = covered | missing
 
-    def _drop_days(self, table: str, days: Iterable[int], *, for_budget: bool = False) -> None:
-        """Drop whole days; ``for_budget``: days retention still covers, so the log is
-        complete only after them (``fill.complete_since_ms``)."""
-        dropped = sorted(days)
+    def _drop(
+        self, table: str, partitions: Iterable[Partition], *, for_budget: bool = False
+    ) -> None:
+        """Drop whole partitions; ``for_budget``: ones retention still covers, so the log is
+        complete only after the newest of them (``fill.complete_since_ms``)."""
+        dropped = sorted(partitions, key=lambda p: p.start_ms)
         with self._connection.transaction():
             self._db.execute(PARTITIONS_LOCK)
-            for day in dropped:
-                self._connection.execute(f"DROP TABLE IF EXISTS {partition_name(table, day)}")
-                self._days.get(table, set()).discard(day)
+            for partition in dropped:
+                self._connection.execute(f"DROP TABLE IF EXISTS {partition.name}")
+                self._hours.get(table, set()).difference_update(partition.hours)
             if for_budget and dropped:
-                self._mark_evicted((dropped[-1] + 1) * DAY_MS - 1)
+                self._mark_evicted(dropped[-1].end_ms - 1)
         if for_budget and dropped:
-            self._evicted((dropped[-1] + 1) * DAY_MS - 1)
+            self._evicted(dropped[-1].end_ms - 1)
         self._attempt_counts.clear()  # counted again as endpoints come by
         self._letter_counts.clear()
         self._delivery_counts.clear()
@@ -457,18 +495,18 @@ class PgWriter(IndexWriter):
     # --- bounds -----------------------------------------------------------------------------------
 
     def expire(self, now_ms: int) -> None:
-        """Drop the days retention no longer covers, make the next ones, and prune the small
+        """Drop the hours retention no longer covers, make the next ones, and prune the small
         tables; then keep within the byte budget."""
-        today = day_of(now_ms)
+        this_hour = hour_of(now_ms)
         for timed, kept_ms in PARTITIONED:
-            existing = self._existing_days(timed.table)
-            self._days[timed.table] = existing
-            # A day goes once all of it is older than the retention.
-            expired = {day for day in existing if (day + 1) * DAY_MS <= now_ms - kept_ms}
+            existing = self._partitions(timed.table)
+            self._hours[timed.table] = covered_hours(existing)
+            # A partition goes once all of it is older than the retention.
+            expired = [p for p in existing if p.end_ms <= now_ms - kept_ms]
             if expired:
-                self._drop_days(timed.table, expired)
-                log.info("delivery_log_days_dropped", table=timed.table, days=len(expired))
-            self._ensure_days(timed.table, set(range(today, today + DAYS_AHEAD + 1)))
+                self._drop(timed.table, expired)
+                log.info("delivery_log_partitions_dropped", table=timed.table, count=len(expired))
+            self._ensure_hours(timed.table, set(range(this_hour, this_hour + HOURS_AHEAD + 1)))
         first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
 
         def write() -> None:
@@ -485,7 +523,7 @@ class PgWriter(IndexWriter):
             self._forget_old_evictions(now_ms)
 
         self._transaction(write)
-        self.keep_within_budget(today)
+        self.keep_within_budget(this_hour)
 
     def used_bytes(self) -> int:
         """Bytes of the store's tables in its schema, indexes and TOAST included."""
@@ -501,35 +539,38 @@ class PgWriter(IndexWriter):
         """Write a batch, unless the store is over its whole budget (``IndexFull``, nothing
         written): as a full SQLite index, the log's routes answer 503 until there is room."""
         if self._over_budget:
-            self.keep_within_budget(day_of(_now_ms()))
+            self.keep_within_budget(hour_of(_now_ms()))
         if self._over_budget:
             raise IndexFull(
                 f"the store holds {self.used_bytes():,} bytes, over its budget of"
-                f" {self._max_bytes:,}, and only the current day is left to drop"
+                f" {self._max_bytes:,}, and only the current hour is left to drop"
             )
         self._transaction(write)
 
-    def keep_within_budget(self, today: int | None = None) -> None:
-        """Past ``BUDGET_HIGH`` of the budget, drop the oldest days (of attempts, then of dead
-        letters) down to ``BUDGET_LOW``; the current day is never dropped, so a store still
-        over the whole budget takes no more batches. Measured on the expiry timer (and before
-        each batch while over), not after every batch: PostgreSQL counts sizes in whole pages
-        anyway."""
-        if today is None:
+    def keep_within_budget(self, this_hour: int | None = None) -> None:
+        """Past ``BUDGET_HIGH`` of the budget, drop the oldest hours (of attempts, then of dead
+        letters) down to ``BUDGET_LOW``; the current hour is never dropped (nor a day of a store
+        made by day that holds it), so a store still over the whole budget takes no more
+        batches. Measured on the expiry timer (and before each batch while over), not after
+        every batch: PostgreSQL counts sizes in whole pages anyway."""
+        if this_hour is None:
             return
         if self.used_bytes() <= BUDGET_HIGH * self._max_bytes:
             self._over_budget = False
             return
         for timed, _ in PARTITIONED:
-            for day in sorted(self._existing_days(timed.table)):
-                if day >= today or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
+            for partition in self._partitions(timed.table):
+                current = partition.end_ms > this_hour * HOUR_MS
+                if current or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
                     break
                 (rows,) = self._db.execute(
-                    f"SELECT COUNT(*) FROM {partition_name(timed.table, day)}"  # noqa: S608 - our own names
+                    f"SELECT COUNT(*) FROM {partition.name}"  # noqa: S608 - our own names
                 ).fetchone()
-                self._drop_days(timed.table, [day], for_budget=True)
+                self._drop(timed.table, [partition], for_budget=True)
                 metrics.DELIVERY_LOG_EVICTED.inc(rows)
-                log.warning("delivery_log_evicted", table=timed.table, day=day, rows=rows)
+                log.warning(
+                    "delivery_log_evicted", table=timed.table, partition=partition.name, rows=rows
+                )
         used = self.used_bytes()
         over = used > self._max_bytes
         if over and not self._over_budget:

@@ -1,0 +1,225 @@
+"""The PostgreSQL delivery log's hour partitions, against a real server (no broker): the byte
+budget drops the oldest hours and the log keeps answering, retention drops whole hours, and a
+store made by day (before hours) goes on working, its days read and dropped as hours are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
+from services.ingest.delivery_log.pg_store import SCHEMA, SCHEMA_VERSION, PgReader, PgWriter
+from services.ingest.delivery_log.store import (
+    ATTEMPTS_KEPT_MS,
+    DAY_MS,
+    HOUR_MS,
+    RESPONSE_BODY_CHARS,
+    AttemptFilter,
+    Fetched,
+    IndexFull,
+)
+from shared.model.messages import AttemptRecord, encode
+from tests.support.attempts import attempt, now_ms
+from tests.support.postgres import PostgresServer
+
+ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
+ROWS_PER_HOUR = 200
+BIG_BUDGET = 1 << 30
+ENDPOINT = "ep_hours"
+
+
+def failed(event_id: str, at_ms: int) -> AttemptRecord:
+    return attempt(ENDPOINT, event_id, at_ms=at_ms, outcome="http_5xx", status=502,
+                   response_body=ANSWER)  # fmt: skip
+
+
+def of_hours(hours: list[int]) -> list[AttemptRecord]:
+    """``ROWS_PER_HOUR`` failed attempts at the start of each hour, each with a 1 KiB answer."""
+    return [failed(f"evt_{hour}_{n:04}", hour * HOUR_MS + n) for hour in hours
+            for n in range(ROWS_PER_HOUR)]  # fmt: skip
+
+
+def write(writer: PgWriter, records: list[AttemptRecord], first_offset: int = 0) -> None:
+    fetched = [Fetched(0, first_offset + n, encode(r)) for n, r in enumerate(records)]
+    writer.add_attempts(fetched, now_ms())
+
+
+def listed(reader: PgReader) -> set[str]:
+    return {a.event_id for a in reader.attempts(ENDPOINT, AttemptFilter(), 100_000)}
+
+
+@pytest.fixture(name="url")
+def fixture_url(postgres: PostgresServer) -> str:
+    return postgres.new_schema()
+
+
+@pytest.fixture(name="reader")
+def fixture_reader(url: str) -> Iterator[PgReader]:
+    reader = PgReader(url)
+    yield reader
+    reader.close_all()
+
+
+def test_the_budget_drops_the_oldest_hours_of_today_and_the_log_keeps_answering(
+    url: str, reader: PgReader
+) -> None:
+    """Five hours of attempts (the last four and the current one), past 90 % of the budget:
+    the oldest hours go, the current one stays, the log says it is complete after the newest
+    hour dropped, and it takes the next batch (by day, all of it was one day that could not
+    be dropped: the store refused every batch until midnight). The same rows copied in again
+    by another writer are kept once (idempotent by position)."""
+    now = now_ms()
+    this_hour = now // HOUR_MS
+    hours = list(range(this_hour - 4, this_hour + 1))
+    records = of_hours(hours)
+    filler = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    again = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    try:
+        write(filler, records)
+        write(again, records)
+        assert len(reader.attempts(ENDPOINT, AttemptFilter(), 100_000)) == len(records)
+        used = filler.used_bytes()
+    finally:
+        again.close()
+        filler.close()
+    budget = int(used / 0.95)  # past the 90 % threshold, within the budget
+
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=budget, now_ms=now)  # expiry runs
+    try:
+        kept = listed(reader)
+        dropped = [h for h in hours if f"evt_{h}_0000" not in kept]
+        assert dropped, "the budget dropped no hour"
+        assert dropped == hours[: len(dropped)], "not the oldest hours first"
+        assert this_hour not in dropped
+        assert kept == {r.event_id for r in records if r.at_ms // HOUR_MS not in dropped}
+        through_ms = (dropped[-1] + 1) * HOUR_MS - 1
+        assert writer.evicted_through_ms == through_ms
+        assert reader.positions()[(EVICTED_STREAM, 0)] == through_ms
+        assert complete_since_ms(None, through_ms) == (dropped[-1] + 1) * HOUR_MS
+        assert writer.used_bytes() <= 0.8 * budget
+
+        write(writer, [failed("evt_next", now)], first_offset=len(records))  # no IndexFull
+        assert "evt_next" in listed(reader)
+    finally:
+        writer.close()
+
+
+def test_the_budget_never_drops_the_current_hour(url: str, reader: PgReader) -> None:
+    """A store over its whole budget with only the current hour left refuses batches."""
+    now = now_ms()
+    records = of_hours([now // HOUR_MS])
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    tight = PgWriter(url, per_endpoint=100_000, max_bytes=writer.used_bytes(), now_ms=now)
+    try:
+        write(writer, records)
+        tight.keep_within_budget(now // HOUR_MS)
+        assert listed(reader) == {r.event_id for r in records}
+        with pytest.raises(IndexFull):
+            write(tight, [failed("evt_refused", now)], first_offset=len(records))
+    finally:
+        tight.close()
+        writer.close()
+
+
+def test_retention_drops_whole_hours_past_it(url: str, reader: PgReader) -> None:
+    """Expiry a week after two hours: the older hour is all past the retention and goes; the
+    newer one, all but its last millisecond past it, stays whole."""
+    now = now_ms()
+    this_hour = now // HOUR_MS
+    records = of_hours([this_hour - 1, this_hour])
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    try:
+        write(writer, records)
+        writer.expire((this_hour + 1) * HOUR_MS + ATTEMPTS_KEPT_MS - 1)
+        assert listed(reader) == {r.event_id for r in records if r.at_ms >= this_hour * HOUR_MS}
+        assert writer.evicted_through_ms is None  # retention is no gap in the log
+    finally:
+        writer.close()
+
+
+# --- a store made by day, before hours ----------------------------------------------------
+
+
+def day_name(table: str, day: int) -> str:
+    return f"{table}_d{datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day):%Y%m%d}"
+
+
+def make_store_by_day(url: str, days: range, rows: list[AttemptRecord]) -> None:
+    """What the build before hours left: the same tables, a partition a day of each
+    partitioned one, and attempts rows in them."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        connection.execute("INSERT INTO layout VALUES (%s)", (SCHEMA_VERSION,))
+        for table in ("attempts", "dead_letters"):
+            for day in days:
+                connection.execute(
+                    f"CREATE TABLE {day_name(table, day)} PARTITION OF {table}"
+                    f" FOR VALUES FROM ({day * DAY_MS}) TO ({(day + 1) * DAY_MS})"
+                )
+        connection.execute(
+            "INSERT INTO endpoints (key, endpoint_id, account_id) VALUES (1, %s, 'acc_a')",
+            (ENDPOINT,),
+        )
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO attempts (pos, ep, at_ms, event_key, webhook_id, event_id, attempt,"
+                " duration_ms, outcome) VALUES (%s, 1, %s, 0, 'wh', %s, 1, 1.0, 'success')",
+                [(n, r.at_ms, r.event_id) for n, r in enumerate(rows)],
+            )
+
+
+def partitions_holding(url: str) -> dict[str, str]:
+    """Each attempt's partition, by event id."""
+    with psycopg.connect(url) as connection:
+        rows = connection.execute("SELECT event_id, tableoid::regclass::text FROM attempts")
+        return dict(rows.fetchall())
+
+
+def test_a_store_made_by_day_is_read_and_expired_and_new_hours_go_beside_its_days(
+    url: str, reader: PgReader
+) -> None:
+    """Days from two days ago to two days ahead, rows yesterday and today: the new build
+    starts on it, lists them, puts records of a day no day partition covers in hours, and
+    drops days and hours alike, past retention and for the budget."""
+    now = now_ms()
+    today = now // DAY_MS
+    old = [
+        failed("evt_two_days_ago", (today - 2) * DAY_MS),
+        failed("evt_yesterday", (today - 1) * DAY_MS),
+        failed("evt_today", today * DAY_MS),
+    ]
+    make_store_by_day(url, range(today - 2, today + 3), old)
+
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    try:
+        assert listed(reader) == {r.event_id for r in old}
+        later_hour = (today + 3) * 24 + 1
+        later = [
+            failed("evt_later", later_hour * HOUR_MS),
+            failed("evt_after", (later_hour + 1) * HOUR_MS),
+        ]
+        write(writer, later, first_offset=10)
+        holding = partitions_holding(url)
+        assert holding["evt_today"] == day_name("attempts", today)
+        assert holding["evt_later"].startswith("attempts_h")
+        assert listed(reader) == {r.event_id for r in old + later}
+
+        # The day two days ago, all of it past the retention, goes; yesterday stays.
+        writer.expire((today - 1) * DAY_MS + ATTEMPTS_KEPT_MS)
+        assert listed(reader) == {r.event_id for r in old[1:] + later}
+
+        # Over the budget an hour after the later records: every day, and the later hour.
+        tiny = PgWriter(url, per_endpoint=100_000, max_bytes=1, now_ms=now)
+        try:
+            tiny.keep_within_budget(later_hour + 1)
+            assert listed(reader) == {"evt_after"}
+            assert tiny.evicted_through_ms == (later_hour + 1) * HOUR_MS - 1
+        finally:
+            tiny.close()
+    finally:
+        writer.close()
