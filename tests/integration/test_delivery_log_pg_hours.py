@@ -5,6 +5,7 @@ store made by day (before hours) goes on working, its days read and dropped as h
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
 from services.ingest.delivery_log.pg_store import SCHEMA, SCHEMA_VERSION, PgReader, PgWriter
 from services.ingest.delivery_log.store import (
+    ATTEMPT_ID_PREFIX,
     ATTEMPTS_KEPT_MS,
     DAY_MS,
     HOUR_MS,
@@ -20,6 +22,9 @@ from services.ingest.delivery_log.store import (
     AttemptFilter,
     Fetched,
     IndexFull,
+    IndexQueries,
+    parse_record_id,
+    position,
 )
 from shared.model.messages import AttemptRecord, encode
 from tests.support.attempts import attempt, now_ms
@@ -137,6 +142,56 @@ def test_retention_drops_whole_hours_past_it(url: str, reader: PgReader) -> None
         assert listed(reader) == {r.event_id for r in records if r.at_ms >= this_hour * HOUR_MS}
         assert writer.evicted_through_ms is None  # retention is no gap in the log
     finally:
+        writer.close()
+
+
+class OneQuery(PgReader):
+    """A page in one query over every partition, as before slices."""
+
+    _newest = IndexQueries._newest
+
+
+def pages(reader: PgReader, where: AttemptFilter, limit: int) -> list[list[str]]:
+    """Every page of the endpoint's attempts, each the ids on it, following the cursor."""
+    found: list[list[str]] = []
+    before: tuple[int, int] | None = None
+    while True:
+        page = reader.attempts(ENDPOINT, replace(where, before=before), limit)
+        if not page:
+            return found
+        found.append([a.id for a in page])
+        parsed = parse_record_id(page[-1].id, ATTEMPT_ID_PREFIX)
+        assert parsed is not None
+        before = (round(page[-1].at.timestamp() * 1000), position(*parsed))
+
+
+def test_pages_asked_in_slices_of_time_are_those_of_one_query(url: str, reader: PgReader) -> None:
+    """Rows from six days back to two hours ahead, some at the same millisecond: every page,
+    with and without a time window, is the same as one query over all partitions gives."""
+    now = now_ms()
+    this_hour = now // HOUR_MS
+    hours = [
+        this_hour + 2,
+        this_hour,
+        this_hour - 1,
+        this_hour - 2,
+        this_hour - 30,
+        this_hour - 150,
+    ]
+    records = [
+        failed(f"evt_{hour}_{n}", hour * HOUR_MS + n // 2) for hour in hours for n in range(5)
+    ]
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    one_query = OneQuery(url)
+    try:
+        write(writer, records)
+        window = AttemptFilter(since_ms=(this_hour - 100) * HOUR_MS, until_ms=this_hour * HOUR_MS)
+        for where in (AttemptFilter(), window):
+            for limit in (1, 4, 7, 100):
+                assert pages(reader, where, limit) == pages(one_query, where, limit)
+        assert sum(map(len, pages(reader, AttemptFilter(), 4))) == len(records)
+    finally:
+        one_query.close_all()
         writer.close()
 
 

@@ -16,6 +16,13 @@ differs is how the store stays bounded and how several writers share it.
 - A store made by day (``{table}_dYYYYMMDD``, before hours) is read as it is: its days are
   dropped as hours are (past retention, or for the budget), and hours are made only where no
   day covers them (PostgreSQL refuses overlapping partitions).
+- Pages newest first are asked a slice of time at a time (``slices``: the last hour on, then a
+  day at a time), until full: PostgreSQL plans only the partitions a slice meets, and planning
+  is what a query over every partition costs. Measured (PostgreSQL 15, 2,000 rows an hour over
+  200 endpoints, a page of 50, warm connection): attempts at 170 hours 11 to 12.5 ms in one
+  query (9 to 16 ms of planning), 2.6 to 3.3 ms in slices; dead letters at 720 hours 136 to
+  153 ms in one query, in slices 8.7 ms for an endpoint with rows every hour and 70 to 77 ms
+  for one whose only rows are in the oldest hour, or none (31 slices: its whole history).
 - Idempotent by topic, partition and offset: rows are keyed by their position, inserted with
   ``ON CONFLICT DO NOTHING``; the positions reached are written in the same transaction as the
   rows, and only by the writer that read them last (``PositionsMoved`` otherwise), so a record
@@ -51,6 +58,7 @@ from services.ingest.delivery_log.store import (
     IndexFull,
     IndexQueries,
     IndexWriter,
+    Page,
     Positions,
     Rows,
     Timed,
@@ -113,6 +121,10 @@ CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL);
 """
 # Partitioned tables, and how long their hours are kept.
 PARTITIONED = ((ATTEMPTS_TIMED, ATTEMPTS_KEPT_MS), (LETTERS_TIMED, DEAD_LETTERS_KEPT_MS))
+KEPT_MS = dict(PARTITIONED)
+# After the newest hours, pages are asked a day at a time: the planning of 24 partitions (1 to
+# 2 ms) for each.
+SLICE_MS = DAY_MS
 # The tables batches write, each with a staging table of this session's own (``_insert``).
 STAGED = (
     "attempts",
@@ -578,9 +590,30 @@ class PgWriter(IndexWriter):
         self._over_budget = over
 
 
+def slices(
+    now_ms: int, kept_ms: int, since_ms: int | None, until_ms: int | None
+) -> list[tuple[int | None, int | None]]:
+    """Time ranges ``[low, high)`` (None: unbounded), newest first, that together hold every
+    time: from the last hour on, then a day at a time back past the retention, then anything
+    older; only those that meet ``[since_ms, until_ms)``."""
+    edges = range((hour_of(now_ms) - 1) * HOUR_MS, now_ms - kept_ms - SLICE_MS, -SLICE_MS)
+    ranges = [(edges[0], None), *zip(edges[1:], edges[:-1], strict=True), (None, edges[-1])]
+    return [
+        (low, high)
+        for low, high in ranges
+        if (low is None or until_ms is None or low < until_ms)
+        and (high is None or since_ms is None or high > since_ms)
+    ]
+
+
 class PgReader(IndexQueries):
     """The shared queries, one connection per reader thread (as the SQLite readers); a
-    connection that broke (PostgreSQL restarted) is opened again by the next query."""
+    connection that broke (PostgreSQL restarted) is opened again by the next query.
+
+    A page newest first is asked a slice of time at a time (``slices``), newest first, until
+    it is full: PostgreSQL then plans only the partitions of that slice. One query over all
+    of them costs its planning for each (a partition an hour: 170 of attempts, 720 of dead
+    letters), and an endpoint's newest rows are mostly in its newest hours."""
 
     SPANS_COVERING = (
         "EXISTS (SELECT 1 FROM jsonb_array_elements(?::jsonb) j"
@@ -593,6 +626,19 @@ class PgReader(IndexQueries):
         self._local = threading.local()
         self._opened: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
+
+    def _newest(self, page: Page, limit: int) -> list[Any]:
+        column = f"{page.alias}.{page.timed.time_column}"
+        rows: list[Any] = []
+        for low, high in slices(_now_ms(), KEPT_MS[page.timed], page.since_ms, page.until_ms):
+            bounds = [(f"{column} >= ?", low), (f"{column} < ?", high)]
+            more = [(condition, ms) for condition, ms in bounds if ms is not None]
+            sql = page.sql(*(condition for condition, _ in more))
+            args = (*page.args, *(ms for _, ms in more), limit - len(rows))
+            rows += self._db().execute(sql, args).fetchall()
+            if len(rows) >= limit:
+                break
+        return rows
 
     def _db(self) -> PgDatabase:
         db: PgDatabase | None = getattr(self._local, "db", None)

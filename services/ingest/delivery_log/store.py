@@ -1020,6 +1020,33 @@ def covering_job(jobs: Sequence[ReplayJob], pos: int, dead_at_ms: int) -> Replay
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A query of one table's rows newest first (by time, then position): ``select`` (its
+    table under ``alias``) where every condition holds; all its rows are in
+    ``[since_ms, until_ms)`` (None: unbounded)."""
+
+    select: str
+    timed: Timed
+    alias: str
+    conditions: list[str]
+    args: list[Any]
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def sql(self, *more: str) -> str:
+        """The query, with ``more`` conditions, its limit the last placeholder."""
+        column, pos = f"{self.alias}.{self.timed.time_column}", f"{self.alias}.{self.timed.key}"
+        return (
+            f"{self.select} WHERE {' AND '.join([*self.conditions, *more])}"
+            f" ORDER BY {column} DESC, {pos} DESC LIMIT ?"
+        )
+
+
+def _earliest(*times: int | None) -> int | None:
+    return min((t for t in times if t is not None), default=None)
+
+
 class IndexQueries:
     """Queries on the index, the same SQL on both stores; every method runs in a reader
     thread, on that thread's connection (``_db``)."""
@@ -1044,6 +1071,10 @@ class IndexQueries:
         """Where the writers have got to in each topic partition."""
         rows = self._db().execute("SELECT topic, partition, next_offset FROM positions")
         return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
+
+    def _newest(self, page: Page, limit: int) -> list[Any]:
+        """The first ``limit`` rows of ``page``, newest first."""
+        return self._db().execute(page.sql(), (*page.args, limit)).fetchall()
 
     def _endpoint_key(self, endpoint_id: str) -> int | None:
         row = (
@@ -1077,12 +1108,18 @@ class IndexQueries:
             condition, values = _status_condition(where.status)
             conditions.append(condition)
             args += values
-        sql = (
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN endpoints e ON e.key = a.ep"  # noqa: S608 - conditions are constants, values bound
-            f" WHERE {' AND '.join(conditions)} ORDER BY a.at_ms DESC, a.pos DESC LIMIT ?"
+        page = Page(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN endpoints e ON e.key = a.ep",  # noqa: S608 - constant columns
+            ATTEMPTS_TIMED,
+            "a",
+            conditions,
+            args,
+            since_ms=where.since_ms,
+            until_ms=_earliest(
+                where.until_ms, None if where.before is None else where.before[0] + 1
+            ),
         )
-        rows = self._db().execute(sql, (*args, limit)).fetchall()
-        return [_attempt(row) for row in rows]
+        return [_attempt(row) for row in self._newest(page, limit)]
 
     def attempt(self, endpoint_id: str, pos: int) -> Attempt | None:
         row = (
@@ -1211,19 +1248,22 @@ class IndexQueries:
         ep = self._endpoint_key(endpoint_id)
         if ep is None:
             return []
-        db = self._db()
-        conditions = "d.ep = ?"
+        conditions = ["d.ep = ?"]
         args: list[Any] = [ep]
         if before is not None:
-            conditions += " AND d.dead_at_ms <= ? AND (d.dead_at_ms, d.pos) < (?, ?)"
+            conditions.append("d.dead_at_ms <= ? AND (d.dead_at_ms, d.pos) < (?, ?)")
             args += [before[0], *before]
-        rows = db.execute(
-            "SELECT d.pos, d.dead_at_ms, d.webhook_key, d.webhook_id, d.event_id, d.reason,"  # noqa: S608 - constant conditions, values bound
+        page = Page(
+            "SELECT d.pos, d.dead_at_ms, d.webhook_key, d.webhook_id, d.event_id, d.reason,"
             " d.history, s.state, s.at_ms FROM dead_letters d LEFT JOIN deliveries s"
-            " ON s.ep = d.ep AND s.webhook_key = d.webhook_key"
-            f" WHERE {conditions} ORDER BY d.dead_at_ms DESC, d.pos DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
+            " ON s.ep = d.ep AND s.webhook_key = d.webhook_key",
+            LETTERS_TIMED,
+            "d",
+            conditions,
+            args,
+            until_ms=None if before is None else before[0] + 1,
+        )
+        rows = self._newest(page, limit)
         found: list[tuple[DeadLetterView, int, int]] = []
         for pos, dead_at_ms, _, webhook_id, event_id, reason, history, state, state_at in rows:
             job = covering_job(jobs, pos, dead_at_ms)
