@@ -1268,14 +1268,15 @@ class IndexQueries:
         for pos, dead_at_ms, _, webhook_id, event_id, reason, history, state, state_at in rows:
             job = covering_job(jobs, pos, dead_at_ms)
             later: DeliveryState = state if state is not None and state_at > dead_at_ms else "dead"
-            answers = self._answers(ep, event_id, webhook_id)
+            stored = _history_decoder.decode(history)
+            answers = self._answers(ep, event_id, webhook_id, stored)
             view = DeadLetterView(
                 id=dead_letter_id(pos),
                 webhook_id=webhook_id,
                 event_id=event_id,
                 reason=reason,
                 dead_at=ms_to_datetime(dead_at_ms),
-                attempts=[_history(a, answers) for a in _history_decoder.decode(history)],
+                attempts=[_history(a, answers) for a in stored],
                 replayed=job is not None,
                 replay_id=job.id if job is not None else None,
                 delivery=later,
@@ -1283,13 +1284,26 @@ class IndexQueries:
             found.append((view, dead_at_ms, pos))
         return found
 
-    def _answers(self, ep: int, event_id: str, webhook_id: str) -> dict[int, str]:
-        """What the receiver answered to each attempt of a delivery, from the attempts rows
-        still indexed: a dead letter does not keep its own copy (see ``encode_history``)."""
+    def _answers(
+        self, ep: int, event_id: str, webhook_id: str, history: Sequence[StoredAttempt]
+    ) -> dict[int, str]:
+        """What the receiver answered to each attempt of a delivery's ``history``, from the
+        attempts rows still indexed: a dead letter does not keep its own copy (see
+        ``encode_history``). Each row is at its attempt's time, so only the history's span of
+        time is read (in PostgreSQL, the partitions of those hours, not all of them)."""
+        if not history:
+            return {}
         rows = self._db().execute(
             "SELECT attempt, response_body FROM attempts WHERE event_key = ? AND ep = ?"
-            " AND webhook_id = ? AND outcome != 'deferred' AND response_body IS NOT NULL",
-            (text_key(event_id), ep, webhook_id),
+            " AND webhook_id = ? AND at_ms >= ? AND at_ms <= ? AND outcome != 'deferred'"
+            " AND response_body IS NOT NULL",
+            (
+                text_key(event_id),
+                ep,
+                webhook_id,
+                min(a.at_ms for a in history),
+                max(a.at_ms for a in history),
+            ),
         )
         return dict(rows.fetchall())
 
