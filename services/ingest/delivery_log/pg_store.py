@@ -12,7 +12,8 @@ differs is how the store stays bounded and how several writers share it.
   endpoints x per_endpoint rows of each kind; and past 90 % of ``CLICKHOOK_DELIVERY_LOG_MAX_BYTES``
   (all its tables, indexes included, as PostgreSQL counts them) the oldest hours go first, down
   to 80 %, the current hour excepted: a budget that holds two hours of records always finds
-  one to drop (by day, a store writing 43 M records a day was full three hours into each day).
+  one to drop (by day, a store writing 43 M records a day went full three hours into each day
+  with the default budget, until midnight).
 - A store made by day (``{table}_dYYYYMMDD``, before hours) is read as it is: its days are
   dropped as hours are (past retention, or for the budget), and hours are made only where no
   day covers them (PostgreSQL refuses overlapping partitions).
@@ -23,6 +24,9 @@ differs is how the store stays bounded and how several writers share it.
   query (9 to 16 ms of planning), 2.6 to 3.3 ms in slices; dead letters at 720 hours 136 to
   153 ms in one query, in slices 8.7 ms for an endpoint with rows every hour and 70 to 77 ms
   for one whose only rows are in the oldest hour, or none (31 slices: its whole history).
+  Queries with no time to bound them still plan every partition: an attempt by id 15 ms and
+  an event's attempts 21 ms at 170 hours, the dead letters an endpoint's figures count 15 to
+  85 ms at 720.
 - Idempotent by topic, partition and offset: rows are keyed by their position, inserted with
   ``ON CONFLICT DO NOTHING``; the positions reached are written in the same transaction as the
   rows, and only by the writer that read them last (``PositionsMoved`` otherwise), so a record
@@ -68,9 +72,9 @@ from shared.ops import metrics
 
 log = structlog.get_logger(__name__)
 
-# Hours of partitions made before records need them, so batches never wait on DDL: the expiry
-# timer (every minute) makes each hour three hours before its first record, so a store that
-# was down for two hours still finds it made.
+# Hours of partitions made before records need them, so batches never wait on DDL (7 to 9 ms
+# an hour of each table, measured): the expiry timer (every minute) makes each hour three hours
+# before its first record, so one that did not run for two hours still left it made.
 HOURS_AHEAD = 3
 # A store that does not answer within this degrades the routes instead of holding requests.
 CONNECT_TIMEOUT_S = 3
