@@ -1,11 +1,13 @@
 """The delivery log in PostgreSQL, against the real broker and a real server: two ingest
 replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down, or
 a store over its byte budget, degrades only the log's routes (503 with Retry-After) until it
-is back, without losing a record (test_delivery_log_pg_hours: what the budget drops)."""
+is back, without losing a record; over its budget within one day, it drops its oldest hours
+and goes on answering (test_delivery_log_pg_hours: the same at the store)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -14,8 +16,10 @@ from prometheus_client import REGISTRY
 
 from services.ingest.app import create_app
 from services.ingest.delivery_log.log import DeliveryLog
-from services.ingest.delivery_log.store import HOUR_MS, RESPONSE_BODY_CHARS
+from services.ingest.delivery_log.pg_store import PgWriter
+from services.ingest.delivery_log.store import HOUR_MS, RESPONSE_BODY_CHARS, Fetched
 from shared.kafka.service_base import service_base
+from shared.model.messages import encode
 from shared.model.topics import Topics
 from tests.integration.conftest import (
     ACCOUNT_A,
@@ -34,6 +38,8 @@ REPLICAS = 2
 # An empty store takes 376 KiB; past this, the current hour's attempts alone are over the budget.
 SMALL_BUDGET = 512 * 1024
 FILL_ATTEMPTS = 300
+# Five hours of them fit in one page of the listing (250).
+HOUR_ATTEMPTS = 40
 # The budget's check, every 60 s in service.
 CHECK_EVERY_S = 0.2
 ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
@@ -216,3 +222,73 @@ def _sample(name: str, **labels: str) -> float:
 
 async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:
     return event_id in (await listed(ingest, endpoint_id) or [])
+
+
+async def test_over_its_budget_within_one_day_the_store_drops_its_oldest_hours_and_answers(
+    postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
+) -> None:
+    """Five hours of attempts (the last four and the current one), past 90 % of the budget:
+    the log's routes go on answering, without the oldest hours and saying the log is complete
+    after the newest of them, and it indexes the next records. By day the store refused every
+    batch until midnight (all of it was the current day). The budget is what the same
+    records take in another schema, so they end past 90 % of it."""
+    hour = now_ms() // HOUR_MS
+    hours = list(range(hour - 4, hour + 1))
+    budget = int(_bytes_of(postgres, _of_hours("ep_dry_run", hours)) / 0.95)
+    started = replica(
+        kafka_bootstrap, prefix, postgres.new_schema(), aiohttp_client,
+        delivery_log_max_bytes=budget,
+    )  # fmt: skip
+    ingest = await anext(started)
+    try:
+        endpoint_id = await create_endpoint(ingest)
+        records = _of_hours(endpoint_id, hours)
+        async with KeyedProducer(kafka_bootstrap) as producer:
+            await producer.send(Topics(prefix).attempts, endpoint_id, records)
+
+            async def dropped_and_said() -> bool:
+                """The oldest hours are gone, and the log says it is complete after them (as
+                every replica reads it from the store, every few seconds)."""
+                shown = set(await listed(ingest, endpoint_id) or [])
+                dropped = [h for h in hours if f"evt_{h}_0000" not in shown]
+                since = await _complete_since(ingest, endpoint_id)
+                return bool(dropped) and since == (dropped[-1] + 1) * HOUR_MS
+
+            await eventually(dropped_and_said, timeout_s=30.0)
+            shown = set(await listed(ingest, endpoint_id) or [])
+            dropped = [h for h in hours if f"evt_{h}_0000" not in shown]
+            assert dropped == hours[: len(dropped)]
+            assert shown == {r.event_id for r in records if r.at_ms // HOUR_MS not in dropped}
+            await producer.send(Topics(prefix).attempts, endpoint_id, [_over(endpoint_id)])
+            await eventually(lambda: _shows(ingest, endpoint_id, "evt_over"), timeout_s=30.0)
+        assert _sample("clickhook_delivery_log_unavailable") == 0
+    finally:
+        await started.aclose()
+
+
+def _of_hours(endpoint_id: str, hours: list[int]) -> list[Any]:
+    """``HOUR_ATTEMPTS`` failed attempts at the start of each hour, each with a 1 KiB answer."""
+    return [
+        attempt(endpoint_id, f"evt_{hour}_{n:04}", at_ms=hour * HOUR_MS + n, outcome="http_5xx",
+                status=502, response_body=ANSWER)
+        for hour in hours for n in range(HOUR_ATTEMPTS)
+    ]  # fmt: skip
+
+
+def _bytes_of(postgres: PostgresServer, records: list[Any]) -> int:
+    """What ``records`` take in a store of their own (a schema with them alone)."""
+    writer = PgWriter(
+        postgres.new_schema(), per_endpoint=100_000, max_bytes=1 << 30, now_ms=now_ms()
+    )
+    try:
+        fetched = [Fetched(0, n, encode(record)) for n, record in enumerate(records)]
+        writer.add_attempts(fetched, now_ms())
+        return writer.used_bytes()
+    finally:
+        writer.close()
+
+
+async def _complete_since(ingest: Client, endpoint_id: str) -> int | None:
+    page = await ingest.get(f"/v1/endpoints/{endpoint_id}/attempts", headers=auth(ACCOUNT_A))
+    since = (await page.json())["index"]["complete_since"]
+    return None if since is None else round(datetime.fromisoformat(since).timestamp() * 1000)
