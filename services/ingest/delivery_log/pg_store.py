@@ -65,6 +65,7 @@ from services.ingest.delivery_log.store import (
     Page,
     Positions,
     Rows,
+    StoredAttempt,
     Timed,
 )
 from shared.model.errors import ClickhookError
@@ -643,6 +644,12 @@ class PgReader(IndexQueries):
             if len(rows) >= limit:
                 break
         return rows
+
+    def _answer_span(self, history: Sequence[StoredAttempt]) -> tuple[str, tuple[int, ...]]:
+        """Within the history's span of time: PostgreSQL reads the partitions of those hours
+        only, not all of them."""
+        times = [stored.at_ms for stored in history]
+        return " AND at_ms >= ? AND at_ms <= ?", (min(times), max(times))
 
     def _db(self) -> PgDatabase:
         db: PgDatabase | None = getattr(self._local, "db", None)
