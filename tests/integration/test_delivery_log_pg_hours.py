@@ -113,14 +113,17 @@ def test_the_budget_drops_the_oldest_hours_of_today_and_the_log_keeps_answering(
 
 
 def test_the_budget_never_drops_the_current_hour(url: str, reader: PgReader) -> None:
-    """A store over its whole budget with only the current hour left refuses batches."""
+    """A store over its whole budget with only the current hour left refuses batches. Its
+    clock stands still: started at xx:59:59, the hour would turn and the budget drop it."""
     now = now_ms()
     records = of_hours([now // HOUR_MS])
     writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
-    tight = PgWriter(url, per_endpoint=100_000, max_bytes=writer.used_bytes(), now_ms=now)
+    tight = PgWriter(
+        url, per_endpoint=100_000, max_bytes=writer.used_bytes(), now_ms=now, clock=lambda: now
+    )
     try:
         write(writer, records)
-        tight.keep_within_budget(now // HOUR_MS)
+        tight.keep_within_budget(now)
         assert listed(reader) == {r.event_id for r in records}
         with pytest.raises(IndexFull):
             write(tight, [failed("evt_refused", now)], first_offset=len(records))
@@ -271,7 +274,7 @@ def test_a_store_made_by_day_is_read_and_expired_and_new_hours_go_beside_its_day
         # Over the budget an hour after the later records: every day, and the later hour.
         tiny = PgWriter(url, per_endpoint=100_000, max_bytes=1, now_ms=now)
         try:
-            tiny.keep_within_budget(later_hour + 1)
+            tiny.keep_within_budget((later_hour + 1) * HOUR_MS)
             assert listed(reader) == {"evt_after"}
             assert tiny.evicted_through_ms == (later_hour + 1) * HOUR_MS - 1
         finally:

@@ -4,29 +4,37 @@ replica, written by the members of one consumer group, read by all.
 The same rows, the same queries and the same answers as the SQLite index (``store``): what
 differs is how the store stays bounded and how several writers share it.
 
-- Attempts and dead letters are partitioned by hour of their record time (declarative range
-  partitions on ``at_ms`` and ``dead_at_ms``): retention drops whole hours (attempts after 7
-  days, dead letters after 30, as the topics keep them), never a slow ``DELETE``. Hours are
-  created ahead (``HOURS_AHEAD``) and, for a record outside them, before its batch.
+- Attempts are partitioned by hour of their record time, dead letters by day (declarative
+  range partitions on ``at_ms`` and ``dead_at_ms``; ``Timed.partition_ms``, one code path for
+  both): retention drops a partition once all of it is past (attempts after 7 days, dead
+  letters after 30, as the topics keep them), never a slow ``DELETE``. Partitions are made
+  ahead (``HOURS_AHEAD``) and, for a record outside them, before its batch. Dead letters by
+  hour were 720 partitions: every query the time cannot narrow (the trims, counts, lookups by
+  id) planned 140 to 190 ms and locked each partition and its indexes (about 2,170 locks,
+  where PostgreSQL's default lock table holds 6,400 for all sessions), for small rows the
+  budget drops last anyway.
 - Bytes: each endpoint keeps its newest ``per_endpoint`` rows, so the store holds at most
   endpoints x per_endpoint rows of each kind; and past 90 % of ``CLICKHOOK_DELIVERY_LOG_MAX_BYTES``
-  (all its tables, indexes included, as PostgreSQL counts them) the oldest hours go first, down
-  to 80 %, the current hour excepted: a budget that holds two hours of records always finds
-  one to drop (by day, a store writing 43 M records a day went full three hours into each day
-  with the default budget, until midnight).
+  (all its tables, indexes included, as PostgreSQL counts them) the oldest partitions go first,
+  down to 80 %: attempts' hours, then dead letters' days (what customers act on, kept 30 days
+  against 7); never the partition holding the current time (the current hour of attempts, the
+  current day of dead letters). A budget that holds two hours of records always finds one to
+  drop (by day, a store writing 43 M records a day went full three hours into each day with
+  the default budget, until midnight).
 - A store made by day (``{table}_dYYYYMMDD``, before hours) is read as it is: its days are
   dropped as hours are (past retention, or for the budget), and hours are made only where no
   day covers them (PostgreSQL refuses overlapping partitions).
-- Pages newest first are asked a slice of time at a time (``slices``: the last hour on, then a
-  day at a time), until full: PostgreSQL plans only the partitions a slice meets, and planning
-  is what a query over every partition costs. Measured (PostgreSQL 15, 2,000 rows an hour over
-  200 endpoints, a page of 50, warm connection): attempts at 170 hours 11 to 12.5 ms in one
-  query (9 to 16 ms of planning), 2.6 to 3.3 ms in slices; dead letters at 720 hours 136 to
-  153 ms in one query, in slices 8.7 ms for an endpoint with rows every hour and 70 to 77 ms
-  for one whose only rows are in the oldest hour, or none (31 slices: its whole history).
+- Pages newest first are asked a slice of time at a time (``slices``: from the partition
+  holding the last hour on, then a day at a time), until full: PostgreSQL plans only the
+  partitions a slice meets, and planning is what a query over every partition costs.
+  Measured (PostgreSQL 15, 2,000 rows an hour over 200 endpoints, a page of 50, warm
+  connection): attempts at 170 hours 11 to 12.5 ms in one query (9 to 16 ms of planning),
+  2.6 to 3.3 ms in slices (9 slices: its whole history); dead letters at 720 hours (when they
+  were by hour) 136 to 153 ms in one query, in slices 8.7 ms for an endpoint with rows every
+  hour and 70 to 77 ms for one whose only rows were in the oldest hour, or none. By day a
+  slice of dead letters is one partition, 31 or 32 slices their whole history.
   Queries with no time to bound them still plan every partition: an attempt by id 15 ms and
-  an event's attempts 21 ms at 170 hours, the dead letters an endpoint's figures count 15 to
-  85 ms at 720.
+  an event's attempts 21 ms at 170 hours.
 - Idempotent by topic, partition and offset: rows are keyed by their position, inserted with
   ``ON CONFLICT DO NOTHING``; the positions reached are written in the same transaction as the
   rows, and only by the writer that read them last (``PositionsMoved`` otherwise), so a record
@@ -74,9 +82,11 @@ from shared.ops import metrics
 log = structlog.get_logger(__name__)
 
 # Hours of partitions made before records need them, so batches never wait on DDL (7 to 9 ms
-# an hour of each table, measured): the expiry timer (every minute) makes each hour three hours
-# before its first record, so one that did not run for two hours still left it made.
+# a partition, measured): the expiry timer (every minute) makes each hour of attempts, and each
+# day of dead letters, three hours before its first record, so one that did not run for two
+# hours still left it made.
 HOURS_AHEAD = 3
+AHEAD_MS = HOURS_AHEAD * HOUR_MS
 # A store that does not answer within this degrades the routes instead of holding requests.
 CONNECT_TIMEOUT_S = 3
 QUERY_TIMEOUT_MS = 10_000
@@ -197,9 +207,9 @@ def staging(table: str) -> str:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# How partitions are named (marker, start, its digits, span): by hour, and by day as stores
-# made before hours were.
-NAMINGS = (("h", "%Y%m%d%H", 10, HOUR_MS), ("d", "%Y%m%d", 8, DAY_MS))
+# How partitions are named by the span of time they hold (marker, start, its digits): attempts
+# by hour, dead letters by day (and attempts too in a store made before hours).
+NAMINGS = {HOUR_MS: ("h", "%Y%m%d%H", 10), DAY_MS: ("d", "%Y%m%d", 8)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +225,24 @@ class Partition:
         return range(self.start_ms // HOUR_MS, self.end_ms // HOUR_MS)
 
 
-def hour_of(ms: int) -> int:
-    return ms // HOUR_MS
+def start_of(ms: int, span_ms: int) -> int:
+    """The start of the span (an hour, a day) holding ``ms``."""
+    return ms // span_ms * span_ms
 
 
-def partition_name(table: str, hour: int) -> str:
-    return f"{table}_h{EPOCH + timedelta(hours=hour):%Y%m%d%H}"
+def hours_from(start_ms: int, span_ms: int) -> set[int]:
+    return set(range(start_ms // HOUR_MS, (start_ms + span_ms) // HOUR_MS))
+
+
+def partition_name(table: str, start_ms: int, span_ms: int) -> str:
+    marker, pattern, _ = NAMINGS[span_ms]
+    return f"{table}_{marker}{EPOCH + timedelta(milliseconds=start_ms):{pattern}}"
 
 
 def partition_of(table: str, name: str) -> Partition | None:
-    """The times a partition of ``table`` holds, from its name (an hour, or a day of a store
-    made before hours); None for another table's."""
-    for marker, pattern, length, span_ms in NAMINGS:
+    """The times a partition of ``table`` holds, from its name (an hour or a day); None for
+    another table's."""
+    for span_ms, (marker, pattern, length) in NAMINGS.items():
         prefix = f"{table}_{marker}"
         digits = name.removeprefix(prefix)
         if name.startswith(prefix) and digits.isdigit() and len(digits) == length:
@@ -258,8 +274,17 @@ class PgWriter(IndexWriter):
         " ORDER BY at_ms DESC OFFSET ?)"
     )
 
-    def __init__(self, url: str, per_endpoint: int, max_bytes: int, now_ms: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        per_endpoint: int,
+        max_bytes: int,
+        now_ms: int,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
         self._connection = open_connection(url)
+        # The current time, in ms (tests set it: what the current hour is must not turn).
+        self._clock = clock
         super().__init__(PgDatabase(self._connection), per_endpoint)
         self._max_bytes = max_bytes
         # Over the whole budget with no hour left to drop: batches are refused until there is
@@ -403,10 +428,10 @@ class PgWriter(IndexWriter):
         for endpoint_id, account_id in sorted(endpoints):
             if endpoint_id not in self._keys and endpoint_id not in self._deleted:
                 self._keys[endpoint_id] = self._assign_key(endpoint_id, account_id)
-        kept_ms = ATTEMPTS_KEPT_MS if timed is ATTEMPTS_TIMED else DEAD_LETTERS_KEPT_MS
-        # The first hour kept: older records would land in an hour already dropped.
-        kept_from = hour_of(_now_ms() - kept_ms) * HOUR_MS
-        self._ensure_hours(timed.table, {hour_of(t) for t in times if t >= kept_from})
+        span = timed.partition_ms
+        # The first partition kept: older records would land in one already dropped.
+        kept_from = start_of(self._clock() - KEPT_MS[timed], span)
+        self._ensure(timed, {start_of(t, span) for t in times if t >= kept_from})
         return kept_from
 
     def _assign_key(self, endpoint_id: str, account_id: str) -> int:
@@ -474,21 +499,33 @@ class PgWriter(IndexWriter):
         found = (partition_of(table, name) for (name,) in rows)
         return sorted((p for p in found if p is not None), key=lambda p: p.start_ms)
 
-    def _ensure_hours(self, table: str, hours: set[int]) -> None:
-        """Partitions for ``hours``, but for those a partition covers already (a day of a
-        store made by day: PostgreSQL refuses overlapping ranges)."""
-        missing = hours - self._hours.get(table, set())
-        if not missing:
+    def _ensure(self, timed: Timed, starts: set[int]) -> None:
+        """A partition of ``timed`` from each of ``starts`` (its span of time each), but for
+        the hours partitions cover already: PostgreSQL refuses overlapping ranges. Where some
+        hours of a span are covered (attempts' days of a store made by day hold whole spans;
+        dead letters' hours of a build that made them by hour do not), the others get a
+        partition each."""
+        table, span = timed.table, timed.partition_ms
+        wanted = {hour for start in starts for hour in hours_from(start, span)}
+        if wanted <= self._hours.get(table, set()):
             return
         with self._connection.transaction():
             self._db.execute(PARTITIONS_LOCK)
             covered = covered_hours(self._partitions(table))
-            for hour in sorted(missing - covered):
-                self._connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(table, hour)} PARTITION OF"
-                    f" {table} FOR VALUES FROM ({hour * HOUR_MS}) TO ({(hour + 1) * HOUR_MS})"
-                )
-            self._hours[table] = covered | missing
+            for start in sorted(starts):
+                hours = hours_from(start, span)
+                if hours.isdisjoint(covered):
+                    self._create(table, start, span)
+                else:
+                    for hour in sorted(hours - covered):
+                        self._create(table, hour * HOUR_MS, HOUR_MS)
+            self._hours[table] = covered | wanted
+
+    def _create(self, table: str, start_ms: int, span_ms: int) -> None:
+        self._connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {partition_name(table, start_ms, span_ms)} PARTITION OF"
+            f" {table} FOR VALUES FROM ({start_ms}) TO ({start_ms + span_ms})"
+        )
 
     def _drop(
         self, table: str, partitions: Iterable[Partition], *, for_budget: bool = False
@@ -512,9 +549,8 @@ class PgWriter(IndexWriter):
     # --- bounds -----------------------------------------------------------------------------------
 
     def expire(self, now_ms: int) -> None:
-        """Drop the hours retention no longer covers, make the next ones, and prune the small
-        tables; then keep within the byte budget."""
-        this_hour = hour_of(now_ms)
+        """Drop the partitions retention no longer covers, make the next ones, and prune the
+        small tables; then keep within the byte budget."""
         for timed, kept_ms in PARTITIONED:
             existing = self._partitions(timed.table)
             self._hours[timed.table] = covered_hours(existing)
@@ -523,7 +559,8 @@ class PgWriter(IndexWriter):
             if expired:
                 self._drop(timed.table, expired)
                 log.info("delivery_log_partitions_dropped", table=timed.table, count=len(expired))
-            self._ensure_hours(timed.table, set(range(this_hour, this_hour + HOURS_AHEAD + 1)))
+            span = timed.partition_ms
+            self._ensure(timed, set(range(start_of(now_ms, span), now_ms + AHEAD_MS + 1, span)))
         first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
 
         def write() -> None:
@@ -540,7 +577,7 @@ class PgWriter(IndexWriter):
             self._forget_old_evictions(now_ms)
 
         self._transaction(write)
-        self.keep_within_budget(this_hour)
+        self.keep_within_budget(now_ms)
 
     def used_bytes(self) -> int:
         """Bytes of the store's tables in its schema, indexes and TOAST included."""
@@ -556,28 +593,29 @@ class PgWriter(IndexWriter):
         """Write a batch, unless the store is over its whole budget (``IndexFull``, nothing
         written): as a full SQLite index, the log's routes answer 503 until there is room."""
         if self._over_budget:
-            self.keep_within_budget(hour_of(_now_ms()))
+            self.keep_within_budget(self._clock())
         if self._over_budget:
             raise IndexFull(
                 f"the store holds {self.used_bytes():,} bytes, over its budget of"
-                f" {self._max_bytes:,}, and only the current hour is left to drop"
+                f" {self._max_bytes:,}, and only the current hour (and day) is left to drop"
             )
         self._transaction(write)
 
-    def keep_within_budget(self, this_hour: int | None = None) -> None:
-        """Past ``BUDGET_HIGH`` of the budget, drop the oldest hours (of attempts, then of dead
-        letters) down to ``BUDGET_LOW``; the current hour is never dropped (nor a day of a store
-        made by day that holds it), so a store still over the whole budget takes no more
-        batches. Measured on the expiry timer (and before each batch while over), not after
-        every batch: PostgreSQL counts sizes in whole pages anyway."""
-        if this_hour is None:
+    def keep_within_budget(self, now_ms: int | None = None) -> None:
+        """Past ``BUDGET_HIGH`` of the budget, drop the oldest partitions down to
+        ``BUDGET_LOW``: attempts' hours first, then dead letters' days (what customers act on,
+        kept 30 days against 7). The partition holding the current time is never dropped (the
+        current hour of attempts, the current day of dead letters), so a store still over the
+        whole budget takes no more batches. Measured on the expiry timer (and before each batch
+        while over), not after every batch: PostgreSQL counts sizes in whole pages anyway."""
+        if now_ms is None:
             return
         if self.used_bytes() <= BUDGET_HIGH * self._max_bytes:
             self._over_budget = False
             return
         for timed, _ in PARTITIONED:
             for partition in self._partitions(timed.table):
-                current = partition.end_ms > this_hour * HOUR_MS
+                current = partition.end_ms > now_ms  # or later
                 if current or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
                     break
                 (rows,) = self._db.execute(
@@ -596,12 +634,15 @@ class PgWriter(IndexWriter):
 
 
 def slices(
-    now_ms: int, kept_ms: int, since_ms: int | None, until_ms: int | None
+    now_ms: int, timed: Timed, since_ms: int | None, until_ms: int | None
 ) -> list[tuple[int | None, int | None]]:
     """Time ranges ``[low, high)`` (None: unbounded), newest first, that together hold every
-    time: from the last hour on, then a day at a time back past the retention, then anything
-    older; only those that meet ``[since_ms, until_ms)``."""
-    edges = range((hour_of(now_ms) - 1) * HOUR_MS, now_ms - kept_ms - SLICE_MS, -SLICE_MS)
+    time: from the start of the partition holding the time an hour ago on (attempts: the last
+    hour; dead letters: today, or from yesterday in the first hour of a day), then a day at a
+    time back past the retention, then anything older; only those that meet
+    ``[since_ms, until_ms)``. Each slice of dead letters is one partition of theirs."""
+    first = start_of(now_ms - HOUR_MS, timed.partition_ms)
+    edges = range(first, now_ms - KEPT_MS[timed] - SLICE_MS, -SLICE_MS)
     ranges = [(edges[0], None), *zip(edges[1:], edges[:-1], strict=True), (None, edges[-1])]
     return [
         (low, high)
@@ -626,8 +667,9 @@ class PgReader(IndexQueries):
         " AND d.dead_at_ms >= (j->>2)::bigint AND d.dead_at_ms < (j->>3)::bigint)"
     )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Callable[[], int] = _now_ms) -> None:
         self._url = url
+        self._clock = clock
         self._local = threading.local()
         self._opened: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
@@ -635,7 +677,7 @@ class PgReader(IndexQueries):
     def _newest(self, page: Page, limit: int) -> list[Any]:
         column = f"{page.alias}.{page.timed.time_column}"
         rows: list[Any] = []
-        for low, high in slices(_now_ms(), KEPT_MS[page.timed], page.since_ms, page.until_ms):
+        for low, high in slices(self._clock(), page.timed, page.since_ms, page.until_ms):
             bounds = [(f"{column} >= ?", low), (f"{column} < ?", high)]
             more = [(condition, ms) for condition, ms in bounds if ms is not None]
             sql = page.sql(*(condition for condition, _ in more))
