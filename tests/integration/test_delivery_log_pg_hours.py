@@ -4,6 +4,7 @@ store made by day (before hours) goes on working, its days read and dropped as h
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,13 @@ import psycopg
 import pytest
 
 from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
-from services.ingest.delivery_log.pg_store import SCHEMA, SCHEMA_VERSION, PgReader, PgWriter
+from services.ingest.delivery_log.pg_store import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    PgReader,
+    PgWriter,
+    partition_name,
+)
 from services.ingest.delivery_log.store import (
     ATTEMPT_ID_PREFIX,
     ATTEMPTS_KEPT_MS,
@@ -279,5 +286,39 @@ def test_a_store_made_by_day_is_read_and_expired_and_new_hours_go_beside_its_day
             assert tiny.evicted_through_ms == (later_hour + 1) * HOUR_MS - 1
         finally:
             tiny.close()
+    finally:
+        writer.close()
+
+
+def partition_names(url: str, table: str) -> set[str]:
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = CAST(%s AS regclass)",
+            (table,),
+        )
+        return {name for (name,) in rows.fetchall()}
+
+
+def test_expiry_behind_a_long_query_gives_up_its_ddl_until_the_next_one(url: str) -> None:
+    """A query holding the attempts table: the expiry's DDL (ACCESS EXCLUSIVE on it) waits
+    the lock timeout (2 s), not the query, so readers do not queue behind it; it fails
+    nothing and makes the hours at the next expiry."""
+    now = now_ms()
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    later = now + 2 * DAY_MS
+    hour = partition_name("attempts", later // HOUR_MS * HOUR_MS, HOUR_MS)
+    try:
+        with psycopg.connect(url) as holder:  # a transaction, open until the end of the block
+            holder.execute("SELECT COUNT(*) FROM attempts")
+            started = time.monotonic()
+            writer.expire(later)
+            assert time.monotonic() - started < 8
+            assert hour not in partition_names(url, "attempts")
+            # Dead letters, which the query does not hold, get theirs.
+            day = partition_name("dead_letters", later // DAY_MS * DAY_MS, DAY_MS)
+            assert day in partition_names(url, "dead_letters")
+        writer.expire(later)
+        assert hour in partition_names(url, "attempts")
     finally:
         writer.close()

@@ -87,6 +87,10 @@ log = structlog.get_logger(__name__)
 # hours still left it made.
 HOURS_AHEAD = 3
 AHEAD_MS = HOURS_AHEAD * HOUR_MS
+# How long the expiry's DDL (making partitions ahead, dropping them) waits for the lock on the
+# parent table: ACCESS EXCLUSIVE, so while it waits behind a long query, every reader and
+# writer waits behind it. Past this it gives up until the next expiry (a minute on).
+DDL_LOCK_TIMEOUT = "2s"
 # A store that does not answer within this degrades the routes instead of holding requests.
 CONNECT_TIMEOUT_S = 3
 QUERY_TIMEOUT_MS = 10_000
@@ -431,7 +435,7 @@ class PgWriter(IndexWriter):
         span = timed.partition_ms
         # The first partition kept: older records would land in one already dropped.
         kept_from = start_of(self._clock() - KEPT_MS[timed], span)
-        self._ensure(timed, {start_of(t, span) for t in times if t >= kept_from})
+        self._ensure(timed, {start_of(t, span) for t in times if t >= kept_from}, wait=True)
         return kept_from
 
     def _assign_key(self, endpoint_id: str, account_id: str) -> int:
@@ -499,18 +503,18 @@ class PgWriter(IndexWriter):
         found = (partition_of(table, name) for (name,) in rows)
         return sorted((p for p in found if p is not None), key=lambda p: p.start_ms)
 
-    def _ensure(self, timed: Timed, starts: set[int]) -> None:
+    def _ensure(self, timed: Timed, starts: set[int], *, wait: bool) -> None:
         """A partition of ``timed`` from each of ``starts`` (its span of time each), but for
         the hours partitions cover already: PostgreSQL refuses overlapping ranges. Where some
         hours of a span are covered (attempts' days of a store made by day hold whole spans;
         dead letters' hours of a build that made them by hour do not), the others get a
-        partition each."""
+        partition each. ``wait``: a batch needs them (else see ``_lock_partitions``)."""
         table, span = timed.table, timed.partition_ms
         wanted = {hour for start in starts for hour in hours_from(start, span)}
         if wanted <= self._hours.get(table, set()):
             return
         with self._connection.transaction():
-            self._db.execute(PARTITIONS_LOCK)
+            self._lock_partitions(wait=wait)
             covered = covered_hours(self._partitions(table))
             for start in sorted(starts):
                 hours = hours_from(start, span)
@@ -529,22 +533,47 @@ class PgWriter(IndexWriter):
 
     def _drop(
         self, table: str, partitions: Iterable[Partition], *, for_budget: bool = False
-    ) -> None:
-        """Drop whole partitions; ``for_budget``: ones retention still covers, so the log is
-        complete only after the newest of them (``fill.complete_since_ms``)."""
-        dropped = sorted(partitions, key=lambda p: p.start_ms)
+    ) -> int:
+        """Drop whole partitions, those still there (another writer may have dropped some):
+        in one transaction of the partitions lock, waiting ``DDL_LOCK_TIMEOUT`` at most for
+        readers (``psycopg.errors.LockNotAvailable``: nothing dropped). ``for_budget``: ones
+        retention still covers, so the log is complete only after the newest of them
+        (``fill.complete_since_ms``); returns the rows they held, counted before the drop."""
+        wanted = sorted(partitions, key=lambda p: p.start_ms)
+        dropped: list[Partition] = []
+        rows = 0
         with self._connection.transaction():
-            self._db.execute(PARTITIONS_LOCK)
-            for partition in dropped:
-                self._connection.execute(f"DROP TABLE IF EXISTS {partition.name}")
-                self._hours.get(table, set()).difference_update(partition.hours)
+            self._lock_partitions(wait=False)
+            for partition in wanted:
+                (found,) = self._db.execute("SELECT to_regclass(?)", (partition.name,)).fetchone()
+                if found is None:
+                    continue
+                if for_budget:
+                    (held,) = self._db.execute(
+                        f"SELECT COUNT(*) FROM {partition.name}"  # noqa: S608 - our own names
+                    ).fetchone()
+                    rows += int(held)
+                self._connection.execute(f"DROP TABLE {partition.name}")
+                dropped.append(partition)
             if for_budget and dropped:
                 self._mark_evicted(dropped[-1].end_ms - 1)
+        for partition in wanted:
+            self._hours.get(table, set()).difference_update(partition.hours)
         if for_budget and dropped:
             self._evicted(dropped[-1].end_ms - 1)
         self._attempt_counts.clear()  # counted again as endpoints come by
         self._letter_counts.clear()
         self._delivery_counts.clear()
+        return rows
+
+    def _lock_partitions(self, *, wait: bool) -> None:
+        """Within a transaction: this schema's partitions lock; unless ``wait``, DDL waits
+        ``DDL_LOCK_TIMEOUT`` at most for the parent table's lock. DDL takes it ACCESS
+        EXCLUSIVE: waiting behind a long query, it would queue every reader and writer
+        behind itself."""
+        self._db.execute(PARTITIONS_LOCK)
+        if not wait:
+            self._connection.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
 
     # --- bounds -----------------------------------------------------------------------------------
 
@@ -556,11 +585,18 @@ class PgWriter(IndexWriter):
             self._hours[timed.table] = covered_hours(existing)
             # A partition goes once all of it is older than the retention.
             expired = [p for p in existing if p.end_ms <= now_ms - kept_ms]
-            if expired:
-                self._drop(timed.table, expired)
-                log.info("delivery_log_partitions_dropped", table=timed.table, count=len(expired))
             span = timed.partition_ms
-            self._ensure(timed, set(range(start_of(now_ms, span), now_ms + AHEAD_MS + 1, span)))
+            ahead = set(range(start_of(now_ms, span), now_ms + AHEAD_MS + 1, span))
+            try:
+                if expired:
+                    self._drop(timed.table, expired)
+                    log.info(
+                        "delivery_log_partitions_dropped", table=timed.table, count=len(expired)
+                    )
+                self._ensure(timed, ahead, wait=False)
+            except psycopg.errors.LockNotAvailable:
+                # A long query holds the table: the next expiry (a minute on) tries again.
+                log.warning("delivery_log_partitions_deferred", table=timed.table)
         first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
 
         def write() -> None:
@@ -613,19 +649,24 @@ class PgWriter(IndexWriter):
         if self.used_bytes() <= BUDGET_HIGH * self._max_bytes:
             self._over_budget = False
             return
-        for timed, _ in PARTITIONED:
-            for partition in self._partitions(timed.table):
-                current = partition.end_ms > now_ms  # or later
-                if current or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
-                    break
-                (rows,) = self._db.execute(
-                    f"SELECT COUNT(*) FROM {partition.name}"  # noqa: S608 - our own names
-                ).fetchone()
-                self._drop(timed.table, [partition], for_budget=True)
-                metrics.DELIVERY_LOG_EVICTED.inc(rows)
-                log.warning(
-                    "delivery_log_evicted", table=timed.table, partition=partition.name, rows=rows
-                )
+        try:
+            for timed, _ in PARTITIONED:
+                for partition in self._partitions(timed.table):
+                    current = partition.end_ms > now_ms  # or later
+                    if current or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
+                        break
+                    rows = self._drop(timed.table, [partition], for_budget=True)
+                    metrics.DELIVERY_LOG_EVICTED.inc(rows)
+                    log.warning(
+                        "delivery_log_evicted",
+                        table=timed.table,
+                        partition=partition.name,
+                        rows=rows,
+                    )
+        except psycopg.errors.LockNotAvailable:
+            # A long query holds the table: the next measure (a minute on, or the next batch
+            # while over) tries again.
+            log.warning("delivery_log_eviction_deferred", used_bytes=self.used_bytes())
         used = self.used_bytes()
         over = used > self._max_bytes
         if over and not self._over_budget:
