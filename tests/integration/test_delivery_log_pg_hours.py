@@ -19,6 +19,7 @@ from services.ingest.delivery_log.pg_store import (
     PgReader,
     PgWriter,
     partition_name,
+    partition_of,
 )
 from services.ingest.delivery_log.store import (
     ATTEMPT_ID_PREFIX,
@@ -322,3 +323,43 @@ def test_expiry_behind_a_long_query_gives_up_its_ddl_until_the_next_one(url: str
         assert hour in partition_names(url, "attempts")
     finally:
         writer.close()
+
+
+def test_a_late_record_of_an_hour_another_writer_evicted_is_skipped_and_the_hour_stays_gone(
+    url: str, reader: PgReader
+) -> None:
+    """Two writers on one store: one drops the older hours for the budget; the other, which
+    still knows them, then writes a late record of a dropped hour with one of the current
+    hour. No error: the late one is skipped (the log says it is incomplete there), the hour
+    is not made again (that would undo the eviction), the current one is written. A partition
+    dropped behind a writer's back (not for the budget) is made again on a retry, and one
+    already dropped is no error to drop."""
+    now = now_ms()
+    this_hour = now // HOUR_MS
+    first = [
+        failed(f"evt_{hour}", hour * HOUR_MS + 5) for hour in range(this_hour - 2, this_hour + 1)
+    ]
+    late = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now, clock=lambda: now)
+    try:
+        write(late, first)  # it knows the three hours
+        evicting = PgWriter(url, per_endpoint=100_000, max_bytes=1, now_ms=now, clock=lambda: now)
+        evicting.close()  # its expiry dropped all but the current hour
+        assert listed(reader) == {f"evt_{this_hour}"}
+        gone = partition_name("attempts", (this_hour - 1) * HOUR_MS, HOUR_MS)
+        assert gone not in partition_names(url, "attempts")
+
+        write(late, [failed("evt_late", this_hour * HOUR_MS - 1), failed("evt_now", now)], 10)
+        assert listed(reader) == {f"evt_{this_hour}", "evt_now"}
+        assert gone not in partition_names(url, "attempts")
+        dropped = partition_of("attempts", gone)
+        assert dropped is not None
+        assert late._drop("attempts", [dropped], for_budget=True) == 0
+
+        # Dropped behind its back, after the budget's eviction: made again on the retry.
+        ahead = partition_name("attempts", (this_hour + 1) * HOUR_MS, HOUR_MS)
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP TABLE {ahead}")
+        write(late, [failed("evt_ahead", (this_hour + 1) * HOUR_MS)], 20)
+        assert "evt_ahead" in listed(reader)
+    finally:
+        late.close()

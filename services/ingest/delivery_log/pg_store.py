@@ -55,6 +55,7 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from services.ingest.delivery_log.fill import EVICTED_STREAM
 from services.ingest.delivery_log.store import (
     ATTEMPTS_KEPT_MS,
     ATTEMPTS_TIMED,
@@ -156,6 +157,10 @@ STAGED = (
 )
 # A per-schema lock, so that replicas making or dropping partitions take turns.
 PARTITIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.partitions'))"
+
+
+# A batch's endpoints, table and record times (``PgWriter._prepare``).
+Prepared = tuple[set[tuple[str, str]], Timed, set[int]]
 
 
 class PositionsMoved(ClickhookError):
@@ -297,8 +302,12 @@ class PgWriter(IndexWriter):
         self._keys: dict[str, int] = {}
         self._deleted: set[str] = set()
         self._deleted_seen_ms = -1
-        # The hours each partitioned table has partitions for, as this writer last saw them.
+        # The hours each partitioned table has partitions for, as this writer last saw them;
+        # and the time its records are kept from (retention).
         self._hours: dict[str, set[int]] = {}
+        self._kept_from: dict[str, int] = {}
+        # The last batch's ``_prepare``, done again if a partition vanished (``_fitted``).
+        self._prepared: Prepared = (set(), ATTEMPTS_TIMED, set())
         # What this writer last read or wrote of each partition's position: the fence.
         self._known: dict[tuple[str, int], int] = {}
         # Each staged table's column types, for the binary COPY.
@@ -424,19 +433,55 @@ class PgWriter(IndexWriter):
 
     # --- endpoints ------------------------------------------------------------------------------
 
-    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
+    def _prepare(
+        self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]
+    ) -> Callable[[int], bool]:
         """Keys for new endpoints (outside the batch's transaction: two writers meeting on
         one never wait for each other's batch), the deletions other replicas applied, and the
-        hours the batch's records fall on."""
+        partitions the batch's records fall in: all but those retention dropped, or the
+        budget (made again, they would undo its eviction: ``_kept``)."""
+        self._prepared = (endpoints, timed, times)
         self._refresh_deleted()
         for endpoint_id, account_id in sorted(endpoints):
             if endpoint_id not in self._keys and endpoint_id not in self._deleted:
                 self._keys[endpoint_id] = self._assign_key(endpoint_id, account_id)
-        span = timed.partition_ms
+        self._refresh_evicted()
+        table, span = timed.table, timed.partition_ms
+        if table not in self._hours:
+            self._hours[table] = covered_hours(self._partitions(table))
         # The first partition kept: older records would land in one already dropped.
         kept_from = start_of(self._clock() - KEPT_MS[timed], span)
-        self._ensure(timed, {start_of(t, span) for t in times if t >= kept_from}, wait=True)
-        return kept_from
+        self._kept_from[table] = kept_from
+        evicted = self.evicted_through_ms
+        starts = {
+            start_of(t, span) for t in times if t >= kept_from and (evicted is None or t > evicted)
+        }
+        self._ensure(timed, starts, wait=True)
+        return functools.partial(self._kept, table)
+
+    def _kept(self, table: str, at_ms: int) -> bool:
+        """Whether a record is written: not one older than the retention, nor one at or before
+        the budget's eviction (``evicted_through_ms``) whose partition is gone (its records
+        are then skipped as older ones: ``complete_since`` says the log is incomplete there)."""
+        if at_ms < self._kept_from[table]:
+            return False
+        evicted = self.evicted_through_ms
+        return evicted is None or at_ms > evicted or at_ms // HOUR_MS in self._hours[table]
+
+    def _refresh_evicted(self) -> None:
+        """What the budget dropped, as the store has it: moved by another writer, the
+        partitions this one knows are read again (it dropped some of them)."""
+        through = self._stored_evicted()
+        if through != self.evicted_through_ms:
+            self._hours.clear()
+        self.evicted_through_ms = through
+
+    def _stored_evicted(self) -> int | None:
+        found = self._db.execute(
+            "SELECT next_offset FROM positions WHERE topic = ? AND partition = 0",
+            (EVICTED_STREAM,),
+        ).fetchone()
+        return None if found is None else int(found[0])
 
     def _assign_key(self, endpoint_id: str, account_id: str) -> int:
         self._db.execute(
@@ -516,6 +561,11 @@ class PgWriter(IndexWriter):
         with self._connection.transaction():
             self._lock_partitions(wait=wait)
             covered = covered_hours(self._partitions(table))
+            # Never one all at or before what the budget dropped, as of now (under the lock
+            # the budget drops by): another writer may have dropped it since ``_prepare``.
+            evicted = self._stored_evicted()
+            starts = {start for start in starts if evicted is None or start + span > evicted + 1}
+            wanted = {hour for start in starts for hour in hours_from(start, span)}
             for start in sorted(starts):
                 hours = hours_from(start, span)
                 if hours.isdisjoint(covered):
@@ -635,7 +685,18 @@ class PgWriter(IndexWriter):
                 f"the store holds {self.used_bytes():,} bytes, over its budget of"
                 f" {self._max_bytes:,}, and only the current hour (and day) is left to drop"
             )
-        self._transaction(write)
+        try:
+            self._transaction(write)
+        except psycopg.errors.CheckViolation:
+            # "No partition of relation … found for row": one this writer knew of was dropped
+            # since (by another, for the budget or with a clock ahead). Read them again, make
+            # what is missing (never what the budget dropped: those records are skipped), and
+            # write the batch once more.
+            endpoints, timed, times = self._prepared
+            log.warning("delivery_log_partition_gone", table=timed.table)
+            self._hours.clear()
+            self._prepare(endpoints, timed, times)
+            self._transaction(write)
 
     def keep_within_budget(self, now_ms: int | None = None) -> None:
         """Past ``BUDGET_HIGH`` of the budget, drop the oldest partitions down to

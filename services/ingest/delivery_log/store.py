@@ -484,9 +484,12 @@ class IndexWriter:
         """Write a batch in one transaction (the SQLite store makes room when it is full)."""
         self._transaction(write)
 
-    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
+    def _prepare(
+        self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]
+    ) -> Callable[[int], bool]:
         """Before a batch's transaction: what it needs in place (endpoint keys, partitions).
-        Returns the time below which its rows are not kept at all."""
+        Returns whether a record of a time is kept (in PostgreSQL, not one whose partition
+        retention or the budget dropped); asked within the transaction."""
         raise NotImplementedError
 
     def _endpoint_key(self, endpoint_id: str, account_id: str) -> int | None:
@@ -600,7 +603,7 @@ class IndexWriter:
         positions = list(positions)
         decoded = self._decoded(self._unseen(fetched, positions), decode_attempt)
         endpoints = {(d.record.endpoint_id, d.record.account_id) for d in decoded}
-        kept_from = self._prepare(endpoints, ATTEMPTS_TIMED, {d.record.at_ms for d in decoded})
+        kept = self._prepare(endpoints, ATTEMPTS_TIMED, {d.record.at_ms for d in decoded})
         batches: list[_AttemptBatch] = []
 
         def write() -> None:
@@ -608,7 +611,7 @@ class IndexWriter:
             for item in decoded:
                 record: AttemptRecord = item.record
                 ep = self._endpoint_key(record.endpoint_id, record.account_id)
-                if ep is not None and record.at_ms >= kept_from:
+                if ep is not None and kept(record.at_ms):
                     batch.add(ep, item.pos, record)
             batch.write(self._insert)
             self._save_positions(positions)
@@ -631,7 +634,7 @@ class IndexWriter:
         positions = list(positions)
         decoded = self._decoded(self._unseen(fetched, positions), decode_dead_letter)
         endpoints = {(d.record.envelope.endpoint_id, d.record.envelope.account_id) for d in decoded}
-        kept_from = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
+        kept = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
         rows: list[tuple[Any, ...]] = []
 
         def write() -> None:
@@ -640,7 +643,7 @@ class IndexWriter:
                 letter: DeadLetter = item.record
                 envelope = letter.envelope
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
-                if ep is not None and letter.dead_at_ms >= kept_from:
+                if ep is not None and kept(letter.dead_at_ms):
                     rows.append(_letter_row(item.pos, ep, letter))
             self._insert("dead_letters", rows, "ON CONFLICT DO NOTHING")
             self._save_positions(positions)
@@ -678,6 +681,10 @@ class IndexWriter:
         for ep in over:
             self._db.execute(trim, (ep, ep, limit))  # one statement: its own transaction
             counts[ep] = limit
+
+
+def _every(_: int) -> bool:
+    return True
 
 
 class LogWriter(IndexWriter):
@@ -736,8 +743,10 @@ class LogWriter(IndexWriter):
         deleted = self._db.execute("SELECT endpoint_id FROM deleted_endpoints").fetchall()
         self._deleted = {endpoint_id for (endpoint_id,) in deleted}
 
-    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
-        return 0  # every row goes in; ``expire`` drops what retention no longer covers
+    def _prepare(
+        self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]
+    ) -> Callable[[int], bool]:
+        return _every  # every row goes in; ``expire`` drops what retention no longer covers
 
     def _stored_key(self, endpoint_id: str) -> int | None:
         return self._endpoint_keys.get(endpoint_id)
