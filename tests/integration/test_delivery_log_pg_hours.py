@@ -20,6 +20,7 @@ from services.ingest.delivery_log.pg_store import (
     PgWriter,
     partition_name,
     partition_of,
+    start_of,
 )
 from services.ingest.delivery_log.store import (
     ATTEMPT_ID_PREFIX,
@@ -35,7 +36,7 @@ from services.ingest.delivery_log.store import (
     position,
 )
 from shared.model.messages import AttemptRecord, encode
-from tests.support.attempts import attempt, now_ms
+from tests.support.attempts import attempt, dead_letter, now_ms
 from tests.support.postgres import PostgresServer
 
 ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
@@ -363,3 +364,43 @@ def test_a_late_record_of_an_hour_another_writer_evicted_is_skipped_and_the_hour
         assert "evt_ahead" in listed(reader)
     finally:
         late.close()
+
+
+def letter_pages(reader: PgReader, limit: int) -> list[list[tuple[int, int]]]:
+    """Every page of the endpoint's dead letters, each their (time, position), by cursor."""
+    found: list[list[tuple[int, int]]] = []
+    before: tuple[int, int] | None = None
+    while page := reader.dead_letters(ENDPOINT, [], before, limit):
+        found.append([(dead_at_ms, pos) for _, dead_at_ms, pos in page])
+        before = found[-1][-1]
+    return found
+
+
+def test_dead_letter_pages_in_slices_of_days_are_those_of_one_query(url: str) -> None:
+    """Dead letters are partitioned by day, and asked a day (one partition) at a time: with
+    letters on the days' edges (midnight, a millisecond before), 25 hours back and 29 days
+    back, some at the same millisecond, every page is the one query's."""
+    now = now_ms()
+    today = now // DAY_MS * DAY_MS
+    times = [now, now, today, today - 1, today - DAY_MS, today - DAY_MS - 1, now - 25 * HOUR_MS,
+             now - 25 * HOUR_MS, today - 10 * DAY_MS, today - 29 * DAY_MS]  # fmt: skip
+    letters = [
+        dead_letter(ENDPOINT, f"evt_{n}", [failed(f"evt_{n}", at_ms - 1)], dead_at_ms=at_ms)
+        for n, at_ms in enumerate(times)
+    ]
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    sliced, one_query = PgReader(url, clock=lambda: now), OneQuery(url)
+    try:
+        writer.add_dead_letters([Fetched(0, n, encode(d)) for n, d in enumerate(letters)])
+        days = {partition_name("dead_letters", start_of(t, DAY_MS), DAY_MS) for t in times}
+        assert days <= partition_names(url, "dead_letters")
+        assert not any(
+            name.startswith("dead_letters_h") for name in partition_names(url, "dead_letters")
+        )
+        for limit in (1, 2, 3, 100):
+            assert letter_pages(sliced, limit) == letter_pages(one_query, limit)
+        assert sorted(t for page in letter_pages(sliced, 3) for t, _ in page) == sorted(times)
+    finally:
+        sliced.close_all()
+        one_query.close_all()
+        writer.close()

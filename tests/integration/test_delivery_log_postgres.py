@@ -6,6 +6,7 @@ and goes on answering (test_delivery_log_pg_hours: the same at the store)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,8 @@ FILL_ATTEMPTS = 300
 HOUR_ATTEMPTS = 40
 # The budget's check, every 60 s in service.
 CHECK_EVERY_S = 0.2
+# The longest the tests of the current hour take, with room (``clear_of_the_hour_turning``).
+HOUR_MARGIN_S = 60
 ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
 
 
@@ -160,6 +163,7 @@ async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_
     """As a full SQLite index: the log's routes answer 503 `delivery_log_unavailable` (reason
     `full`), nothing else does; the records it refused wait in the topic, and an ingest with
     room (here: a larger budget) indexes every one."""
+    await clear_of_the_hour_turning()
     url = postgres.new_schema()
     started = replica(
         kafka_bootstrap, prefix, url, aiohttp_client, delivery_log_max_bytes=SMALL_BUDGET
@@ -200,6 +204,16 @@ async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_
         await roomier.aclose()
 
 
+async def clear_of_the_hour_turning() -> None:
+    """Waits, within the last ``HOUR_MARGIN_S`` of an hour, for the next one. The store's
+    clock is the real one in a running service: a test of records of the current hour, or of
+    which hours the budget keeps, must not see the hour turn (the budget would then drop the
+    hour its records are in)."""
+    left_ms = HOUR_MS - now_ms() % HOUR_MS
+    if left_ms < HOUR_MARGIN_S * 1000:
+        await asyncio.sleep(left_ms / 1000 + 1)
+
+
 def _filling(endpoint_id: str) -> list[Any]:
     """The current hour's failed attempts, each with a receiver's answer of 1 KiB: about
     600 KiB (a minute back, but never in the previous hour, which the budget would drop)."""
@@ -232,6 +246,7 @@ async def test_over_its_budget_within_one_day_the_store_drops_its_oldest_hours_a
     after the newest of them, and it indexes the next records. By day the store refused every
     batch until midnight (all of it was the current day). The budget is what the same
     records take in another schema, so they end past 90 % of it."""
+    await clear_of_the_hour_turning()
     hour = now_ms() // HOUR_MS
     hours = list(range(hour - 4, hour + 1))
     budget = int(_bytes_of(postgres, _of_hours("ep_dry_run", hours)) / 0.95)
