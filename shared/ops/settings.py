@@ -441,8 +441,9 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "CLICKHOOK_DELIVERY_LOG_MAX_BYTES",
         f"{DELIVERY_LOG_MAX_BYTES} (3 GiB)",
         "the most bytes the delivery log's index takes (its WAL up to 64 MiB more); the "
-        "oldest rows go first (at least 1 MiB). In PostgreSQL the store's total, the oldest "
-        "hours first; over it with only the current hour left, the log takes no more records "
+        "oldest rows go first (at least 1 MiB). In PostgreSQL the store's total, attempts' "
+        "oldest hours first, then dead letters' oldest days; over it with only the current "
+        "hour (and day) left, the log takes no more records "
         "(its routes answer 503) until there is room: hold at least two hours of records",
     ),
     SettingDoc(

@@ -12,7 +12,8 @@ differs is how the store stays bounded and how several writers share it.
   hour were 720 partitions: every query the time cannot narrow (the trims, counts, lookups by
   id) planned 140 to 190 ms and locked each partition and its indexes (about 2,170 locks,
   where PostgreSQL's default lock table holds 6,400 for all sessions), for small rows the
-  budget drops last anyway.
+  budget drops last anyway. By day (32 partitions) the same queries plan in 1 to 2 ms and lock
+  98 relations; attempts' (172 hours) 4 to 14 ms and 690 (measured, PostgreSQL 15).
 - Bytes: each endpoint keeps its newest ``per_endpoint`` rows, so the store holds at most
   endpoints x per_endpoint rows of each kind; and past 90 % of ``CLICKHOOK_DELIVERY_LOG_MAX_BYTES``
   (all its tables, indexes included, as PostgreSQL counts them) the oldest partitions go first,
