@@ -329,29 +329,39 @@ def test_expiry_behind_a_long_query_gives_up_its_ddl_until_the_next_one(url: str
 def test_a_late_record_of_an_hour_another_writer_evicted_is_skipped_and_the_hour_stays_gone(
     url: str, reader: PgReader
 ) -> None:
-    """Two writers on one store: one drops the older hours for the budget; the other, which
-    still knows them, then writes a late record of a dropped hour with one of the current
-    hour. No error: the late one is skipped (the log says it is incomplete there), the hour
-    is not made again (that would undo the eviction), the current one is written. A partition
-    dropped behind a writer's back (not for the budget) is made again on a retry, and one
-    already dropped is no error to drop."""
+    """Two writers on one store: one drops the older hours of attempts, then the older days of
+    dead letters, for the budget; the other, which still knows them, then writes late records
+    of a dropped hour and day with ones of the current hour and day. No error: the late ones
+    are skipped (the log says it is incomplete there), their partitions are not made again
+    (that would undo the eviction), the current ones are written. A partition dropped behind a
+    writer's back (not for the budget) is made again on a retry, and one already dropped is no
+    error to drop."""
     now = now_ms()
-    this_hour = now // HOUR_MS
+    this_hour, yesterday = now // HOUR_MS, now - DAY_MS
     first = [
         failed(f"evt_{hour}", hour * HOUR_MS + 5) for hour in range(this_hour - 2, this_hour + 1)
     ]
     late = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now, clock=lambda: now)
     try:
         write(late, first)  # it knows the three hours
+        write_letters(late, {"evt_dead_yesterday": yesterday, "evt_dead_today": now})
         evicting = PgWriter(url, per_endpoint=100_000, max_bytes=1, now_ms=now, clock=lambda: now)
-        evicting.close()  # its expiry dropped all but the current hour
+        evicting.close()  # its expiry dropped all but the current hour and day
         assert listed(reader) == {f"evt_{this_hour}"}
+        assert dead(reader) == {"evt_dead_today"}
         gone = partition_name("attempts", (this_hour - 1) * HOUR_MS, HOUR_MS)
+        day_gone = partition_name("dead_letters", start_of(yesterday, DAY_MS), DAY_MS)
         assert gone not in partition_names(url, "attempts")
+        assert day_gone not in partition_names(url, "dead_letters")
 
         write(late, [failed("evt_late", this_hour * HOUR_MS - 1), failed("evt_now", now)], 10)
+        # Today's day of dead letters is kept whole, before the eviction's time too.
+        early = max(now // DAY_MS * DAY_MS, this_hour * HOUR_MS - 1)
+        write_letters(late, {"evt_dead_late": yesterday, "evt_dead_early": early}, 10)
         assert listed(reader) == {f"evt_{this_hour}", "evt_now"}
+        assert dead(reader) == {"evt_dead_today", "evt_dead_early"}
         assert gone not in partition_names(url, "attempts")
+        assert day_gone not in partition_names(url, "dead_letters")
         dropped = partition_of("attempts", gone)
         assert dropped is not None
         assert late._drop("attempts", [dropped], for_budget=True) == 0
@@ -364,6 +374,21 @@ def test_a_late_record_of_an_hour_another_writer_evicted_is_skipped_and_the_hour
         assert "evt_ahead" in listed(reader)
     finally:
         late.close()
+
+
+def write_letters(writer: PgWriter, times: dict[str, int], first_offset: int = 0) -> None:
+    """A dead letter of each event at its time, each with one failed attempt."""
+    letters = [
+        dead_letter(ENDPOINT, event_id, [failed(event_id, at_ms - 1)], dead_at_ms=at_ms)
+        for event_id, at_ms in times.items()
+    ]
+    writer.add_dead_letters(
+        [Fetched(1, first_offset + n, encode(d)) for n, d in enumerate(letters)]
+    )
+
+
+def dead(reader: PgReader) -> set[str]:
+    return {view.event_id for view, _, _ in reader.dead_letters(ENDPOINT, [], None, 100)}
 
 
 def letter_pages(reader: PgReader, limit: int) -> list[list[tuple[int, int]]]:

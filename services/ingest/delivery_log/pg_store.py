@@ -140,11 +140,12 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (topic, partition));
 CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL);
 """
-# Partitioned tables, and how long their hours are kept.
+# Partitioned tables (the budget drops their partitions in this order), and how long their
+# partitions are kept.
 PARTITIONED = ((ATTEMPTS_TIMED, ATTEMPTS_KEPT_MS), (LETTERS_TIMED, DEAD_LETTERS_KEPT_MS))
 KEPT_MS = dict(PARTITIONED)
-# After the newest hours, pages are asked a day at a time: the planning of 24 partitions (1 to
-# 2 ms) for each.
+# After the newest partition, pages are asked a day at a time: the planning of 24 partitions of
+# attempts (1 to 2 ms), or one of dead letters, for each.
 SLICE_MS = DAY_MS
 # The tables batches write, each with a staging table of this session's own (``_insert``).
 STAGED = (
@@ -761,8 +762,8 @@ class PgReader(IndexQueries):
 
     A page newest first is asked a slice of time at a time (``slices``), newest first, until
     it is full: PostgreSQL then plans only the partitions of that slice. One query over all
-    of them costs its planning for each (a partition an hour: 170 of attempts, 720 of dead
-    letters), and an endpoint's newest rows are mostly in its newest hours."""
+    of them costs its planning for each (170 partitions of attempts, an hour each; 32 of dead
+    letters, a day each), and an endpoint's newest rows are mostly in its newest hours."""
 
     SPANS_COVERING = (
         "EXISTS (SELECT 1 FROM jsonb_array_elements(?::jsonb) j"
