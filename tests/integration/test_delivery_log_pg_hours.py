@@ -429,3 +429,31 @@ def test_dead_letter_pages_in_slices_of_days_are_those_of_one_query(url: str) ->
         sliced.close_all()
         one_query.close_all()
         writer.close()
+
+
+def test_dead_letters_hours_of_an_earlier_build_get_hours_beside_them_not_a_day(url: str) -> None:
+    """A store whose dead letters a build made by hour (some hours of today): the day cannot
+    be made over them (PostgreSQL refuses overlapping ranges), so today's other hours are,
+    and every letter of today is kept."""
+    now = now_ms()
+    today = now // DAY_MS * DAY_MS
+    make_store_by_day(url, range(0), [])
+    with psycopg.connect(url, autocommit=True) as connection:
+        for hour in (3, 4):
+            start = today + hour * HOUR_MS
+            connection.execute(
+                f"CREATE TABLE {partition_name('dead_letters', start, HOUR_MS)} PARTITION OF"
+                f" dead_letters FOR VALUES FROM ({start}) TO ({start + HOUR_MS})"
+            )
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    reader = PgReader(url)
+    try:
+        times = {f"evt_{hour}": today + hour * HOUR_MS + 1 for hour in (0, 3, 4, 23)}
+        write_letters(writer, times)
+        assert dead(reader) == set(times)
+        names = partition_names(url, "dead_letters")
+        assert partition_name("dead_letters", today, DAY_MS) not in names
+        assert partition_name("dead_letters", today + 23 * HOUR_MS, HOUR_MS) in names
+    finally:
+        reader.close_all()
+        writer.close()
