@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
 from services.ingest.delivery_log.pg_store import (
@@ -139,6 +140,36 @@ def test_the_budget_never_drops_the_current_hour(url: str, reader: PgReader) -> 
     finally:
         tight.close()
         writer.close()
+
+
+def test_a_budget_the_per_endpoint_tables_fill_is_said_and_refused_by_name(
+    url: str, reader: PgReader
+) -> None:
+    """Over its budget, a store whose per-endpoint tables (deliveries, per-minute figures) take
+    more than 80 % of it says so (``delivery_log_budget_too_small``, with their bytes): no
+    partition drop can make that room. A batch refused as full names them too."""
+    now = now_ms()
+    records = [
+        attempt(f"ep_many{n:04}", f"evt_m{n:04}", at_ms=now - n * 60_000 % HOUR_MS)
+        for n in range(2_000)
+    ]
+    writer = PgWriter(url, per_endpoint=100_000, max_bytes=BIG_BUDGET, now_ms=now)
+    try:
+        write(writer, records)
+        state = writer._state_bytes()
+    finally:
+        writer.close()
+    with capture_logs() as logs:
+        tight = PgWriter(url, per_endpoint=100_000, max_bytes=state, now_ms=now, clock=lambda: now)
+    try:
+        said = [e for e in logs if e["event"] == "delivery_log_budget_too_small"]
+        assert said, logs
+        assert said[0]["per_endpoint_bytes"] >= state
+        assert said[0]["budget_bytes"] == state
+        with pytest.raises(IndexFull, match="kept per endpoint"):
+            write(tight, [failed("evt_refused", now)], first_offset=len(records))
+    finally:
+        tight.close()
 
 
 def test_retention_drops_whole_hours_past_it(url: str, reader: PgReader) -> None:

@@ -669,12 +669,24 @@ class PgWriter(IndexWriter):
 
     def used_bytes(self) -> int:
         """Bytes of the store's tables in its schema, indexes and TOAST included."""
+        used = self._table_bytes(partitions=True) + self._state_bytes()
+        metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
+        return used
+
+    def _state_bytes(self) -> int:
+        """Bytes of the tables no partition drop shrinks: kept per endpoint (deliveries, at most
+        ``per_endpoint`` each; breakers, last errors) and per endpoint and minute over the 24 h
+        window (rollups, durations). They grow with the endpoints, not with time, and take
+        their share of the budget first."""
+        return self._table_bytes(partitions=False)
+
+    def _table_bytes(self, *, partitions: bool) -> int:
         (used,) = self._db.execute(
             "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)"
             " FROM pg_class c WHERE c.relnamespace = CAST(current_schema() AS regnamespace)"
-            " AND c.relkind = 'r'"
+            " AND c.relkind = 'r' AND c.relispartition = ?",
+            (partitions,),
         ).fetchone()
-        metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
         return int(used)
 
     def _fitted(self, write: Callable[[], None]) -> None:
@@ -685,7 +697,8 @@ class PgWriter(IndexWriter):
         if self._over_budget:
             raise IndexFull(
                 f"the store holds {self.used_bytes():,} bytes, over its budget of"
-                f" {self._max_bytes:,}, and only the current hour (and day) is left to drop"
+                f" {self._max_bytes:,}, {self._state_bytes():,} of them kept per endpoint"
+                " (no partition to drop); only the current hour (and day) is left to drop"
             )
         try:
             self._transaction(write)
@@ -712,6 +725,15 @@ class PgWriter(IndexWriter):
         if self.used_bytes() <= BUDGET_HIGH * self._max_bytes:
             self._over_budget = False
             return
+        state = self._state_bytes()
+        if state > BUDGET_LOW * self._max_bytes:
+            # Dropping history cannot make room that these tables take: it will all go, every
+            # minute, down to the current hour. The budget is too small for the endpoints.
+            log.warning(
+                "delivery_log_budget_too_small",
+                per_endpoint_bytes=state,
+                budget_bytes=self._max_bytes,
+            )
         try:
             for timed, _ in PARTITIONED:
                 for partition in self._partitions(timed.table):
@@ -733,7 +755,12 @@ class PgWriter(IndexWriter):
         used = self.used_bytes()
         over = used > self._max_bytes
         if over and not self._over_budget:
-            log.warning("delivery_log_over_budget", used_bytes=used, budget_bytes=self._max_bytes)
+            log.warning(
+                "delivery_log_over_budget",
+                used_bytes=used,
+                per_endpoint_bytes=self._state_bytes(),
+                budget_bytes=self._max_bytes,
+            )
         self._over_budget = over
 
 
