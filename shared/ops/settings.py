@@ -444,7 +444,8 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "oldest rows go first (at least 1 MiB). In PostgreSQL the store's total, attempts' "
         "oldest hours first, then dead letters' oldest days; over it with only the current "
         "hour (and day) left, the log takes no more records "
-        "(its routes answer 503) until there is room: hold at least two hours of records",
+        "(its routes answer 503) until there is room: hold what is kept per endpoint (about "
+        "3 MB each) and at least two hours of records",
     ),
     SettingDoc(
         "CLICKHOOK_DELIVERY_LOG_URL",

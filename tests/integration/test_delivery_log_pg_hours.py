@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
 from services.ingest.delivery_log.pg_store import (
+    BUDGET_GRACE_MS,
     SCHEMA,
     SCHEMA_VERSION,
     PgReader,
@@ -311,10 +312,11 @@ def test_a_store_made_by_day_is_read_and_expired_and_new_hours_go_beside_its_day
         writer.expire((today - 1) * DAY_MS + ATTEMPTS_KEPT_MS)
         assert listed(reader) == {r.event_id for r in old[1:] + later}
 
-        # Over the budget an hour after the later records: every day, and the later hour.
+        # Over the budget an hour after the later records (and past the grace of an hour
+        # that just ended): every day, and the later hour.
         tiny = PgWriter(url, per_endpoint=100_000, max_bytes=1, now_ms=now)
         try:
-            tiny.keep_within_budget((later_hour + 1) * HOUR_MS)
+            tiny.keep_within_budget((later_hour + 1) * HOUR_MS + BUDGET_GRACE_MS)
             assert listed(reader) == {"evt_after"}
             assert tiny.evicted_through_ms == (later_hour + 1) * HOUR_MS - 1
         finally:

@@ -93,6 +93,11 @@ AHEAD_MS = HOURS_AHEAD * HOUR_MS
 # parent table: ACCESS EXCLUSIVE, so while it waits behind a long query, every reader and
 # writer waits behind it. Past this it gives up until the next expiry (a minute on).
 DDL_LOCK_TIMEOUT = "2s"
+# The budget never drops a partition that ended less than this ago, as the current one.
+BUDGET_GRACE_MS = 10 * 60_000
+# A wait for a lock given up: ``lock_timeout`` (the table's or the partitions lock), or the
+# connection's ``statement_timeout`` where no lock timeout was set.
+LOCK_WAITED_OUT = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 # A store that does not answer within this degrades the routes instead of holding requests.
 CONNECT_TIMEOUT_S = 3
 QUERY_TIMEOUT_MS = 10_000
@@ -592,19 +597,16 @@ class PgWriter(IndexWriter):
         retention still covers, so the log is complete only after the newest of them
         (``fill.complete_since_ms``); returns the rows they held, counted before the drop."""
         wanted = sorted(partitions, key=lambda p: p.start_ms)
+        # Counted before the lock: a whole day of an upgraded store takes seconds to count, and
+        # other replicas' DDL would wait on it. Rows a batch adds meanwhile go uncounted.
+        held = {p.name: self._count(p) for p in wanted} if for_budget else {}
         dropped: list[Partition] = []
-        rows = 0
         with self._connection.transaction():
             self._lock_partitions(wait=False)
             for partition in wanted:
                 (found,) = self._db.execute("SELECT to_regclass(?)", (partition.name,)).fetchone()
                 if found is None:
                     continue
-                if for_budget:
-                    (held,) = self._db.execute(
-                        f"SELECT COUNT(*) FROM {partition.name}"  # noqa: S608 - our own names
-                    ).fetchone()
-                    rows += int(held)
                 self._connection.execute(f"DROP TABLE {partition.name}")
                 dropped.append(partition)
             if for_budget and dropped:
@@ -616,16 +618,29 @@ class PgWriter(IndexWriter):
         self._attempt_counts.clear()  # counted again as endpoints come by
         self._letter_counts.clear()
         self._delivery_counts.clear()
-        return rows
+        return sum(held.get(p.name, 0) for p in dropped)
+
+    def _count(self, partition: Partition) -> int:
+        """The rows of a partition, however long counting takes (0: already dropped)."""
+        with self._connection.transaction():
+            self._connection.execute("SET LOCAL statement_timeout = 0")
+            (found,) = self._db.execute("SELECT to_regclass(?)", (partition.name,)).fetchone()
+            if found is None:
+                return 0
+            (rows,) = self._db.execute(
+                f"SELECT COUNT(*) FROM {partition.name}"  # noqa: S608 - our own names
+            ).fetchone()
+        return int(rows)
 
     def _lock_partitions(self, *, wait: bool) -> None:
         """Within a transaction: this schema's partitions lock; unless ``wait``, DDL waits
         ``DDL_LOCK_TIMEOUT`` at most for the parent table's lock. DDL takes it ACCESS
         EXCLUSIVE: waiting behind a long query, it would queue every reader and writer
         behind itself."""
-        self._db.execute(PARTITIONS_LOCK)
         if not wait:
+            # First: it bounds the wait for the partitions lock too (another replica's DDL).
             self._connection.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+        self._db.execute(PARTITIONS_LOCK)
 
     # --- bounds -----------------------------------------------------------------------------------
 
@@ -646,7 +661,7 @@ class PgWriter(IndexWriter):
                         "delivery_log_partitions_dropped", table=timed.table, count=len(expired)
                     )
                 self._ensure(timed, ahead, wait=False)
-            except psycopg.errors.LockNotAvailable:
+            except LOCK_WAITED_OUT:
                 # A long query holds the table: the next expiry (a minute on) tries again.
                 log.warning("delivery_log_partitions_deferred", table=timed.table)
         first_minute = (now_ms - ROLLUPS_KEPT_MS) // MINUTE_MS
@@ -716,7 +731,8 @@ class PgWriter(IndexWriter):
     def keep_within_budget(self, now_ms: int | None = None) -> None:
         """Past ``BUDGET_HIGH`` of the budget, drop the oldest partitions down to
         ``BUDGET_LOW``: attempts' hours first, then dead letters' days (what customers act on,
-        kept 30 days against 7). The partition holding the current time is never dropped (the
+        kept 30 days against 7). The partition holding the current time (or that ended within
+        ``BUDGET_GRACE_MS``) is never dropped (the
         current hour of attempts, the current day of dead letters), so a store still over the
         whole budget takes no more batches. Measured on the expiry timer (and before each batch
         while over), not after every batch: PostgreSQL counts sizes in whole pages anyway."""
@@ -726,9 +742,10 @@ class PgWriter(IndexWriter):
             self._over_budget = False
             return
         state = self._state_bytes()
-        if state > BUDGET_LOW * self._max_bytes:
-            # Dropping history cannot make room that these tables take: it will all go, every
-            # minute, down to the current hour. The budget is too small for the endpoints.
+        target = budget_target(state, self._max_bytes)
+        if target > BUDGET_LOW * self._max_bytes:
+            # No partition drop makes the room these tables take: history goes only down to
+            # under 90 % (or the whole budget), not all of it. The budget is too small.
             log.warning(
                 "delivery_log_budget_too_small",
                 per_endpoint_bytes=state,
@@ -737,8 +754,9 @@ class PgWriter(IndexWriter):
         try:
             for timed, _ in PARTITIONED:
                 for partition in self._partitions(timed.table):
-                    current = partition.end_ms > now_ms  # or later
-                    if current or self.used_bytes() <= BUDGET_LOW * self._max_bytes:
+                    # Or just ended: consumers behind by minutes are still writing its tail.
+                    current = partition.end_ms > now_ms - BUDGET_GRACE_MS
+                    if current or self.used_bytes() <= target:
                         break
                     rows = self._drop(timed.table, [partition], for_budget=True)
                     metrics.DELIVERY_LOG_EVICTED.inc(rows)
@@ -748,7 +766,7 @@ class PgWriter(IndexWriter):
                         partition=partition.name,
                         rows=rows,
                     )
-        except psycopg.errors.LockNotAvailable:
+        except LOCK_WAITED_OUT:
             # A long query holds the table: the next measure (a minute on, or the next batch
             # while over) tries again.
             log.warning("delivery_log_eviction_deferred", used_bytes=self.used_bytes())
@@ -762,6 +780,20 @@ class PgWriter(IndexWriter):
                 budget_bytes=self._max_bytes,
             )
         self._over_budget = over
+
+
+def budget_target(state_bytes: int, max_bytes: int) -> float:
+    """What the budget drops history down to: 80 % of it, or, when the tables no drop shrinks
+    already take that, 90 % or the whole budget, the first they leave room under (dropping
+    every partition but the current ones would make no room for them either)."""
+    return next(
+        (
+            share * max_bytes
+            for share in (BUDGET_LOW, BUDGET_HIGH)
+            if state_bytes < share * max_bytes
+        ),
+        float(max_bytes),
+    )
 
 
 def slices(
