@@ -1,12 +1,14 @@
 """The delivery log in PostgreSQL, against the real broker and a real server: two ingest
 replicas share one store (both answer, whichever indexes), and a PostgreSQL that goes down, or
 a store over its byte budget, degrades only the log's routes (503 with Retry-After) until it
-is back, without losing a record; days dropped for the budget say where the log is complete,
-and rows written twice (copied in) are kept once."""
+is back, without losing a record; over its budget within one day, it drops its oldest hours
+and goes on answering (test_delivery_log_pg_hours: the same at the store)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -14,15 +16,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from services.ingest.app import create_app
-from services.ingest.delivery_log.fill import EVICTED_STREAM, complete_since_ms
 from services.ingest.delivery_log.log import DeliveryLog
-from services.ingest.delivery_log.pg_store import PgReader, PgWriter
-from services.ingest.delivery_log.store import (
-    DAY_MS,
-    RESPONSE_BODY_CHARS,
-    AttemptFilter,
-    Fetched,
-)
+from services.ingest.delivery_log.pg_store import PgWriter
+from services.ingest.delivery_log.store import HOUR_MS, RESPONSE_BODY_CHARS, Fetched
 from shared.kafka.service_base import service_base
 from shared.model.messages import encode
 from shared.model.topics import Topics
@@ -40,11 +36,15 @@ pytestmark = pytest.mark.kafka
 
 Client = TestClient[Any, Any]
 REPLICAS = 2
-# An empty store takes 320 KiB; past this, today's attempts alone are over the budget.
+# An empty store takes 376 KiB; past this, the current hour's attempts alone are over the budget.
 SMALL_BUDGET = 512 * 1024
 FILL_ATTEMPTS = 300
+# Five hours of them fit in one page of the listing (250).
+HOUR_ATTEMPTS = 40
 # The budget's check, every 60 s in service.
 CHECK_EVERY_S = 0.2
+# The longest the tests of the current hour take, with room (``clear_of_the_hour_turning``).
+HOUR_MARGIN_S = 150  # the full-store test alone can wait 3 x 30 s, plus replicas starting
 ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
 
 
@@ -157,12 +157,13 @@ async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
         await started.aclose()
 
 
-async def test_a_store_over_its_budget_with_only_today_left_degrades_only_the_log_routes(
+async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_the_log_only(
     postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
 ) -> None:
     """As a full SQLite index: the log's routes answer 503 `delivery_log_unavailable` (reason
     `full`), nothing else does; the records it refused wait in the topic, and an ingest with
     room (here: a larger budget) indexes every one."""
+    await clear_of_the_hour_turning()
     url = postgres.new_schema()
     started = replica(
         kafka_bootstrap, prefix, url, aiohttp_client, delivery_log_max_bytes=SMALL_BUDGET
@@ -203,9 +204,21 @@ async def test_a_store_over_its_budget_with_only_today_left_degrades_only_the_lo
         await roomier.aclose()
 
 
+async def clear_of_the_hour_turning() -> None:
+    """Waits, within the last ``HOUR_MARGIN_S`` of an hour, for the next one. The store's
+    clock is the real one in a running service: a test of records of the current hour, or of
+    which hours the budget keeps, must not see the hour turn (the budget would then drop the
+    hour its records are in)."""
+    left_ms = HOUR_MS - now_ms() % HOUR_MS
+    if left_ms < HOUR_MARGIN_S * 1000:
+        await asyncio.sleep(left_ms / 1000 + 1)
+
+
 def _filling(endpoint_id: str) -> list[Any]:
-    """Today's failed attempts, each with a receiver's answer of 1 KiB: about 600 KiB."""
-    base = now_ms() - 60_000
+    """The current hour's failed attempts, each with a receiver's answer of 1 KiB: about
+    600 KiB (a minute back, but never in the previous hour, which the budget would drop)."""
+    now = now_ms()
+    base = max(now - 60_000, now // HOUR_MS * HOUR_MS)
     return [
         attempt(endpoint_id, f"evt_{n:04}", at_ms=base + n, outcome="http_5xx", status=502,
                 response_body=ANSWER)
@@ -225,42 +238,72 @@ async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:
     return event_id in (await listed(ingest, endpoint_id) or [])
 
 
-def test_days_dropped_for_the_budget_say_since_when_the_log_is_complete(
-    postgres: PostgresServer,
+async def test_over_its_budget_within_one_day_the_store_drops_its_oldest_hours_and_answers(
+    postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
 ) -> None:
-    """Attempts of two days ago and of today, over the budget: the older day goes, and the
-    store keeps where the log is complete (after it) for every replica to read. The same rows
-    copied in again by another writer are kept once (idempotent by position)."""
-    url = postgres.new_schema()
-    now = now_ms()
-    old_ms = (now // DAY_MS - 2) * DAY_MS
-    # Today's rows a minute back, but never yesterday's (in the first minute after midnight).
-    today_ms = max(now - 60_000, now // DAY_MS * DAY_MS)
-    records = [
-        attempt("ep_budget", f"evt_{n:04}", at_ms=at_ms + n, outcome="http_5xx", status=502,
-                response_body=ANSWER)
-        for at_ms in (old_ms, today_ms) for n in range(FILL_ATTEMPTS)
-    ]  # fmt: skip
-    fetched = [Fetched(0, n, encode(record)) for n, record in enumerate(records)]
-    writer = PgWriter(url, per_endpoint=100_000, max_bytes=SMALL_BUDGET, now_ms=now)
-    again = PgWriter(url, per_endpoint=100_000, max_bytes=1 << 30, now_ms=now)
-    reader = PgReader(url)
+    """Five hours of attempts (the last four and the current one), past 90 % of the budget:
+    the log's routes go on answering, without the oldest hours and saying the log is complete
+    after the newest of them, and it indexes the next records. By day the store refused every
+    batch until midnight (all of it was the current day). The budget is what the same
+    records take in another schema, so they end past 90 % of it."""
+    await clear_of_the_hour_turning()
+    hour = now_ms() // HOUR_MS
+    hours = list(range(hour - 4, hour + 1))
+    budget = int(_bytes_of(postgres, _of_hours("ep_dry_run", hours)) / 0.95)
+    started = replica(
+        kafka_bootstrap, prefix, postgres.new_schema(), aiohttp_client,
+        delivery_log_max_bytes=budget,
+    )  # fmt: skip
+    ingest = await anext(started)
     try:
-        writer.add_attempts(fetched, now, [(("webhook.attempts", 0), len(fetched))])
-        again.add_attempts(fetched, now)
-        assert len(reader.attempts("ep_budget", AttemptFilter(), 1000)) == len(records)
+        endpoint_id = await create_endpoint(ingest)
+        records = _of_hours(endpoint_id, hours)
+        async with KeyedProducer(kafka_bootstrap) as producer:
+            await producer.send(Topics(prefix).attempts, endpoint_id, records)
 
-        writer.keep_within_budget(now // DAY_MS)
+            async def dropped_and_said() -> bool:
+                """The oldest hours are gone, and the log says it is complete after them (as
+                every replica reads it from the store, every few seconds)."""
+                shown = set(await listed(ingest, endpoint_id) or [])
+                dropped = [h for h in hours if f"evt_{h}_0000" not in shown]
+                since = await _complete_since(ingest, endpoint_id)
+                return bool(dropped) and since == (dropped[-1] + 1) * HOUR_MS
 
-        through_ms = (now // DAY_MS - 1) * DAY_MS - 1
-        assert writer.evicted_through_ms == through_ms
-        assert reader.positions()[(EVICTED_STREAM, 0)] == through_ms
-        kept = reader.attempts("ep_budget", AttemptFilter(), 1000)
-        assert {a.event_id for a in kept} == {r.event_id for r in records[FILL_ATTEMPTS:]}
-        since_ms = complete_since_ms(None, through_ms)
-        assert since_ms is not None
-        assert all(r.at_ms < since_ms for r in records[:FILL_ATTEMPTS])
+            await eventually(dropped_and_said, timeout_s=30.0)
+            shown = set(await listed(ingest, endpoint_id) or [])
+            dropped = [h for h in hours if f"evt_{h}_0000" not in shown]
+            assert dropped == hours[: len(dropped)]
+            assert shown == {r.event_id for r in records if r.at_ms // HOUR_MS not in dropped}
+            await producer.send(Topics(prefix).attempts, endpoint_id, [_over(endpoint_id)])
+            await eventually(lambda: _shows(ingest, endpoint_id, "evt_over"), timeout_s=30.0)
+        assert _sample("clickhook_delivery_log_unavailable") == 0
     finally:
-        reader.close_all()
-        again.close()
+        await started.aclose()
+
+
+def _of_hours(endpoint_id: str, hours: list[int]) -> list[Any]:
+    """``HOUR_ATTEMPTS`` failed attempts at the start of each hour, each with a 1 KiB answer."""
+    return [
+        attempt(endpoint_id, f"evt_{hour}_{n:04}", at_ms=hour * HOUR_MS + n, outcome="http_5xx",
+                status=502, response_body=ANSWER)
+        for hour in hours for n in range(HOUR_ATTEMPTS)
+    ]  # fmt: skip
+
+
+def _bytes_of(postgres: PostgresServer, records: list[Any]) -> int:
+    """What ``records`` take in a store of their own (a schema with them alone)."""
+    writer = PgWriter(
+        postgres.new_schema(), per_endpoint=100_000, max_bytes=1 << 30, now_ms=now_ms()
+    )
+    try:
+        fetched = [Fetched(0, n, encode(record)) for n, record in enumerate(records)]
+        writer.add_attempts(fetched, now_ms())
+        return writer.used_bytes()
+    finally:
         writer.close()
+
+
+async def _complete_since(ingest: Client, endpoint_id: str) -> int | None:
+    page = await ingest.get(f"/v1/endpoints/{endpoint_id}/attempts", headers=auth(ACCOUNT_A))
+    since = (await page.json())["index"]["complete_since"]
+    return None if since is None else round(datetime.fromisoformat(since).timestamp() * 1000)

@@ -272,3 +272,30 @@ def test_open_letters_are_counted_past_sqlites_variable_limit(
     _, _, summary = reader.health("ep_1", jobs, now)
 
     assert summary.dead_letters_open == 1
+
+
+def test_a_dead_letters_answers_are_found_by_the_events_index(tmp_path: Path) -> None:
+    """SQLite (no statistics) plans the answers' lookup on ``attempts_by_event``: bounds on
+    the time would lead it to the endpoint's index, up to all of its rows for each letter."""
+    path = tmp_path / "log.sqlite3"
+    writer, reader = LogWriter(path, per_endpoint=100, max_bytes=64 << 20), LogReader(path)
+    history = [attempt("ep_1", "evt_1", outcome="http_5xx", status=502, response_body="no")]
+    writer.add_attempts([fetched(0, encode(history[0]))], now_ms())
+    writer.add_dead_letters([fetched(0, encode(dead_letter("ep_1", "evt_1", history)))])
+    asked: list[tuple[str, tuple[object, ...]]] = []
+    connection = reader._db()
+
+    class Recording:
+        def execute(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+            asked.append((sql, args))
+            return connection.execute(sql, args)
+
+    recording = Recording()
+    reader._db = lambda: recording  # type: ignore[method-assign,assignment,return-value]
+    (letter,) = reader.dead_letters("ep_1", [], None, 10)
+    assert letter[0].attempts[0].response_body == "no"
+    ((sql, args),) = [(sql, args) for sql, args in asked if "response_body FROM attempts" in sql]
+    plan = " ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    assert "attempts_by_event" in plan, plan
+    writer.close()
+    reader.close_all()

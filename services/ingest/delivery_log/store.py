@@ -424,10 +424,14 @@ class Timed:
     table: str
     time_column: str
     key: str
+    # In PostgreSQL, the span of time each of its partitions holds (0: not partitioned).
+    partition_ms: int = 0
 
 
-ATTEMPTS_TIMED = Timed("attempts", "at_ms", "pos")
-LETTERS_TIMED = Timed("dead_letters", "dead_at_ms", "pos")
+# Attempts by hour, so the byte budget drops an hour at a time; dead letters by day: 30 days
+# by hour were 720 partitions, which every query the time cannot narrow plans and locks.
+ATTEMPTS_TIMED = Timed("attempts", "at_ms", "pos", HOUR_MS)
+LETTERS_TIMED = Timed("dead_letters", "dead_at_ms", "pos", DAY_MS)
 # Everything that grows with traffic; rollups and durations are bounded by the 25 h window.
 EVICTABLE = (ATTEMPTS_TIMED, LETTERS_TIMED, Timed("deliveries", "at_ms", "ep, webhook_key"))
 ENDPOINT_TABLES = (
@@ -480,9 +484,12 @@ class IndexWriter:
         """Write a batch in one transaction (the SQLite store makes room when it is full)."""
         self._transaction(write)
 
-    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
+    def _prepare(
+        self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]
+    ) -> Callable[[int], bool]:
         """Before a batch's transaction: what it needs in place (endpoint keys, partitions).
-        Returns the time below which its rows are not kept at all."""
+        Returns whether a record of a time is kept (in PostgreSQL, not one whose partition
+        retention or the budget dropped); asked within the transaction."""
         raise NotImplementedError
 
     def _endpoint_key(self, endpoint_id: str, account_id: str) -> int | None:
@@ -596,7 +603,7 @@ class IndexWriter:
         positions = list(positions)
         decoded = self._decoded(self._unseen(fetched, positions), decode_attempt)
         endpoints = {(d.record.endpoint_id, d.record.account_id) for d in decoded}
-        kept_from = self._prepare(endpoints, ATTEMPTS_TIMED, {d.record.at_ms for d in decoded})
+        kept = self._prepare(endpoints, ATTEMPTS_TIMED, {d.record.at_ms for d in decoded})
         batches: list[_AttemptBatch] = []
 
         def write() -> None:
@@ -604,7 +611,7 @@ class IndexWriter:
             for item in decoded:
                 record: AttemptRecord = item.record
                 ep = self._endpoint_key(record.endpoint_id, record.account_id)
-                if ep is not None and record.at_ms >= kept_from:
+                if ep is not None and kept(record.at_ms):
                     batch.add(ep, item.pos, record)
             batch.write(self._insert)
             self._save_positions(positions)
@@ -627,7 +634,7 @@ class IndexWriter:
         positions = list(positions)
         decoded = self._decoded(self._unseen(fetched, positions), decode_dead_letter)
         endpoints = {(d.record.envelope.endpoint_id, d.record.envelope.account_id) for d in decoded}
-        kept_from = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
+        kept = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
         rows: list[tuple[Any, ...]] = []
 
         def write() -> None:
@@ -636,7 +643,7 @@ class IndexWriter:
                 letter: DeadLetter = item.record
                 envelope = letter.envelope
                 ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
-                if ep is not None and letter.dead_at_ms >= kept_from:
+                if ep is not None and kept(letter.dead_at_ms):
                     rows.append(_letter_row(item.pos, ep, letter))
             self._insert("dead_letters", rows, "ON CONFLICT DO NOTHING")
             self._save_positions(positions)
@@ -674,6 +681,10 @@ class IndexWriter:
         for ep in over:
             self._db.execute(trim, (ep, ep, limit))  # one statement: its own transaction
             counts[ep] = limit
+
+
+def _every(_: int) -> bool:
+    return True
 
 
 class LogWriter(IndexWriter):
@@ -732,8 +743,10 @@ class LogWriter(IndexWriter):
         deleted = self._db.execute("SELECT endpoint_id FROM deleted_endpoints").fetchall()
         self._deleted = {endpoint_id for (endpoint_id,) in deleted}
 
-    def _prepare(self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]) -> int:
-        return 0  # every row goes in; ``expire`` drops what retention no longer covers
+    def _prepare(
+        self, endpoints: set[tuple[str, str]], timed: Timed, times: set[int]
+    ) -> Callable[[int], bool]:
+        return _every  # every row goes in; ``expire`` drops what retention no longer covers
 
     def _stored_key(self, endpoint_id: str) -> int | None:
         return self._endpoint_keys.get(endpoint_id)
@@ -1020,6 +1033,33 @@ def covering_job(jobs: Sequence[ReplayJob], pos: int, dead_at_ms: int) -> Replay
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A query of one table's rows newest first (by time, then position): ``select`` (its
+    table under ``alias``) where every condition holds; all its rows are in
+    ``[since_ms, until_ms)`` (None: unbounded)."""
+
+    select: str
+    timed: Timed
+    alias: str
+    conditions: list[str]
+    args: list[Any]
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def sql(self, *more: str) -> str:
+        """The query, with ``more`` conditions, its limit the last placeholder."""
+        column, pos = f"{self.alias}.{self.timed.time_column}", f"{self.alias}.{self.timed.key}"
+        return (
+            f"{self.select} WHERE {' AND '.join([*self.conditions, *more])}"
+            f" ORDER BY {column} DESC, {pos} DESC LIMIT ?"
+        )
+
+
+def _earliest(*times: int | None) -> int | None:
+    return min((t for t in times if t is not None), default=None)
+
+
 class IndexQueries:
     """Queries on the index, the same SQL on both stores; every method runs in a reader
     thread, on that thread's connection (``_db``)."""
@@ -1044,6 +1084,10 @@ class IndexQueries:
         """Where the writers have got to in each topic partition."""
         rows = self._db().execute("SELECT topic, partition, next_offset FROM positions")
         return {(topic, partition): offset for topic, partition, offset in rows.fetchall()}
+
+    def _newest(self, page: Page, limit: int) -> list[Any]:
+        """The first ``limit`` rows of ``page``, newest first."""
+        return self._db().execute(page.sql(), (*page.args, limit)).fetchall()
 
     def _endpoint_key(self, endpoint_id: str) -> int | None:
         row = (
@@ -1077,12 +1121,18 @@ class IndexQueries:
             condition, values = _status_condition(where.status)
             conditions.append(condition)
             args += values
-        sql = (
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN endpoints e ON e.key = a.ep"  # noqa: S608 - conditions are constants, values bound
-            f" WHERE {' AND '.join(conditions)} ORDER BY a.at_ms DESC, a.pos DESC LIMIT ?"
+        page = Page(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN endpoints e ON e.key = a.ep",  # noqa: S608 - constant columns
+            ATTEMPTS_TIMED,
+            "a",
+            conditions,
+            args,
+            since_ms=where.since_ms,
+            until_ms=_earliest(
+                where.until_ms, None if where.before is None else where.before[0] + 1
+            ),
         )
-        rows = self._db().execute(sql, (*args, limit)).fetchall()
-        return [_attempt(row) for row in rows]
+        return [_attempt(row) for row in self._newest(page, limit)]
 
     def attempt(self, endpoint_id: str, pos: int) -> Attempt | None:
         row = (
@@ -1211,31 +1261,35 @@ class IndexQueries:
         ep = self._endpoint_key(endpoint_id)
         if ep is None:
             return []
-        db = self._db()
-        conditions = "d.ep = ?"
+        conditions = ["d.ep = ?"]
         args: list[Any] = [ep]
         if before is not None:
-            conditions += " AND d.dead_at_ms <= ? AND (d.dead_at_ms, d.pos) < (?, ?)"
+            conditions.append("d.dead_at_ms <= ? AND (d.dead_at_ms, d.pos) < (?, ?)")
             args += [before[0], *before]
-        rows = db.execute(
-            "SELECT d.pos, d.dead_at_ms, d.webhook_key, d.webhook_id, d.event_id, d.reason,"  # noqa: S608 - constant conditions, values bound
+        page = Page(
+            "SELECT d.pos, d.dead_at_ms, d.webhook_key, d.webhook_id, d.event_id, d.reason,"
             " d.history, s.state, s.at_ms FROM dead_letters d LEFT JOIN deliveries s"
-            " ON s.ep = d.ep AND s.webhook_key = d.webhook_key"
-            f" WHERE {conditions} ORDER BY d.dead_at_ms DESC, d.pos DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
+            " ON s.ep = d.ep AND s.webhook_key = d.webhook_key",
+            LETTERS_TIMED,
+            "d",
+            conditions,
+            args,
+            until_ms=None if before is None else before[0] + 1,
+        )
+        rows = self._newest(page, limit)
         found: list[tuple[DeadLetterView, int, int]] = []
         for pos, dead_at_ms, _, webhook_id, event_id, reason, history, state, state_at in rows:
             job = covering_job(jobs, pos, dead_at_ms)
             later: DeliveryState = state if state is not None and state_at > dead_at_ms else "dead"
-            answers = self._answers(ep, event_id, webhook_id)
+            stored = _history_decoder.decode(history)
+            answers = self._answers(ep, event_id, webhook_id, stored)
             view = DeadLetterView(
                 id=dead_letter_id(pos),
                 webhook_id=webhook_id,
                 event_id=event_id,
                 reason=reason,
                 dead_at=ms_to_datetime(dead_at_ms),
-                attempts=[_history(a, answers) for a in _history_decoder.decode(history)],
+                attempts=[_history(a, answers) for a in stored],
                 replayed=job is not None,
                 replay_id=job.id if job is not None else None,
                 delivery=later,
@@ -1243,15 +1297,28 @@ class IndexQueries:
             found.append((view, dead_at_ms, pos))
         return found
 
-    def _answers(self, ep: int, event_id: str, webhook_id: str) -> dict[int, str]:
-        """What the receiver answered to each attempt of a delivery, from the attempts rows
-        still indexed: a dead letter does not keep its own copy (see ``encode_history``)."""
+    def _answers(
+        self, ep: int, event_id: str, webhook_id: str, history: Sequence[StoredAttempt]
+    ) -> dict[int, str]:
+        """What the receiver answered to each attempt of a delivery's ``history``, from the
+        attempts rows still indexed: a dead letter does not keep its own copy (see
+        ``encode_history``). Found by the event's index (``_answer_span``: and, in PostgreSQL,
+        within the history's span of time)."""
+        if not history:
+            return {}
+        span, bounds = self._answer_span(history)
         rows = self._db().execute(
-            "SELECT attempt, response_body FROM attempts WHERE event_key = ? AND ep = ?"
-            " AND webhook_id = ? AND outcome != 'deferred' AND response_body IS NOT NULL",
-            (text_key(event_id), ep, webhook_id),
+            "SELECT attempt, response_body FROM attempts WHERE event_key = ? AND ep = ?"  # noqa: S608 - constant conditions, values bound
+            f" AND webhook_id = ?{span} AND outcome != 'deferred' AND response_body IS NOT NULL",
+            (text_key(event_id), ep, webhook_id, *bounds),
         )
         return dict(rows.fetchall())
+
+    def _answer_span(self, history: Sequence[StoredAttempt]) -> tuple[str, tuple[int, ...]]:
+        """More conditions of ``_answers`` and their values: none in SQLite. With bounds on
+        ``at_ms``, SQLite's planner (no statistics) takes the endpoint's index over the
+        event's and reads up to all of a busy endpoint's rows for each dead letter."""
+        return "", ()
 
 
 class LogReader(IndexQueries):
