@@ -441,8 +441,8 @@ SETTING_DOCS: tuple[SettingDoc, ...] = (
         "CLICKHOOK_DELIVERY_LOG_MAX_BYTES",
         f"{DELIVERY_LOG_MAX_BYTES} (3 GiB)",
         "the most bytes the delivery log's index takes (its WAL up to 64 MiB more); the "
-        "oldest rows go first (at least 1 MiB). In PostgreSQL the store's total, attempts' "
-        "oldest hours first, then dead letters' oldest days; over it with only the current "
+        "oldest rows go first (at least 1 MiB). In PostgreSQL the store's total, the oldest "
+        "partitions first (attempts' hours, dead letters' days); over it with only the current "
         "hour (and day) left, the log takes no more records "
         "(its routes answer 503) until there is room: hold what is kept per endpoint (about "
         "3 MB each) and at least two hours of records",

@@ -17,9 +17,10 @@ differs is how the store stays bounded and how several writers share it.
 - Bytes: each endpoint keeps its newest ``per_endpoint`` rows, so the store holds at most
   endpoints x per_endpoint rows of each kind; and past 90 % of ``CLICKHOOK_DELIVERY_LOG_MAX_BYTES``
   (all its tables, indexes included, as PostgreSQL counts them) the oldest partitions go first,
-  down to 80 %: attempts' hours, then dead letters' days (what customers act on, kept 30 days
-  against 7); never the partition holding the current time (the current hour of attempts, the
-  current day of dead letters). A budget that holds two hours of records always finds one to
+  down to 80 %, by their end whichever table they are of (the oldest history first, as the
+  SQLite index evicts); never the partition holding the current time (the current hour of
+  attempts, the current day of dead letters), nor one that ended within ``BUDGET_GRACE_MS``.
+  A budget that holds what is kept per endpoint and two hours of records always finds one to
   drop (by day, a store writing 43 M records a day went full three hours into each day with
   the default budget, until midnight).
 - A store made by day (``{table}_dYYYYMMDD``, before hours) is read as it is: its days are
@@ -730,9 +731,10 @@ class PgWriter(IndexWriter):
 
     def keep_within_budget(self, now_ms: int | None = None) -> None:
         """Past ``BUDGET_HIGH`` of the budget, drop the oldest partitions down to
-        ``BUDGET_LOW``: attempts' hours first, then dead letters' days (what customers act on,
-        kept 30 days against 7). The partition holding the current time (or that ended within
-        ``BUDGET_GRACE_MS``) is never dropped (the
+        ``BUDGET_LOW``, whichever table they are of, by their end: the oldest history first, as
+        the SQLite index evicts (by their end, an hour of attempts goes before the day of dead
+        letters it is the last hour of). The partition holding the current time (or that
+        ended within ``BUDGET_GRACE_MS``) is never dropped (the
         current hour of attempts, the current day of dead letters), so a store still over the
         whole budget takes no more batches. Measured on the expiry timer (and before each batch
         while over), not after every batch: PostgreSQL counts sizes in whole pages anyway."""
@@ -751,21 +753,22 @@ class PgWriter(IndexWriter):
                 per_endpoint_bytes=state,
                 budget_bytes=self._max_bytes,
             )
+        oldest_first = sorted(
+            ((partition, timed.table) for timed, _ in PARTITIONED
+             for partition in self._partitions(timed.table)),
+            key=lambda found: found[0].end_ms,
+        )  # fmt: skip
         try:
-            for timed, _ in PARTITIONED:
-                for partition in self._partitions(timed.table):
-                    # Or just ended: consumers behind by minutes are still writing its tail.
-                    current = partition.end_ms > now_ms - BUDGET_GRACE_MS
-                    if current or self.used_bytes() <= target:
-                        break
-                    rows = self._drop(timed.table, [partition], for_budget=True)
-                    metrics.DELIVERY_LOG_EVICTED.inc(rows)
-                    log.warning(
-                        "delivery_log_evicted",
-                        table=timed.table,
-                        partition=partition.name,
-                        rows=rows,
-                    )
+            for partition, table in oldest_first:
+                # Or just ended: consumers behind by minutes are still writing its tail.
+                current = partition.end_ms > now_ms - BUDGET_GRACE_MS
+                if current or self.used_bytes() <= target:
+                    break
+                rows = self._drop(table, [partition], for_budget=True)
+                metrics.DELIVERY_LOG_EVICTED.inc(rows)
+                log.warning(
+                    "delivery_log_evicted", table=table, partition=partition.name, rows=rows
+                )
         except LOCK_WAITED_OUT:
             # A long query holds the table: the next measure (a minute on, or the next batch
             # while over) tries again.
