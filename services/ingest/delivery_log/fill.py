@@ -20,8 +20,8 @@ and in the same transactions as the rows it reads, so a restart during the fill 
 It uses stream names no topic can have (``~`` is not allowed in a Kafka topic name).
 
 The byte budget can drop history too: past it the oldest rows go, whichever endpoint they
-belong to (a PostgreSQL store drops its oldest partitions: attempts' hours, then dead
-letters' days). The store keeps the newest record time
+belong to (a PostgreSQL store drops its oldest partitions: attempts' hours, dead letters'
+days). The store keeps the newest record time
 it dropped that way (``EVICTED_STREAM``, in the transaction that dropped the rows), and the log
 is complete only after it: ``complete_since`` is the later of the two. A fill whose window
 the budget has already reached into stops there: what it would read next is older than

@@ -146,8 +146,7 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (topic, partition));
 CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL);
 """
-# Partitioned tables (the budget drops their partitions in this order), and how long their
-# partitions are kept.
+# Partitioned tables, and how long their partitions are kept.
 PARTITIONED = ((ATTEMPTS_TIMED, ATTEMPTS_KEPT_MS), (LETTERS_TIMED, DEAD_LETTERS_KEPT_MS))
 KEPT_MS = dict(PARTITIONED)
 # After the newest partition, pages are asked a day at a time: the planning of 24 partitions of
