@@ -234,7 +234,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"not indexed after {INDEX_TIMEOUT_S} s: {body['index']}")
             await asyncio.sleep(POLL_S)
         index_s = time.monotonic() - started
-        print(f"indexed in {index_s:.1f} s (ready included; newest hour {serving_s} s)", flush=True)
+        newest = "never caught up" if serving_s is None else f"newest hour {serving_s:.1f} s"
+        print(f"indexed in {index_s:.1f} s (ready included; {newest})", flush=True)
 
         after: list[float] = []
 
