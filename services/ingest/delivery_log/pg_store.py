@@ -484,6 +484,8 @@ class PgWriter(IndexWriter):
         self.evicted_through_ms = through
 
     def _stored_evicted(self) -> int | None:
+        """Its one row, not ``fill.evicted_through(self.positions())``: asked before every
+        batch."""
         found = self._db.execute(
             "SELECT next_offset FROM positions WHERE topic = ? AND partition = 0",
             (EVICTED_STREAM,),
@@ -684,7 +686,7 @@ class PgWriter(IndexWriter):
 
     def used_bytes(self) -> int:
         """Bytes of the store's tables in its schema, indexes and TOAST included."""
-        used = self._table_bytes(partitions=True) + self._state_bytes()
+        used = self._table_bytes("")
         metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
         return used
 
@@ -693,14 +695,13 @@ class PgWriter(IndexWriter):
         ``per_endpoint`` each; breakers, last errors) and per endpoint and minute over the 24 h
         window (rollups, durations). They grow with the endpoints, not with time, and take
         their share of the budget first."""
-        return self._table_bytes(partitions=False)
+        return self._table_bytes(" AND NOT c.relispartition")
 
-    def _table_bytes(self, *, partitions: bool) -> int:
+    def _table_bytes(self, condition: str) -> int:
         (used,) = self._db.execute(
-            "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)"
+            "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)"  # noqa: S608 - constant conditions
             " FROM pg_class c WHERE c.relnamespace = CAST(current_schema() AS regnamespace)"
-            " AND c.relkind = 'r' AND c.relispartition = ?",
-            (partitions,),
+            f" AND c.relkind = 'r'{condition}"
         ).fetchone()
         return int(used)
 
@@ -778,7 +779,7 @@ class PgWriter(IndexWriter):
             log.warning(
                 "delivery_log_over_budget",
                 used_bytes=used,
-                per_endpoint_bytes=self._state_bytes(),
+                per_endpoint_bytes=state,  # no partition drop changes it
                 budget_bytes=self._max_bytes,
             )
         self._over_budget = over
