@@ -52,7 +52,10 @@ NotBefore = Callable[[Record], int | None]
 # Told, once per loop, which partitions wait for their head record.
 HeldReport = Callable[[Collection[TopicPartition]], None]
 
-COMMIT_INTERVAL_S = 0.5
+# What a worker finished since its last commit is done again after a kill -9. At 0.5 s the
+# retry service's kill in the ledger e2e repeated 433 deliveries made in its last 0.25 s; at
+# 0.1 s, 8-180 (six runs). A commit names only partitions whose offset or finished set moved.
+COMMIT_INTERVAL_S = 0.1
 HANDLER_RETRY_MAX_S = 30.0
 IDLE_POLL_MS = 500
 DRAIN_TIMEOUT_FINISH_S = 5.0

@@ -49,10 +49,13 @@ FLAP_DOWN_S = 10.0
 BREAKER_COOLDOWN = "2s"
 BREAKER_MAX_COOLDOWN = "8s"
 # Besides clicks the publisher sent twice (a batch answered 503 during the outage may have been
-# published in part), duplicates come only from crashes and the broker outage (records re-read
-# after the last commit): measured 2.1 % on the 2-core machine under load (before a lost
-# producer sequence was recovered, it stalled hand-offs and reached 3.6-6.9 %).
-MAX_DUPLICATE_SHARE = 0.03
+# published in part), duplicates come only from crashes and the broker outage: what a killed
+# service finished after its last commit, every endpoint's delivery of a click still in flight
+# at the dispatcher's kill (a click is committed once all its deliveries are done), and
+# hand-offs retried across the outage. On the 2-core machine under load: 583-1,955 of ~75,000
+# pairs (0.8-2.6 %, nine runs) with commits every 0.1 s; with commits every 0.5 s up to 4.4 %
+# (twice in CI). Before a lost producer sequence was recovered, stalled hand-offs made 3.6-6.9 %.
+MAX_DUPLICATE_SHARE = 0.04
 SLOW_DELAY_S = 1.5
 RATE_LIMIT_PER_S = 100
 SETTLE_TIMEOUT_S = 600.0  # measured: 290-330 s on the 2-core machine; room for a loaded one
@@ -183,16 +186,23 @@ async def kill_and_restart(pipeline: Pipeline, name: str) -> None:
     await restarted.wait_ready()
 
 
-async def inject_faults(pipeline: Pipeline, broker: PrivateBroker) -> None:
+async def inject_faults(pipeline: Pipeline, broker: PrivateBroker) -> list[tuple[str, float]]:
+    """Each fault and when it began (unix s): a failure's message places the duplicates."""
+    faults = []
     await asyncio.sleep(4)
+    faults.append(("dispatcher killed", time.time()))
     await kill_and_restart(pipeline, "dispatcher")
     await asyncio.sleep(4)
+    faults.append(("retry killed", time.time()))
     await kill_and_restart(pipeline, "retry")
 
     await asyncio.sleep(3)
+    faults.append(("broker stopped", time.time()))
     await broker.stop()
     await asyncio.sleep(5)
     await broker.start()
+    faults.append(("broker started", time.time()))
+    return faults
 
 
 class Delivered:
@@ -224,6 +234,23 @@ def delivered_pair_list(
 
 def delivered_pairs(arrivals: list[Received], path_to_id: dict[str, str]) -> set[tuple[str, str]]:
     return set(delivered_pair_list(arrivals, path_to_id))
+
+
+def first_copies_by_second(arrivals: list[Received], started: float) -> list[tuple[int, int]]:
+    """When the first copy of each duplicated delivery arrived, re-sent batches included
+    (seconds after ``started``, how many): next to the faults' times, which fault repeated
+    them."""
+    first: dict[tuple[str, str], float] = {}
+    seconds: Counter[int] = Counter()
+    for arrival in sorted(arrivals, key=lambda a: a.at_s):
+        if not 200 <= arrival.status < 300:
+            continue
+        key = (arrival.path, orjson.loads(arrival.body)["data"]["id"])
+        if key in first:
+            seconds[int(first[key] - started)] += 1
+        else:
+            first[key] = arrival.at_s
+    return sorted(seconds.items())
 
 
 def ledger_responder() -> Responder:
@@ -273,7 +300,7 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
             if event["account_id"] == spec.account_id and spec.wants(event)
         }
         sending_started = time.time()
-        resent, _ = await asyncio.gather(
+        resent, faults = await asyncio.gather(
             publish_all(pipeline, events), inject_faults(pipeline, private_broker)
         )
 
@@ -351,7 +378,9 @@ async def test_every_pair_is_accounted_for_through_crashes_and_a_broker_restart(
     republished = sum(count - 1 for (_, event_id), count in ok_pairs.items() if event_id in resent)
     re_read = duplicates - republished
     assert re_read <= MAX_DUPLICATE_SHARE * len(delivered), (
-        f"{re_read} duplicates besides {republished} of re-sent batches"
+        f"{re_read} duplicates besides {republished} of re-sent batches; "
+        f"faults at {[(name, round(at - sending_started, 1)) for name, at in faults]} s, "
+        f"first copies by second: {first_copies_by_second(arrivals, sending_started)}"
     )
     reasons = Counter(dead_letters.reasons.values())
     print(

@@ -34,7 +34,7 @@ SETTLE_TIMEOUT_S = 120.0
 # commit is done again by the next owner. Attempts that far back before a kill, with room for
 # a commit's round trip and a busy event loop on a loaded 2-core machine (seen: 3 s), are the
 # only ones that may be repeated.
-REPEAT_WINDOW_S = 10 * COMMIT_INTERVAL_S
+REPEAT_WINDOW_S = COMMIT_INTERVAL_S + 4.5
 CLICK_IDS = {f"evt_workers_{n}" for n in range(CLICKS)}
 
 
