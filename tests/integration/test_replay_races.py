@@ -183,9 +183,10 @@ async def test_a_stale_heartbeat_after_the_end_leaves_the_job_finished_everywher
         await instance.app[REPLAYS].jobs.read_to_end()
         response = await instance.get(replay_path(endpoint_id), headers=auth(ACCOUNT_A))
         assert (await response.json())["state"] == "completed"
-    # The endpoint is free: a new job starts.
+    # The endpoint is free: a new job starts (and ends before the test: nothing left running).
     again, _ = await start(replica, endpoint_id)
     assert again == 202
+    assert (await until_ended(replica, endpoint_id))["state"] == "completed"
 
 
 async def write_job(settings: Settings, producer: AIOKafkaProducer, job: ReplayJob) -> None:
