@@ -22,7 +22,14 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.api_types import ReplayRequest, ReplayStatus
 from services.ingest.endpoints_api import EndpointApi
 from services.ingest.responses import ApiError, parse_api_time, read_json_body, struct_response
-from shared.kafka.replay import ReplayJobs, ReplayRun, ReplayRunning, now_ms, start_job
+from shared.kafka.replay import (
+    END_WRITE_TIMEOUT_S,
+    ReplayJobs,
+    ReplayRun,
+    ReplayRunning,
+    now_ms,
+    start_job,
+)
 from shared.model.errors import Problem
 from shared.model.messages import Endpoint, ReplayJob
 from shared.ops.settings import Settings
@@ -34,6 +41,9 @@ log = structlog.get_logger(__name__)
 MAX_RUNNING = 2
 BUSY_RETRY_AFTER_S = "30"
 CANCEL_WAIT_S = 10.0
+# How long a shutdown waits for the runs here to record their cancel: room for a run's consumer
+# to close and for its end's write, which gives up after END_WRITE_TIMEOUT_S.
+SHUTDOWN_WAIT_S = END_WRITE_TIMEOUT_S + 2.0
 
 
 def _owner() -> str:
@@ -115,13 +125,27 @@ class ReplayApi:
         try:
             yield
         finally:
-            running = [task for task in self._tasks.values() if not task.done()]
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.wait(running)
+            await self._stop_runs()
             await self._supervisor.cancel("replay_follower")
             await self.jobs.stop()
+
+    async def _stop_runs(self) -> None:
+        """Cancel the runs here and wait for them to record it, at most ``SHUTDOWN_WAIT_S``:
+        a shutdown never hangs on one. A run still going is left to the process's exit; its
+        job, no longer heartbeated, shows as ``interrupted`` once stale (``ReplayJob.state_at``),
+        as if this process had died."""
+        running = {job_id: task for job_id, task in self._tasks.items() if not task.done()}
+        for task in running.values():
+            task.cancel()
+        if not running:
+            return
+        _, left = await asyncio.wait(running.values(), timeout=SHUTDOWN_WAIT_S)
+        if left:
+            log.warning(
+                "replay_runs_left_running",
+                job_ids=sorted(job_id for job_id, task in running.items() if task in left),
+                timeout_s=SHUTDOWN_WAIT_S,
+            )
 
     async def start(self, request: web.Request) -> web.Response:
         endpoint = self._endpoints.owned(request)

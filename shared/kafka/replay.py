@@ -64,6 +64,10 @@ SEND_BATCH = 500  # hand-offs sent before their acknowledgements are awaited tog
 # once if the two letters lie within this many letters of each other.
 DEDUPE_WINDOW = 65_536
 YIELD_EVERY = 200  # letters read between two turns given to the rest of the event loop
+# How long a cancelled run tries to record its end. aiokafka's send can wait forever (a
+# producer stopped under it while it waited for metadata never answers), and a shutdown waits
+# for its runs' ends: unwritten, the job shows as interrupted once its heartbeat is stale.
+END_WRITE_TIMEOUT_S = 3.0
 
 ProgressCallback = Callable[[ReplayJob], None]
 
@@ -312,7 +316,7 @@ class ReplayRun:
             stopped = await self._scan()
             await self._flush()
         except asyncio.CancelledError:
-            await asyncio.shield(self._finish("cancelled"))
+            await asyncio.shield(self._finish_cancelled())
             raise
         except Exception as exc:
             log.exception("replay_failed", endpoint_id=self.job.endpoint_id, job_id=self.job.id)
@@ -425,6 +429,20 @@ class ReplayRun:
         if self._on_progress is not None:
             self._on_progress(self.job)
         return False
+
+    async def _finish_cancelled(self) -> None:
+        """Record the cancel, giving up after ``END_WRITE_TIMEOUT_S``."""
+        try:
+            async with asyncio.timeout(END_WRITE_TIMEOUT_S):
+                await self._finish("cancelled")
+        except TimeoutError:
+            log.warning(
+                "replay_end_unwritten",
+                endpoint_id=self.job.endpoint_id,
+                job_id=self.job.id,
+                state="cancelled",
+                timeout_s=END_WRITE_TIMEOUT_S,
+            )
 
     async def _finish(self, state: ReplayState, error: str | None = None) -> None:
         at_ms = now_ms()

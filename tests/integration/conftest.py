@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
 from shared.kafka.service_base import ServiceBase, service_base
@@ -71,9 +72,20 @@ async def fixture_base(settings: Settings) -> AsyncIterator[ServiceBase]:
         yield base
 
 
+@contextlib.asynccontextmanager
+async def serving(base: ServiceBase) -> AsyncIterator[TestClient[Any, Any]]:
+    """The ingest app on ``base``, closed (its cleanup contexts run: replays cancelled, the
+    delivery log stopped) while ``base`` still runs, as ``services.ingest`` shuts down. Not
+    through the aiohttp_client fixture: it closes its clients in its own teardown, after that
+    of a base set up after it, whose producer is then stopped under the app's cleanup."""
+    async with TestClient(TestServer(create_app(base))) as client:
+        yield client
+
+
 @pytest.fixture(name="ingest")
-async def fixture_ingest(base: ServiceBase, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(base))
+async def fixture_ingest(base: ServiceBase) -> AsyncIterator[TestClient[Any, Any]]:
+    async with serving(base) as client:
+        yield client
 
 
 @pytest.fixture(name="replica_base")
@@ -85,10 +97,9 @@ async def fixture_replica_base(settings: Settings, base: ServiceBase) -> AsyncIt
 
 
 @pytest.fixture(name="replica")
-async def fixture_replica(
-    replica_base: ServiceBase, aiohttp_client: AiohttpClient
-) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(replica_base))
+async def fixture_replica(replica_base: ServiceBase) -> AsyncIterator[TestClient[Any, Any]]:
+    async with serving(replica_base) as client:
+        yield client
 
 
 @pytest.fixture(name="postgres", scope="session")

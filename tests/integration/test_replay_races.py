@@ -1,6 +1,6 @@
 """Replay jobs under races, on the real broker, with two ingest replicas on the same topics: one
 job per endpoint however many starts race, a cancel from any replica holds, a finished job
-stays finished."""
+stays finished, a replica shutting down mid-job stops within a bound and leaves the job ended."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
+from services.ingest import replay_api
 from services.ingest.app import REPLAYS
 from shared.kafka import replay
 from shared.kafka.clients import create_producer
 from shared.kafka.service_base import ServiceBase
 from shared.kafka.window import read_window
-from shared.model.messages import ReplayJob, decode_envelope, encode
+from shared.model.messages import REPLAY_STALE_AFTER_MS, ReplayJob, decode_envelope, encode
 from shared.model.topics import Topics
 from shared.ops.settings import Settings
 from tests.integration.conftest import ACCOUNT_A, auth
@@ -95,6 +97,19 @@ async def replayed_webhook_ids(settings: Settings, endpoint_id: str) -> Counter[
     return sent
 
 
+async def started_mid_job(client: Client, endpoint_id: str) -> str:
+    """Start a replay on ``client``; its id once it is past its first heartbeats, in the
+    middle of its letters."""
+    status, job = await start(client, endpoint_id)
+    assert status == 202, job
+    jobs = client.app[REPLAYS].jobs
+    async with asyncio.timeout(10):
+        while (running := jobs.get(job["id"])) is None or running.replayed == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    job_id: str = job["id"]
+    return job_id
+
+
 def details(body: dict[str, Any]) -> dict[str, str]:
     return {detail["field"]: detail["problem"] for detail in body["error"]["details"]}
 
@@ -141,13 +156,7 @@ async def test_a_cancel_from_the_other_replica_stops_the_job_for_good(
 ) -> None:
     letters = 2_000
     endpoint_id = await endpoint_with_letters(ingest, settings, producer, letters)
-    status, job = await start(ingest, endpoint_id)
-    assert status == 202, job
-    owner_jobs = ingest.app[REPLAYS].jobs
-    async with asyncio.timeout(10):
-        # Until it is past its first heartbeats, in the middle of its letters.
-        while (running := owner_jobs.get(job["id"])) is None or running.replayed == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await started_mid_job(ingest, endpoint_id)
 
     cancelled = await replica.delete(replay_path(endpoint_id), headers=auth(ACCOUNT_A))
 
@@ -183,11 +192,62 @@ async def test_a_stale_heartbeat_after_the_end_leaves_the_job_finished_everywher
         await instance.app[REPLAYS].jobs.read_to_end()
         response = await instance.get(replay_path(endpoint_id), headers=auth(ACCOUNT_A))
         assert (await response.json())["state"] == "completed"
-    # The endpoint is free: a new job starts.
+    # The endpoint is free: a new job starts (and ends before the test: nothing left running).
     again, _ = await start(replica, endpoint_id)
     assert again == 202
+    assert (await until_ended(replica, endpoint_id))["state"] == "completed"
 
 
 async def write_job(settings: Settings, producer: AIOKafkaProducer, job: ReplayJob) -> None:
     topic = Topics(settings.topic_prefix).replays
     await producer.send_and_wait(topic, key=job.id.encode(), value=encode(job))
+
+
+@pytest.mark.usefixtures("slow_jobs")
+async def test_a_replica_shutting_down_mid_job_records_the_cancel_within_the_bound(
+    ingest: Client, replica: Client, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    letters = 2_000
+    endpoint_id = await endpoint_with_letters(ingest, settings, producer, letters)
+    job_id = await started_mid_job(replica, endpoint_id)
+
+    async with asyncio.timeout(replay_api.SHUTDOWN_WAIT_S):
+        await replica.close()  # the app's cleanup, as services.ingest runs it at shutdown
+
+    jobs = ingest.app[REPLAYS].jobs
+    await jobs.read_to_end()
+    ended = jobs.get(job_id)
+    assert ended is not None
+    assert ended.state == "cancelled"
+    assert ended.replayed < letters
+
+
+@pytest.mark.usefixtures("slow_jobs")
+async def test_a_replica_whose_writes_hang_still_shuts_down_and_its_job_reads_interrupted(
+    ingest: Client,
+    replica: Client,
+    replica_base: ServiceBase,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint_id = await endpoint_with_letters(ingest, settings, producer, 2_000)
+    job_id = await started_mid_job(replica, endpoint_id)
+
+    async def unanswered(*_: Any, **__: Any) -> None:
+        await asyncio.Event().wait()  # as aiokafka's send on a producer stopped under it
+
+    # The run's next heartbeat, then its end, wait for ever.
+    monkeypatch.setattr(replica_base.producer, "send_and_wait", unanswered)
+    with capture_logs() as logs:
+        async with asyncio.timeout(replay_api.SHUTDOWN_WAIT_S):
+            await replica.close()
+
+    unwritten = [line for line in logs if line["event"] == "replay_end_unwritten"]
+    assert [line["job_id"] for line in unwritten] == [job_id]
+    jobs = ingest.app[REPLAYS].jobs
+    await jobs.read_to_end()
+    last = jobs.get(job_id)
+    assert last is not None
+    assert last.state == "running"  # its last heartbeat: no end was written
+    assert last.state_at(last.updated_at_ms + REPLAY_STALE_AFTER_MS + 1) == "interrupted"
