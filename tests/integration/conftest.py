@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
+from services.ingest.delivery_log.log import DeliveryLog
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.model.topics import Topics
 from shared.ops.settings import Settings, load_settings
@@ -73,12 +74,15 @@ async def fixture_base(settings: Settings) -> AsyncIterator[ServiceBase]:
 
 
 @contextlib.asynccontextmanager
-async def serving(base: ServiceBase) -> AsyncIterator[TestClient[Any, Any]]:
-    """The ingest app on ``base``, closed (its cleanup contexts run: replays cancelled, the
-    delivery log stopped) while ``base`` still runs, as ``services.ingest`` shuts down. Not
-    through the aiohttp_client fixture: it closes its clients in its own teardown, after that
-    of a base set up after it, whose producer is then stopped under the app's cleanup."""
-    async with TestClient(TestServer(create_app(base))) as client:
+async def serving(
+    base: ServiceBase, *, delivery_log: DeliveryLog | None = None
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """The ingest app on ``base`` (``delivery_log``: as ``create_app``), closed (its cleanup
+    contexts run: replays cancelled, the delivery log stopped) while ``base`` still runs, as
+    ``services.ingest`` shuts down. Not through the aiohttp_client fixture: it closes its
+    clients in its own teardown, after that of a base set up after it, whose producer is then
+    stopped under the app's cleanup."""
+    async with TestClient(TestServer(create_app(base, delivery_log=delivery_log))) as client:
         yield client
 
 

@@ -15,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
-from services.ingest.app import create_app
 from services.ingest.delivery_log.log import DeliveryLog
 from services.ingest.delivery_log.pg_store import PgWriter
 from services.ingest.delivery_log.store import HOUR_MS, RESPONSE_BODY_CHARS, Fetched
@@ -24,10 +23,10 @@ from shared.model.messages import encode
 from shared.model.topics import Topics
 from tests.integration.conftest import (
     ACCOUNT_A,
-    AiohttpClient,
     assert_only_the_log_is_degraded,
     auth,
     make_settings,
+    serving,
 )
 from tests.support.attempts import KeyedProducer, attempt, eventually, now_ms
 from tests.support.postgres import PostgresServer, running_postgres
@@ -56,26 +55,24 @@ def fixture_own_postgres() -> Iterator[PostgresServer]:
 
 
 async def replica(
-    kafka_bootstrap: str,
-    prefix: str,
-    url: str,
-    aiohttp_client: AiohttpClient,
-    **overrides: Any,
+    kafka_bootstrap: str, prefix: str, url: str, **overrides: Any
 ) -> AsyncGenerator[Client]:
+    """An ingest on its own base; ``aclose()`` closes the app, then the base."""
     settings = make_settings(kafka_bootstrap, prefix, delivery_log_url=url, **overrides)
     delivery_log = DeliveryLog(settings, expire_every_s=CHECK_EVERY_S)
     async with service_base(settings) as base:
         await base.endpoints.loaded.wait()
-        yield await aiohttp_client(create_app(base, delivery_log=delivery_log))
+        async with serving(base, delivery_log=delivery_log) as client:
+            yield client
 
 
 @pytest.fixture(name="replicas")
 async def fixture_replicas(
-    kafka_bootstrap: str, prefix: str, postgres: PostgresServer, aiohttp_client: AiohttpClient
+    kafka_bootstrap: str, prefix: str, postgres: PostgresServer
 ) -> AsyncIterator[list[Client]]:
     url = postgres.new_schema()
-    first = replica(kafka_bootstrap, prefix, url, aiohttp_client)
-    second = replica(kafka_bootstrap, prefix, url, aiohttp_client)
+    first = replica(kafka_bootstrap, prefix, url)
+    second = replica(kafka_bootstrap, prefix, url)
     clients = [await anext(first), await anext(second)]
     yield clients
     for started in (second, first):
@@ -129,9 +126,8 @@ async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
     own_postgres: PostgresServer,
     kafka_bootstrap: str,
     prefix: str,
-    aiohttp_client: AiohttpClient,
 ) -> None:
-    started = replica(kafka_bootstrap, prefix, own_postgres.new_schema(), aiohttp_client)
+    started = replica(kafka_bootstrap, prefix, own_postgres.new_schema())
     ingest = await anext(started)
     try:
         endpoint_id = await create_endpoint(ingest)
@@ -158,16 +154,14 @@ async def test_a_down_postgresql_degrades_only_the_log_routes_and_recovers(
 
 
 async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_the_log_only(
-    postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
+    postgres: PostgresServer, kafka_bootstrap: str, prefix: str
 ) -> None:
     """As a full SQLite index: the log's routes answer 503 `delivery_log_unavailable` (reason
     `full`), nothing else does; the records it refused wait in the topic, and an ingest with
     room (here: a larger budget) indexes every one."""
     await clear_of_the_hour_turning()
     url = postgres.new_schema()
-    started = replica(
-        kafka_bootstrap, prefix, url, aiohttp_client, delivery_log_max_bytes=SMALL_BUDGET
-    )
+    started = replica(kafka_bootstrap, prefix, url, delivery_log_max_bytes=SMALL_BUDGET)
     ingest = await anext(started)
     try:
         endpoint_id = await create_endpoint(ingest)
@@ -195,7 +189,7 @@ async def test_a_store_over_its_budget_with_only_the_current_hour_left_degrades_
         await ingest.close()  # its delivery log leaves the group: the next one indexes all
         await started.aclose()
 
-    roomier = replica(kafka_bootstrap, prefix, url, aiohttp_client)
+    roomier = replica(kafka_bootstrap, prefix, url)
     ingest = await anext(roomier)
     try:
         await eventually(lambda: _shows(ingest, endpoint_id, "evt_over"), timeout_s=30.0)
@@ -239,7 +233,7 @@ async def _shows(ingest: Client, endpoint_id: str, event_id: str) -> bool:
 
 
 async def test_over_its_budget_within_one_day_the_store_drops_its_oldest_hours_and_answers(
-    postgres: PostgresServer, kafka_bootstrap: str, prefix: str, aiohttp_client: AiohttpClient
+    postgres: PostgresServer, kafka_bootstrap: str, prefix: str
 ) -> None:
     """Five hours of attempts (the last four and the current one), past 90 % of the budget:
     the log's routes go on answering, without the oldest hours and saying the log is complete
@@ -250,10 +244,7 @@ async def test_over_its_budget_within_one_day_the_store_drops_its_oldest_hours_a
     hour = now_ms() // HOUR_MS
     hours = list(range(hour - 4, hour + 1))
     budget = int(_bytes_of(postgres, _of_hours("ep_dry_run", hours)) / 0.95)
-    started = replica(
-        kafka_bootstrap, prefix, postgres.new_schema(), aiohttp_client,
-        delivery_log_max_bytes=budget,
-    )  # fmt: skip
+    started = replica(kafka_bootstrap, prefix, postgres.new_schema(), delivery_log_max_bytes=budget)
     ingest = await anext(started)
     try:
         endpoint_id = await create_endpoint(ingest)
