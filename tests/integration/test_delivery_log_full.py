@@ -13,16 +13,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
-from services.ingest.app import create_app
 from services.ingest.delivery_log.store import RESPONSE_BODY_CHARS
 from shared.kafka.service_base import service_base
 from shared.model.topics import Topics
 from tests.integration.conftest import (
     ACCOUNT_A,
-    AiohttpClient,
     assert_only_the_log_is_degraded,
     auth,
     make_settings,
+    serving,
 )
 from tests.support.attempts import KeyedProducer, attempt, eventually, now_ms
 from tests.support.index_files import fill_to_the_limit
@@ -36,14 +35,15 @@ ANSWER = "<html>" + "x" * (RESPONSE_BODY_CHARS - 6)
 
 @pytest.fixture(name="small_ingest")
 async def fixture_small_ingest(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path, aiohttp_client: AiohttpClient
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> AsyncIterator[Client]:
     settings = make_settings(
         kafka_bootstrap, prefix, state_dir=str(tmp_path), delivery_log_max_bytes=BUDGET
     )
     async with service_base(settings) as base:
         await base.endpoints.loaded.wait()
-        yield await aiohttp_client(create_app(base))
+        async with serving(base) as client:
+            yield client
 
 
 def failed_attempts(endpoint_id: str, first: int, count: int) -> list[Any]:
