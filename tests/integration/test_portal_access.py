@@ -3,6 +3,7 @@ headers, and one account never seeing another's endpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -11,7 +12,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from services.ingest.app import create_app
 from shared.kafka.service_base import service_base
 from shared.ops.settings import Settings
 from tests.integration.conftest import (
@@ -19,8 +19,8 @@ from tests.integration.conftest import (
     ACCOUNT_B,
     ADMIN,
     PUBLISH,
-    AiohttpClient,
     auth,
+    serving,
 )
 
 pytestmark = pytest.mark.kafka
@@ -112,13 +112,15 @@ async def test_a_tampered_link_is_refused(ingest: Client) -> None:
 
 
 @pytest.mark.parametrize("key", ["", "ab" * 16], ids=["no key", "16 bytes"])
-async def test_without_a_usable_key_there_is_no_portal(
-    settings: Settings, aiohttp_client: AiohttpClient, key: str
-) -> None:
-    async with service_base(dataclasses.replace(settings, portal_key=key)) as base:
+async def test_without_a_usable_key_there_is_no_portal(settings: Settings, key: str) -> None:
+    async with contextlib.AsyncExitStack() as stack:  # the app closes first, then the base
+        base = await stack.enter_async_context(
+            service_base(dataclasses.replace(settings, portal_key=key))
+        )
         with capture_logs() as logs:
-            ingest = await aiohttp_client(create_app(base))
+            ingest = await stack.enter_async_context(serving(base))
         link = await ingest.post("/v1/portal/sessions", headers=auth(ACCOUNT_A))
+        await link.read()  # its body, read below once the client has closed
         anonymous = await ingest.post("/v1/portal/sessions")
         page = await ingest.get("/portal/")
         opened = await ingest.get("/portal/open?token=x")
