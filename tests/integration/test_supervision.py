@@ -4,18 +4,19 @@ that dies turns /readyz red at once and stops the service, which then fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from shared.kafka.service_base import ServiceBase, service_base
 from shared.ops.health import add_ops_routes
 from shared.ops.settings import Settings
 from shared.ops.supervision import BackgroundTaskFailed
-from tests.integration.conftest import AiohttpClient
 
 pytestmark = pytest.mark.kafka
 
@@ -28,10 +29,13 @@ class FollowerBroke(RuntimeError):
     pass
 
 
-async def ops_client(base: ServiceBase, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+@contextlib.asynccontextmanager
+async def ops_client(base: ServiceBase) -> AsyncIterator[TestClient[Any, Any]]:
+    """The ops routes on ``base``, closed before it, as a service's are."""
     app = web.Application()
     add_ops_routes(app, base.readiness)
-    return await aiohttp_client(app)
+    async with TestClient(TestServer(app)) as client:
+        yield client
 
 
 def break_the_follower(base: ServiceBase) -> list[float]:
@@ -58,15 +62,15 @@ async def red_after(client: TestClient[Any, Any], raised_at: list[float]) -> dic
             await asyncio.sleep(POLL_S)
 
 
-async def readyz_as_the_follower_breaks(
-    settings: Settings, aiohttp_client: AiohttpClient, seen: dict[str, Any]
-) -> None:
-    """Run a service base, break its follower, and keep /readyz before and after in ``seen``."""
+async def readyz_as_the_follower_breaks(settings: Settings, seen: dict[str, Any]) -> None:
+    """Run a service base, break its follower, and keep /readyz before and after in ``seen``.
+    The broken follower stops nothing itself (it sets ``base.stop``; the base raises for it on
+    its way out), so the ops app still closes first, then the base, as in a service."""
     async with service_base(settings) as base:
         await base.endpoints.loaded.wait()
-        client = await ops_client(base, aiohttp_client)
-        seen["before"] = (await client.get("/readyz")).status
-        seen["red"] = await red_after(client, break_the_follower(base))
+        async with ops_client(base) as client:
+            seen["before"] = (await client.get("/readyz")).status
+            seen["red"] = await red_after(client, break_the_follower(base))
 
 
 async def stopped_by_a_broken_follower(settings: Settings) -> None:
@@ -78,11 +82,11 @@ async def stopped_by_a_broken_follower(settings: Settings) -> None:
 
 
 async def test_a_follower_that_raises_turns_readyz_red_within_a_second(
-    settings: Settings, aiohttp_client: AiohttpClient
+    settings: Settings,
 ) -> None:
     seen: dict[str, Any] = {}
     with pytest.raises(BackgroundTaskFailed):
-        await readyz_as_the_follower_breaks(settings, aiohttp_client, seen)
+        await readyz_as_the_follower_breaks(settings, seen)
 
     assert seen["before"] == 200
     assert seen["red"]["checks"]["endpoint_follower"] is False
