@@ -139,7 +139,13 @@ class ReplayApi:
             task.cancel()
         if not running:
             return
-        _, left = await asyncio.wait(running.values(), timeout=SHUTDOWN_WAIT_S)
+        done, left = await asyncio.wait(running.values(), timeout=SHUTDOWN_WAIT_S)
+        for job_id, task in running.items():
+            # A run may end in another error than its cancel (aiokafka's ProducerClosed, the
+            # producer stopped under its end's write): retrieved here, or asyncio reports it
+            # as "Task exception was never retrieved" once the task is collected.
+            if task in done and not task.cancelled() and (error := task.exception()) is not None:
+                log.warning("replay_run_failed_at_shutdown", job_id=job_id, error=repr(error))
         if left:
             log.warning(
                 "replay_runs_left_running",
