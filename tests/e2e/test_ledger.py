@@ -221,15 +221,16 @@ class Delivered:
         self.pairs |= delivered_pairs(new, self._path_to_id)
 
 
+def event_id(arrival: Received) -> str:
+    event: str = orjson.loads(arrival.body)["data"]["id"]
+    return event
+
+
 def delivered_pair_list(
     arrivals: list[Received], path_to_id: dict[str, str]
 ) -> list[tuple[str, str]]:
     """(endpoint id, event id) of every arrival answered 2xx, repeats included."""
-    return [
-        (path_to_id[a.path], orjson.loads(a.body)["data"]["id"])
-        for a in arrivals
-        if 200 <= a.status < 300
-    ]
+    return [(path_to_id[a.path], event_id(a)) for a in arrivals if 200 <= a.status < 300]
 
 
 def delivered_pairs(arrivals: list[Received], path_to_id: dict[str, str]) -> set[tuple[str, str]]:
@@ -245,7 +246,7 @@ def first_copies_by_second(arrivals: list[Received], started: float) -> list[tup
     for arrival in sorted(arrivals, key=lambda a: a.at_s):
         if not 200 <= arrival.status < 300:
             continue
-        key = (arrival.path, orjson.loads(arrival.body)["data"]["id"])
+        key = (arrival.path, event_id(arrival))
         if key in first:
             seconds[int(first[key] - started)] += 1
         else:

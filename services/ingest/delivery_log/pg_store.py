@@ -686,7 +686,7 @@ class PgWriter(IndexWriter):
 
     def used_bytes(self) -> int:
         """Bytes of the store's tables in its schema, indexes and TOAST included."""
-        used = self._table_bytes("")
+        used = self._table_bytes(partitions_too=True)
         metrics.DELIVERY_LOG_INDEX_BYTES.set(used)
         return used
 
@@ -695,13 +695,14 @@ class PgWriter(IndexWriter):
         ``per_endpoint`` each; breakers, last errors) and per endpoint and minute over the 24 h
         window (rollups, durations). They grow with the endpoints, not with time, and take
         their share of the budget first."""
-        return self._table_bytes(" AND NOT c.relispartition")
+        return self._table_bytes(partitions_too=False)
 
-    def _table_bytes(self, condition: str) -> int:
+    def _table_bytes(self, *, partitions_too: bool) -> int:
         (used,) = self._db.execute(
-            "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)"  # noqa: S608 - constant conditions
+            "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)"
             " FROM pg_class c WHERE c.relnamespace = CAST(current_schema() AS regnamespace)"
-            f" AND c.relkind = 'r'{condition}"
+            " AND c.relkind = 'r' AND (? OR NOT c.relispartition)",
+            (partitions_too,),
         ).fetchone()
         return int(used)
 
