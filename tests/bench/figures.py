@@ -215,7 +215,8 @@ def _latency_rate_specs() -> list[Spec]:
         if rate == 500:
             targets["max"] = Target("<=", 250, on="max")
         specs += _latency_specs(f"latency.{rate}", f"latency {{}} at {rate} clicks/s", targets)
-    http = {"p50": Target("<=", 5), "p99": Target("<=", 15)}
+    # Issue 26 part 6: light load stays light (1.78 / 3.98 ms when it was written).
+    http = {"p50": Target("<=", 2), "p99": Target("<=", 5)}
     specs += _latency_specs(
         f"latency.http{HTTP_RATE}", f"via ingest's API, {{}} at {HTTP_RATE} clicks/s", http
     )
