@@ -3,9 +3,11 @@
 aiokafka's ``send`` is a coroutine per record that looks up the topic's metadata and lists
 its partitions again, and returns a future per record, which a caller gathers: each record's
 acknowledgement then runs two callbacks through the event loop (the gather's and the
-producer's sequence check). On batches of 100 clicks that was most of ingest's time in
-aiokafka. ``append_records`` does what ``send`` and the accumulator's ``add_message`` do, once
-per call where they do it once per record: the records go into the same open batch of their
+producer's sequence check). On batches of 100 clicks that was 39 % of ingest's busy samples
+(py-spy; a future per record 16 %), against 14 % for ``append_records`` and its wait.
+
+``append_records`` does what ``send`` and the accumulator's ``add_message`` do, once per call
+where they do it once per record: the records go into the same open batch of their
 partition that every other ``send`` fills (so requests still share a produce request; the
 public ``send_batch`` would give each call a batch, and a partition a batch per round trip),
 and the caller waits on the futures of the few batches that hold them, which aiokafka
@@ -29,8 +31,22 @@ from aiokafka.errors import KafkaTimeoutError, ProducerClosed
 Header = tuple[str, bytes]
 KeyedValue = tuple[bytes, bytes]
 
-_PRODUCER_STATE = ("client", "_metadata", "_partitioner", "_message_accumulator", "_serialize")
-_ACCUMULATOR_STATE = ("_batches", "_closed", "_exception", "_waiter_future", "_append_batch")
+_PRODUCER_STATE = (
+    "client",
+    "_metadata",
+    "_partitioner",
+    "_message_accumulator",
+    "_serialize",
+    "_request_timeout_ms",
+)
+_ACCUMULATOR_STATE = (
+    "_batches",
+    "_closed",
+    "_exception",
+    "_waiter_future",
+    "_append_batch",
+    "create_builder",
+)
 
 
 def check_internals(producer: AIOKafkaProducer) -> None:
