@@ -21,6 +21,7 @@ producer's ``start()`` fails if they are gone (aiokafka is pinned below 0.15).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -32,6 +33,8 @@ from aiokafka.producer.transaction_manager import (
     PidAndEpoch,
     TransactionManager,
 )
+
+from shared.kafka.bulk import Header, KeyedValue, acknowledged, append_records, check_internals
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +53,19 @@ class SequenceRecoveringProducer(AIOKafkaProducer):  # type: ignore[misc]
         # At start, not at the first lost sequence, if aiokafka's internals moved.
         if manager is not None and not all(hasattr(manager, a) for a in _MANAGER_STATE):
             raise RuntimeError("aiokafka changed: shared/kafka/idempotence.py needs a look")
+        check_internals(self)
 
     async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = await super().send(*args, **kwargs)
         future.add_done_callback(self._after_send)
         return future
+
+    async def send_all(
+        self, topic: str, records: Sequence[KeyedValue], headers: list[Header]
+    ) -> None:
+        """Produce every record (key, value) and return once all are acknowledged; raise as
+        ``send`` or a record's future would (``shared.kafka.bulk``)."""
+        await acknowledged(await append_records(self, topic, records, headers, self._after_send))
 
     def _after_send(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or not isinstance(future.exception(), _SEQUENCE_LOST):
