@@ -226,8 +226,8 @@ class _Connection(asyncio.Protocol):
         # One timer that fails the waiter, rather than ``asyncio.timeout``'s task cancel and
         # context manager: 2.7 against 6.8 µs per request (uvloop, 200,000 of each).
         timer = loop.call_at(deadline, _time_out, waiter)
-        self.transport.write(request)
         try:
+            self.transport.write(request)
             return await waiter
         finally:
             timer.cancel()
