@@ -16,7 +16,8 @@ one, while records piled up behind it. Draining a 20,000-click backlog, the log 
 15-20 % of its records with the broker healthy (``python -m tests.bench --only deliveries``).
 Here a record goes straight into its partition's open batch, without an await; only handing
 the partition's next batch over, behind one the sender has not taken yet, waits, and only for
-that partition.
+that partition. The same drains then dropped none of their records, at fan-out 1, 10 and 100
+(docs/performance.md, "The writer, batch by batch").
 """
 
 from __future__ import annotations
