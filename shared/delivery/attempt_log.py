@@ -13,11 +13,12 @@ The batches are filled here rather than by aiokafka's ``send``, which awaits a c
 makes a future per record and, once a partition's batch is full, waits until the sender takes
 it: a writer doing one ``send`` after the other stopped for every partition at the first full
 one, while records piled up behind it. Draining a 20,000-click backlog, the log then dropped
-15-20 % of its records with the broker healthy (``python -m tests.bench --only deliveries``).
+11-25 % of its records with the broker healthy (``python -m tests.bench --only deliveries``).
 Here a record goes straight into its partition's open batch, without an await; only handing
 the partition's next batch over, behind one the sender has not taken yet, waits, and only for
-that partition. The same drains then dropped none of their records, at fan-out 1, 10 and 100
-(docs/performance.md, "The writer, batch by batch").
+that partition. The same drains then dropped none of their records, at fan-out 1, 10 and 100,
+for more CPU per delivery at fan-out 1 in those runs (docs/performance.md, "The writer, batch
+by batch").
 """
 
 from __future__ import annotations
