@@ -17,8 +17,8 @@ one, while records piled up behind it. Draining a 20,000-click backlog, the log 
 Here a record goes straight into its partition's open batch, without an await; only handing
 the partition's next batch over, behind one the sender has not taken yet, waits, and only for
 that partition. The same drains then dropped none of their records, at fan-out 1, 10 and 100,
-for more CPU per delivery at fan-out 1 in those runs (docs/performance.md, "The writer, batch
-by batch").
+and the writer with its producer took 2.2 % of the dispatcher's busy samples against 4.0 %
+(docs/performance.md, "The writer, batch by batch").
 """
 
 from __future__ import annotations
