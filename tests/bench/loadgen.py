@@ -1,12 +1,14 @@
-"""The load generator process: reads one job (JSON) on stdin, runs it, prints its result.
+"""The load generator process: reads one job (JSON) on stdin, runs it, writes its result (JSON)
+to the file named by its argument.
 
-Run by the bench as ``python -m tests.bench.loadgen``, so load generation never shares a
-process, or an event loop, with the receiver or the services it measures.
+Run by the bench as ``python -m tests.bench.loadgen RESULT_FILE``, so load generation never
+shares a process, or an event loop, with the receiver or the services it measures.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import msgspec
 import uvloop
@@ -57,7 +59,7 @@ async def run_job(job: Job) -> HttpResult | ProduceResult:
 def main() -> None:
     job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
     result = uvloop.run(run_job(job))
-    sys.stdout.buffer.write(msgspec.json.encode(result))
+    Path(sys.argv[1]).write_bytes(msgspec.json.encode(result))
 
 
 if __name__ == "__main__":
