@@ -5,9 +5,10 @@ The log is an audit trail, not part of the delivery guarantee: a delivery hands 
 over (``record``: no await, no exception) and goes on. The records are written with a producer
 of its own that batches widely. When the broker is slow or away, a partition's batches wait
 and then fail; past ``max_bytes`` of a partition's records held (in batches not yet
-acknowledged), new ones for it are dropped and counted (``clickhook_attempt_log_dropped_total``)
-so memory stays bounded: at most ``max_bytes`` per partition of the topic. What was delivered
-is delivered either way: the log never causes a re-delivery.
+acknowledged), new ones for it are dropped and counted (``clickhook_attempt_log_dropped_total``),
+and past ``max_total_bytes`` held over all partitions, any new one: memory stays bounded
+however many partitions the topic has. What was delivered is delivered either way: the log
+never causes a re-delivery.
 
 The batches are filled here rather than by aiokafka's ``send``, which awaits a coroutine and
 makes a future per record and, once a partition's batch is full, waits until the sender takes
@@ -41,10 +42,12 @@ log = structlog.get_logger(__name__)
 
 # A partition's records held at most, in batches not yet acknowledged: 8 of the audit producer's
 # 1 MB batches. During a backlog drain on 2 loaded cores the broker acknowledged a batch in
-# 0.4-0.7 s (0.04 s otherwise) while one endpoint's records came at up to 5,000 a second; 48 MB
-# at most over the topic's 6 partitions (the dispatcher's peak RSS in the drain: 86-133 MB, as
-# before).
+# 0.4-0.7 s (0.04 s otherwise) while one endpoint's records came at up to 5,000 a second (the
+# dispatcher's peak RSS in the drain: 86-133 MB, as before).
 MAX_BYTES = 8 * 1024 * 1024
+# All partitions' records held at most: the topic's 6 partitions by default, but the prod
+# overlay has 12 and a deployment may have more, and the bound must not grow with them.
+MAX_TOTAL_BYTES = 48 * 1024 * 1024
 CLOSE_FLUSH_S = 5.0
 # Between asking for the topic's partitions while the broker is away.
 PARTITIONS_RETRY_S = 1.0
@@ -111,10 +114,13 @@ class AttemptLog:
         *,
         service: str,
         max_bytes: int = MAX_BYTES,
+        max_total_bytes: int = MAX_TOTAL_BYTES,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._max_bytes = max_bytes
+        self._max_total_bytes = max_total_bytes
+        self._held = 0  # every partition's, and the early records'
         self._partitions: dict[int, _Partition] = {}
         self._ids: list[int] = []
         # Records given before the topic's partitions are known, held within one partition's
@@ -137,6 +143,9 @@ class AttemptLog:
         key = record.endpoint_id.encode()
         value = encode(record)
         size = len(key) + len(value)
+        if self._held + size > self._max_total_bytes:
+            self._dropped_full.inc()
+            return
         if not self._ids:
             self._hold_early(key, value, size)
             return
@@ -145,11 +154,12 @@ class AttemptLog:
             self._dropped_full.inc()
             return
         partition.add(key, value)
+        self._held += size
 
     @property
     def held_bytes(self) -> int:
         """Bytes of records handed over and not yet written or dropped."""
-        return self._early_held + sum(p.held for p in self._partitions.values())
+        return self._held
 
     async def run(self) -> None:
         """Write records as they come, until cancelled."""
@@ -188,6 +198,7 @@ class AttemptLog:
             return
         self._early.append((key, value))
         self._early_held += size
+        self._held += size
 
     async def _learn_partitions(self) -> None:
         while not self._ids:
@@ -218,13 +229,17 @@ class AttemptLog:
         if sent.cancelled() or sent.exception() is not None:
             self._failed(partition, batch, None if sent.cancelled() else sent.exception())
             return
-        partition.held -= batch.held
+        self._release(partition, batch)
         if self._failing:
             self._failing = False
             log.info("attempt_log_recovered")
 
-    def _failed(self, partition: _Partition, batch: _Batch, exc: Failed) -> None:
+    def _release(self, partition: _Partition, batch: _Batch) -> None:
         partition.held -= batch.held
+        self._held -= batch.held
+
+    def _failed(self, partition: _Partition, batch: _Batch, exc: Failed) -> None:
+        self._release(partition, batch)
         records = batch.builder.record_count()
         self._dropped_failed.inc(records)
         self._produce_errors.inc(records)

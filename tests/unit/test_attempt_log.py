@@ -223,6 +223,38 @@ async def test_one_stalled_partition_holds_up_only_its_own_records(
     assert log.held_bytes == 0
 
 
+async def test_all_partitions_together_hold_at_most_the_total_bound(
+    producer: StandInProducer,
+) -> None:
+    """However many partitions the topic has, a broker that takes nothing makes the log hold
+    at most ``max_total_bytes`` of them all, each partition within its own bound."""
+    endpoints = endpoints_by_partition()
+    producer.stalled.update(PARTITIONS)
+    per_partition = 100 * size_of(0, "ep_0")
+    total = 150 * size_of(0, "ep_0")
+    log = AttemptLog(
+        producer,
+        "webhook.attempts",
+        service="unit-total",
+        max_bytes=per_partition,
+        max_total_bytes=total,
+    )
+    writer = asyncio.create_task(log.run())
+    await asyncio.sleep(0)
+    before = dropped("unit-total", "full")
+    for n in range(1000):
+        for partition in PARTITIONS:
+            log.record(record(n, endpoints[partition][n % 4]))
+
+    assert total - 3 * size_of(999, "ep_0") <= log.held_bytes <= total
+    assert dropped("unit-total", "full") - before >= 3000 - 150
+    for partition in PARTITIONS:
+        producer.release(partition)
+    await asyncio.sleep(0.05)
+    writer.cancel()
+    assert log.held_bytes == 0
+
+
 async def test_failed_sends_are_counted_and_the_writer_goes_on(producer: StandInProducer) -> None:
     producer.fail = True
     log = AttemptLog(producer, "webhook.attempts", service="unit-failed")
