@@ -126,7 +126,6 @@ class AttemptLog:
         # Records given before the topic's partitions are known, held within one partition's
         # bound.
         self._early: deque[tuple[bytes, bytes]] = deque()
-        self._early_held = 0
         self._failing = False  # logged once per run of failures, not once per record
         self._dropped_full = self._dropped(service, "full")
         self._dropped_failed = self._dropped(service, "send_failed")
@@ -193,11 +192,11 @@ class AttemptLog:
         sent.add_done_callback(partial(self._answered, partition, batch))
 
     def _hold_early(self, key: bytes, value: bytes, size: int) -> None:
-        if self._early_held + size > self._max_bytes:
+        # Until the partitions are known, every record held is an early one.
+        if self._held + size > self._max_bytes:
             self._dropped_full.inc()
             return
         self._early.append((key, value))
-        self._early_held += size
         self._held += size
 
     async def _learn_partitions(self) -> None:
@@ -220,7 +219,6 @@ class AttemptLog:
         for key, value in self._early:
             self._partition_of(key).add(key, value)
         self._early.clear()
-        self._early_held = 0
 
     def _partition_of(self, key: bytes) -> _Partition:
         return self._partitions[partition_for_key(key, self._ids, self._ids)]
