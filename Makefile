@@ -45,9 +45,10 @@ clean:
 # The benchmark (issues 10, 15, 18): its own broker on a free port, the services as processes,
 # a loopback receiver; then the scale, delivery-log and durable benches (each with its own broker
 # or cluster). Prints the table and writes docs/benchmarks/ (about 20 minutes on 2 cores, some 15
-# more for the durable bench's clusters: run it on a quiet machine). bench-quick: one short run
-# of each of its own scenarios (about 4 minutes), in docs/benchmarks/quick/;
-# `python -m tests.bench --quick --only NAME ...` runs a few.
+# more for the durable bench's clusters and hours for the delivery log at its cap: run it on a
+# quiet machine). bench-quick: one short run of each of its own scenarios (about 4 minutes), in
+# docs/benchmarks/quick/; `python -m tests.bench [--quick] --only NAME ...` runs a few, carrying
+# the other benches' figures from their files.
 bench: install
 	$(VENV)/bin/python -m tests.bench
 

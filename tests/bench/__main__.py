@@ -100,26 +100,41 @@ async def run_scenarios(
 
 def run_external(
     plan: Plan, out: Path, only: list[str] | None
-) -> tuple[list[Figure], dict[str, list[float]]]:
+) -> tuple[list[Figure], dict[str, list[float]], list[str]]:
     """The scale, delivery-log and durable benches, after ours (each starts its own broker or
-    cluster); the scale figures, and the others' samples."""
-    wanted = [name for name in EXTERNAL if (only is None and plan.external) or name in (only or ())]
+    cluster); the scale figures, the others' samples, and which benches were carried.
+
+    A run narrowed by --only carries the figures of the benches it leaves out from their files
+    already in the output directory, so refreshing the short scenarios keeps results.md whole
+    without the hours the delivery log at its cap takes."""
     quick = plan.name == "quick"
     scale: list[Figure] = []
     samples: dict[str, list[float]] = {}
-    if "scale" in wanted:
+    carried: list[str] = []
+    for name in EXTERNAL:
+        wanted = (only is None and plan.external) or name in (only or ())
+        files_there = all((out / file).exists() for file in external.files_of(name))
+        if not wanted and not (only is not None and files_there):
+            continue
         started = time.monotonic()
-        scale = external.run_scale(out, quick=quick)
-        print(f"scale: {time.monotonic() - started:.0f}s", flush=True)
-    if "delivery log" in wanted:
-        started = time.monotonic()
-        samples.update(external.run_delivery_log(out, quick=quick))
-        print(f"delivery log: {time.monotonic() - started:.0f}s", flush=True)
-    if "durable" in wanted:
-        started = time.monotonic()
-        samples.update(external.run_durable(out, quick=quick))
-        print(f"durable: {time.monotonic() - started:.0f}s", flush=True)
-    return scale, samples
+        if name == "scale":
+            scale = (external.run_scale if wanted else external.read_scale)(out, quick=quick)
+        elif name == "delivery log":
+            samples.update(
+                external.run_delivery_log(out, quick=quick)
+                if wanted
+                else external.read_delivery_log(out)
+            )
+        else:
+            samples.update(
+                external.run_durable(out, quick=quick) if wanted else external.read_durable(out)
+            )
+        if wanted:
+            print(f"{name}: {time.monotonic() - started:.0f}s", flush=True)
+        else:
+            carried.append(name)
+            print(f"{name}: not rerun, figures carried from {', '.join(external.files_of(name))}")
+    return scale, samples, carried
 
 
 def main() -> None:
@@ -137,18 +152,26 @@ def main() -> None:
     print(f"clickhook bench ({plan.name}, {plan.repeats} run(s) each); logs in {log_dir}")
     started = time.monotonic()
     samples = asyncio.run(run_scenarios(plan, log_dir, chosen)) if chosen else {}
-    scale, external_samples = run_external(plan, out, args.only)
+    scale, external_samples, carried = run_external(plan, out, args.only)
+    meta["carried"] = carried
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
     measured = figures({**samples, **external_samples}) + scale
     print()
     print(report.text_table(measured))
     report.write_json(out / "results.json", meta, measured)
-    (out / "results.md").write_text(report.markdown_table(measured) + "\n")
+    (out / "results.md").write_text(report.markdown_table(measured) + "\n" + _carried_note(carried))
     sha = (meta["git"]["sha"] or "no git")[:10]
     title = f"clickhook bench ({plan.name}) at {sha}, {meta['started_at'][:16]} UTC"
     report.draw_chart(out / "bench.png", measured, title)
     print(f"\n{meta['duration_s']:.0f}s; wrote {out}/results.json, results.md, bench.png")
+
+
+def _carried_note(carried: list[str]) -> str:
+    if not carried:
+        return ""
+    files = ", ".join(file for name in carried for file in external.files_of(name))
+    return f"\nFigures of {', '.join(carried)} carried from an earlier run of each ({files}).\n"
 
 
 if __name__ == "__main__":

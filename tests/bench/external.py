@@ -41,28 +41,40 @@ CAP_KEYS = {
     "first_page_ms.p95": ("first_page_ms", "p95"),
     "ingest_peak_rss_mb": ("ingest_peak_rss_mb",),
 }
+SCALE_FILE = "scale.json"
+DELIVERY_LOG_FILE = "delivery_log.json"
+CAP_FILE = "delivery_log_cap.json"
+DURABLE_FILE = "durable.json"
 # The full run is 1,000 endpoints at the cap (10 M attempts, 1 M dead letters): hours here.
 QUICK_CAP = ["--scale", "0.005", "--requests", "200"]
 
 
 def run_scale(out_dir: Path, *, quick: bool) -> list[Figure]:
-    out = out_dir / "scale.json"
-    _run(["tests.bench.scale", "--out", str(out), *(["--quick"] if quick else [])])
-    entries = json.loads(out.read_text())["figures"]
+    _run(["tests.bench.scale", "--out", str(out_dir / SCALE_FILE), *(["--quick"] if quick else [])])
+    return read_scale(out_dir, quick=quick)
+
+
+def read_scale(out_dir: Path, *, quick: bool) -> list[Figure]:
+    entries = json.loads((out_dir / SCALE_FILE).read_text())["figures"]
     samples = {entry["key"]: entry["samples"] for entry in entries}
     return figures(samples, specs_for(SCALE_QUICK if quick else SCALE_FULL))
 
 
 def run_delivery_log(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
-    out = out_dir / "delivery_log.json"
-    _run(["tests.bench.delivery_log", "--output", str(out), *(QUICK_DELIVERY_LOG if quick else [])])
-    samples = _picked(json.loads(out.read_text()), DELIVERY_LOG_KEYS)
-    cap_out = out_dir / "delivery_log_cap.json"
     _run(
-        ["tests.bench.delivery_log", "at-cap", "--output", str(cap_out)]
+        ["tests.bench.delivery_log", "--output", str(out_dir / DELIVERY_LOG_FILE)]
+        + (QUICK_DELIVERY_LOG if quick else [])
+    )
+    _run(
+        ["tests.bench.delivery_log", "at-cap", "--output", str(out_dir / CAP_FILE)]
         + (QUICK_CAP if quick else [])
     )
-    cap = json.loads(cap_out.read_text())
+    return read_delivery_log(out_dir)
+
+
+def read_delivery_log(out_dir: Path) -> dict[str, list[float]]:
+    samples = _picked(json.loads((out_dir / DELIVERY_LOG_FILE).read_text()), DELIVERY_LOG_KEYS)
+    cap = json.loads((out_dir / CAP_FILE).read_text())
     for store in CAP_STORES:
         keys = {f"delivery_log.{store}.{key}": path for key, path in CAP_KEYS.items()}
         samples.update(_picked(cap.get(store, {}), keys))
@@ -70,10 +82,25 @@ def run_delivery_log(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
 
 
 def run_durable(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
-    out = out_dir / "durable.json"
-    _run(["tests.bench.durable", "--out", str(out), *(["--quick"] if quick else [])])
-    entries = json.loads(out.read_text())["figures"]
+    _run(
+        ["tests.bench.durable", "--out", str(out_dir / DURABLE_FILE)]
+        + (["--quick"] if quick else [])
+    )
+    return read_durable(out_dir)
+
+
+def read_durable(out_dir: Path) -> dict[str, list[float]]:
+    entries = json.loads((out_dir / DURABLE_FILE).read_text())["figures"]
     return {entry["key"]: entry["samples"] for entry in entries}
+
+
+def files_of(name: str) -> tuple[str, ...]:
+    """The files an external bench writes into the output directory, by its --only name."""
+    return {
+        "scale": (SCALE_FILE,),
+        "delivery log": (DELIVERY_LOG_FILE, CAP_FILE),
+        "durable": (DURABLE_FILE,),
+    }[name]
 
 
 def _picked(found: dict[str, Any], keys: dict[str, tuple[str, ...]]) -> dict[str, list[float]]:
