@@ -193,6 +193,8 @@ class Deliverer:
         it or as the delivery's own history of this run says (another process may have seen
         its failures); None when it was not failing."""
         seen_s = self._breaker.failing_since_s(endpoint.id)
+        if seen_s is None and not envelope.attempts:
+            return None  # a first attempt, to an endpoint seen healthy: most successes
         known_ms = [
             start_ms
             for start_ms in (
@@ -234,7 +236,7 @@ class Deliverer:
         else:
             delay_s = self._settings.retry_schedule_s[0]
         queued = await self._wait(envelope, delay_s, deferrals=envelope.deferrals + 1, trace=trace)
-        await self._after_hand_off("deferral record", self._record_deferral(queued, reason))
+        self._after_hand_off_now("deferral record", lambda: self._record_deferral(queued, reason))
 
     def _busy_delay_s(self, envelope: DeliveryEnvelope, rate_limit_per_s: float | None) -> float:
         """The tier a delivery held back by its endpoint's caps waits in: twice as long as the
@@ -266,7 +268,7 @@ class Deliverer:
                 if until_s > now_s
             }
 
-    async def _record_deferral(self, envelope: DeliveryEnvelope, reason: DeferralReason) -> None:
+    def _record_deferral(self, envelope: DeliveryEnvelope, reason: DeferralReason) -> None:
         metrics.DELIVERIES_DEFERRED.labels(service=self._service, reason=reason).inc()
         self._log_record(
             AttemptRecord(
@@ -291,6 +293,14 @@ class Deliverer:
         except Exception:  # any failure here: it must not undo a finished hand-off
             log.exception("after_hand_off_failed", step=step)
 
+    def _after_hand_off_now(self, step: str, work: Callable[[], None]) -> None:
+        """As ``_after_hand_off``, for what follows without waiting (a record, a metric, a log
+        line): no coroutine made and awaited for it, as there was for every delivery."""
+        try:
+            work()
+        except Exception:  # any failure here: it must not undo a finished hand-off
+            log.exception("after_hand_off_failed", step=step)
+
     async def dead_letter(
         self,
         envelope: DeliveryEnvelope,
@@ -301,12 +311,12 @@ class Deliverer:
         letter = DeadLetter(reason=reason, dead_at_ms=int(self._clock() * 1000), envelope=envelope)
         headers = [(HEADER_REASON, reason.encode())]
         await self._send(self._topics.dlq, letter, envelope, headers, trace)
-        await self._after_hand_off("dead-letter record", self._count_dead(envelope, reason))
+        self._after_hand_off_now("dead-letter record", lambda: self._count_dead(envelope, reason))
         await self._after_hand_off(
             "exhausted event", self._operational.publish(delivery_exhausted(letter))
         )
 
-    async def _count_dead(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
+    def _count_dead(self, envelope: DeliveryEnvelope, reason: DeadLetterReason) -> None:
         metrics.DEAD_LETTERS.labels(service=self._service, reason=reason).inc()
         log.warning("delivery_dead_lettered", reason=reason, attempts=envelope.attempts_made)
 
@@ -321,7 +331,7 @@ class Deliverer:
         """Where the route says: nowhere (delivered), a retry tier, or the dead letters."""
         match route:
             case Delivered():
-                await self._after_hand_off("attempt record", self._log_attempt(record))
+                self._after_hand_off_now("attempt record", lambda: self._log_record(record))
             case RetryLater(tier=tier, at_least_s=at_least_s):
                 delay_s = max(self._settings.retry_schedule_s[tier], at_least_s)
                 queued = await self._wait(
@@ -330,23 +340,18 @@ class Deliverer:
                     deferrals=0,
                     trace=trace,
                 )
-                await self._after_hand_off("retry record", self._record_retry(record, queued))
+                self._after_hand_off_now("retry record", lambda: self._record_retry(record, queued))
             case DeadLettered(reason=reason):
                 await self.dead_letter(envelope, reason, trace=trace)
-                await self._after_hand_off(
-                    "attempt record", self._log_attempt(record, dead_letter_reason=reason)
+                self._after_hand_off_now(
+                    "attempt record", lambda: self._log_record(record, dead_letter_reason=reason)
                 )
                 if reason == "endpoint_gone":
                     self._disable_soon(endpoint, "endpoint answered 410 Gone")
 
-    async def _record_retry(self, record: AttemptRecord, queued: DeliveryEnvelope) -> None:
+    def _record_retry(self, record: AttemptRecord, queued: DeliveryEnvelope) -> None:
         metrics.RETRY_SCHEDULED.labels(service=self._service, tier=str(queued.tier)).inc()
         self._log_record(record, next_attempt_at_ms=queued.due_at_ms)
-
-    async def _log_attempt(
-        self, record: AttemptRecord, *, dead_letter_reason: DeadLetterReason | None = None
-    ) -> None:
-        self._log_record(record, dead_letter_reason=dead_letter_reason)
 
     async def _wait(
         self,
