@@ -14,7 +14,8 @@ never be what limits a figure. Routes, by path:
 - ``GET /_count/<group>``    how many arrived so far (cheap enough to poll)
 - ``GET /_ledger/<group>``   the group's ledger (JSON)
 
-Run: ``python -m tests.bench.receiver PORT LIFETIME_S``; it exits by itself after LIFETIME_S.
+Run: ``python -m tests.bench.receiver PORT``, its stdin a pipe; it exits by itself once the pipe
+closes.
 """
 
 from __future__ import annotations
@@ -226,17 +227,25 @@ class Connection(asyncio.Protocol):
         self._write(head % len(payload) + payload)
 
 
-async def serve(port: int, lifetime_s: float) -> None:
+async def serve(port: int) -> None:
     groups: Groups = {}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Connection(groups), "127.0.0.1", port, backlog=4096)
     async with server:
-        await asyncio.sleep(lifetime_s)
+        await _until_stdin_closes()
+
+
+async def _until_stdin_closes() -> None:
+    """Until the bench that started it is gone (stopped, crashed or killed): it holds the other
+    end of our stdin. A fixed lifetime cut the receiver off once a full run grew past it."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.read()
 
 
 def main() -> None:
-    port, lifetime_s = int(sys.argv[1]), float(sys.argv[2])
-    uvloop.run(serve(port, lifetime_s))
+    uvloop.run(serve(int(sys.argv[1])))
 
 
 if __name__ == "__main__":

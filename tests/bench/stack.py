@@ -24,8 +24,6 @@ from tests.support.services import ROOT, ServiceProcess, free_port, service_env
 ADMIN_TOKEN = "bench-admin"
 PUBLISH_TOKEN = "bench-publish"
 SERVICES = ("ingest", "dispatcher", "retry")
-# Every child is stopped by the bench; this bounds the ones it could not stop (a crash).
-RECEIVER_LIFETIME_S = 900
 JOB_TIMEOUT_S = 300
 BROKER_START_ATTEMPTS = 3
 
@@ -100,7 +98,8 @@ class ReceiverProcess:
         command = [sys.executable, "-m", "tests.bench.receiver"]
         with self._log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*command, str(self.port), str(RECEIVER_LIFETIME_S)],
+                [*command, str(self.port)],
+                stdin=subprocess.PIPE,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
