@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
+from aiokafka.structs import OffsetAndMetadata
 
 from shared.kafka.clients import Record, create_consumer, ensure_topics
 from shared.kafka.partition_worker import PartitionWorker
@@ -420,3 +421,76 @@ async def test_a_rebalance_without_a_crash_does_no_record_twice(settings: Settin
 
     twice = [key for key, count in Counter(done).items() if count > 1]
     assert twice == [], f"{len(twice)} records done twice, e.g. {twice[:5]}"
+
+
+async def test_a_slow_commit_stops_no_delivery_and_commits_never_overlap(
+    settings: Settings,
+) -> None:
+    """A broker that takes 0.3 s per commit, three times the commit interval: the records
+    produced meanwhile are handled without waiting for it, the commits run one at a time with
+    offsets that never go back, and the stop commits everything handled."""
+    topic = settings.topic_prefix + "slow-commit"
+    await ensure_topics(settings, [NewTopic(topic, 1, 1)])
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "slow-commit")
+    handled_at: dict[bytes, float] = {}
+    commits: list[tuple[float, float, int]] = []  # start, end, offset
+    committing = 0
+    real_commit = consumer.commit
+
+    async def slow_commit(offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        nonlocal committing
+        committing += 1
+        assert committing == 1, "commits overlap"
+        started = time.monotonic()
+        await asyncio.sleep(0.3)
+        await real_commit(offsets)
+        committing -= 1
+        (meta,) = offsets.values()
+        commits.append((started, time.monotonic(), meta.offset))
+
+    consumer.commit = slow_commit
+
+    async def handle(record: Record) -> None:
+        handled_at[record.value] = time.monotonic()
+
+    worker = PartitionWorker(consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=5)
+    consumer.subscribe([topic], listener=worker.listener)
+    stop = asyncio.Event()
+    await consumer.start()
+    running = asyncio.create_task(worker.run(stop))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    produced_at: dict[bytes, float] = {}
+    try:
+        async with asyncio.timeout(60):
+            while not consumer.assignment():  # noqa: ASYNC110 - until the group has formed
+                await asyncio.sleep(0.05)
+            for n in range(RECORDS):
+                value = b"%d" % n
+                await producer.send_and_wait(topic, value)
+                produced_at[value] = time.monotonic()
+                await asyncio.sleep(0.01)
+            while len(handled_at) < RECORDS:  # noqa: ASYNC110 - the handler records as it runs
+                await asyncio.sleep(0.05)
+        stop.set()
+        await running
+        tp = TopicPartition(topic, 0)
+        committed = await consumer.committed(tp)
+        (end,) = (await consumer.end_offsets([tp])).values()
+    finally:
+        stop.set()
+        await producer.stop()
+        await consumer.stop()
+
+    waits = sorted(handled_at[value] - produced_at[value] for value in produced_at)
+    during_commits = [
+        value
+        for value, at in handled_at.items()
+        if any(start < at < end for start, end, _ in commits)
+    ]
+    assert len(commits) >= 5
+    assert len(during_commits) >= RECORDS // 2  # commits take most of the time
+    assert waits[int(0.99 * len(waits))] < 0.2  # none waited out a 0.3 s commit
+    offsets = [offset for _, _, offset in commits]
+    assert offsets == sorted(offsets)
+    assert committed == end
