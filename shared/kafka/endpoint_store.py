@@ -31,6 +31,7 @@ from shared.kafka.window import read_to_ends
 from shared.model.endpoint_table import EndpointTable
 from shared.model.errors import ClickhookError
 from shared.model.messages import Endpoint, decode_endpoint, encode_endpoint
+from shared.model.templates import load_engine
 from shared.model.topics import Topics
 from shared.ops import metrics
 from shared.ops.process import close_quietly
@@ -258,6 +259,8 @@ class EndpointStore:
                 "endpoint_record_unreadable", endpoint_id=endpoint_id, error=str(exc)
             )
             return
+        if endpoint.format == "template":
+            load_engine()  # before ready, or now: never at a delivery (templates.py)
         self.table.apply(endpoint_id, endpoint, offset)
 
     def _update_gauge(self) -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
 from shared.model.endpoint_table import EndpointTable
-from shared.model.messages import Endpoint, EndpointSecret
+from shared.model.messages import (
+    Endpoint,
+    EndpointFilters,
+    EndpointSecret,
+    decode_endpoint,
+    encode_endpoint,
+)
+from shared.model.signing import generate_secret
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -143,3 +153,111 @@ def test_counts_follow_endpoints_disabled_enabled_and_deleted(table: EndpointTab
     assert table.counts() == (0, 1)
     table.apply("ep_1", _endpoint("ep_1"), offset=5)
     assert table.counts() == (1, 0)
+
+
+def test_a_record_older_than_a_recreation_is_ignored(table: EndpointTable) -> None:
+    table.apply("ep_1", _endpoint(), offset=1)
+    table.apply("ep_1", None, offset=2)
+    recreated = _endpoint(url="https://hooks.example.com/again")
+    assert table.apply("ep_1", recreated, offset=3) is True
+    assert table.apply("ep_1", None, offset=2) is False
+    assert table.apply("ep_1", _endpoint(), offset=1) is False
+    assert table.get("ep_1") == _at(recreated, 3)
+
+
+# --- held in fewer bytes, read the same --------------------------------------------------------
+
+LATER = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def _full(endpoint_id: str = "ep_1") -> Endpoint:
+    """An endpoint with every optional field set."""
+    return msgspec.structs.replace(
+        _endpoint(endpoint_id),
+        filters=EndpointFilters(link_ids=["lnk_1", "lnk_2"], tags=["t"]),
+        signature_styles=["github"],
+        headers={"authorization": "Bearer x"},
+        metadata={"shortener_id": "42"},
+        secrets=[EndpointSecret("whsec_AAAA"), EndpointSecret("whsec_BBBB", expires_at=LATER)],
+        format="template",
+        template='{"k": {{ link.key | json }}}',
+        updated_at=LATER,
+    )
+
+
+def _decoded(endpoint: Endpoint) -> Endpoint:
+    """As the follower reads it from the topic."""
+    return decode_endpoint(encode_endpoint(endpoint))
+
+
+@pytest.mark.parametrize("make", [_endpoint, _full], ids=["bare", "full"])
+def test_a_held_endpoint_reads_writes_and_shows_as_the_record(
+    table: EndpointTable, make: Callable[[str], Endpoint]
+) -> None:
+    record = _decoded(make("ep_1"))
+    table.apply("ep_1", record, offset=4)
+    held = table.get("ep_1")
+    assert held is not None
+    assert held == _at(record, 4)
+    assert encode_endpoint(held) == encode_endpoint(record)
+    assert held.public_view() == _at(record, 4).public_view()
+    assert msgspec.to_builtins(held) == msgspec.to_builtins(_at(record, 4))
+
+
+def test_what_endpoints_share_refuses_every_change(table: EndpointTable) -> None:
+    for n in (1, 2):
+        table.apply(f"ep_{n}", _decoded(_endpoint(f"ep_{n}")), offset=n)
+    first, second = table.get("ep_1"), table.get("ep_2")
+    assert first is not None
+    assert second is not None
+    assert first.headers is second.headers
+    assert first.signature_styles is second.signature_styles
+    with pytest.raises(TypeError):
+        first.headers["authorization"] = "Bearer x"
+    with pytest.raises(TypeError):
+        first.metadata.update({"k": "v"})
+    with pytest.raises(TypeError):
+        first.signature_styles.append("github")
+    assert second.headers == {}
+    assert second.metadata == {}
+    assert second.signature_styles == []
+
+
+def test_an_endpoint_with_its_own_values_keeps_them(table: EndpointTable) -> None:
+    table.apply("ep_1", _decoded(_full()), offset=1)
+    held = table.get("ep_1")
+    assert held is not None
+    held.headers["x-more"] = "1"  # its own dict, as decoded: nobody else's changes
+    assert held.updated_at == LATER
+    assert held.created_at == AT
+
+
+SCALE_ENDPOINTS = 10_000
+# The scale bench's endpoints (tests/bench/scale.py): one link filter, one secret. Decoded as
+# they are, 1,180 bytes each; held, about 860 (docs/performance.md, issue 26 follow-up).
+HELD_BYTES_MAX = 950
+
+
+def test_a_table_holds_an_endpoint_in_under_950_bytes(table: EndpointTable) -> None:
+    records = [
+        encode_endpoint(
+            msgspec.structs.replace(
+                _endpoint(f"ep_{n // 100}_{n % 100}", account_id=f"acc_{n // 100}"),
+                url=f"http://127.0.0.1:9/ok/big/{n // 100}-{n % 100}",
+                filters=EndpointFilters(link_ids=[f"lnk_{n % 100}"]),
+                secrets=[EndpointSecret(generate_secret())],
+            )
+        )
+        for n in range(SCALE_ENDPOINTS)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for offset, record in enumerate(records):
+            endpoint = decode_endpoint(record)
+            table.apply(endpoint.id, endpoint, offset)
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held / SCALE_ENDPOINTS < HELD_BYTES_MAX

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
@@ -57,7 +56,6 @@ from services.ingest.delivery_log.fill import (
     stored_positions,
 )
 from services.ingest.delivery_log.history import HistoryBatch, HistoryReader, index_consumer
-from services.ingest.delivery_log.pg_store import PgReader, PgWriter, PositionsMoved
 from services.ingest.delivery_log.store import (
     Fetched,
     IndexFormatChanged,
@@ -67,6 +65,7 @@ from services.ingest.delivery_log.store import (
     LogReader,
     LogWriter,
     Positions,
+    PositionsMoved,
     failure_reason,
     ms_to_datetime,
 )
@@ -109,15 +108,6 @@ READER_THREADS = 2
 DETAIL_TIMEOUT_S = 5.0
 # How often a replica of a shared store asks how far the store is behind the topics.
 SHARED_STATUS_EVERY_S = 2.0
-# What a failed query of either store raises.
-QUERY_ERRORS = (sqlite3.Error, psycopg.Error)
-
-
-def store_failure_reason(exc: BaseException) -> str:
-    """``full`` (SQLite's limit, a full disk, PostgreSQL's disk), ``corrupt`` or ``error``."""
-    if isinstance(exc, psycopg.errors.DiskFull):
-        return "full"
-    return failure_reason(exc)
 
 
 def _now_ms() -> int:
@@ -244,6 +234,15 @@ class DeliveryLog:
         # Shared (PostgreSQL): the group's members index; every replica follows the replays
         # (and asks the topics' ends) with a consumer of its own.
         self._shared = bool(settings.delivery_log_url)
+        # What a failed query raises, and how a failure is counted (``full``, ``corrupt`` or
+        # ``error``). psycopg, some 8 MB of the process, is imported only for the shared store.
+        self._query_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        self._failure_reason: Callable[[BaseException], str] = failure_reason
+        if self._shared:
+            from services.ingest.delivery_log import pg_store  # noqa: PLC0415 - see above
+
+            self._query_errors = (sqlite3.Error, *pg_store.QUERY_ERRORS)
+            self._failure_reason = pg_store.pg_failure_reason
         self._consumer = index_consumer(
             settings,
             "clickhook-delivery-log",
@@ -471,6 +470,8 @@ class DeliveryLog:
         await self._replays.seek_to_beginning(*replays)
 
     async def _open_shared(self) -> dict[tuple[str, int], int]:
+        from services.ingest.delivery_log.pg_store import PgReader, PgWriter  # noqa: PLC0415
+
         settings = self._settings
         self._writer = writer = await self._write(
             PgWriter,
@@ -579,7 +580,7 @@ class DeliveryLog:
 
     def _failed(self, exc: BaseException) -> bool:
         """Degrade the routes; True when the next try needs a fresh index."""
-        reason = store_failure_reason(exc)
+        reason = self._failure_reason(exc)
         self._failures += 1
         self._unavailable = reason
         self._retry_after_s = math.ceil(retry_delay_s(self._failures))
@@ -805,9 +806,9 @@ class DeliveryLog:
             return await asyncio.get_running_loop().run_in_executor(
                 self._reader_threads, work, *args
             )
-        except QUERY_ERRORS as exc:
+        except self._query_errors as exc:
             log.warning("delivery_log_query_failed", error=repr(exc))
-            raise self._unavailable_error(store_failure_reason(exc)) from exc
+            raise self._unavailable_error(self._failure_reason(exc)) from exc
 
     @property
     def reader(self) -> IndexQueries:

@@ -75,9 +75,11 @@ from services.ingest.delivery_log.store import (
     IndexWriter,
     Page,
     Positions,
+    PositionsMoved,
     Rows,
     StoredAttempt,
     Timed,
+    failure_reason,
 )
 from shared.model.errors import ClickhookError
 from shared.ops import metrics
@@ -170,9 +172,15 @@ PARTITIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.p
 Prepared = tuple[set[tuple[str, str]], Timed, set[int]]
 
 
-class PositionsMoved(ClickhookError):
-    """Another writer indexed these partitions since this one last did (a rebalance): the
-    batch was not written; seek to the stored positions and go on from there."""
+# What a failed query of the store raises.
+QUERY_ERRORS = (psycopg.Error,)
+
+
+def pg_failure_reason(exc: BaseException) -> str:
+    """As ``store.failure_reason``, with PostgreSQL's full disk ``full``."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return "full"
+    return failure_reason(exc)
 
 
 class StoreLayoutChanged(ClickhookError):

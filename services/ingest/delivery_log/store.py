@@ -398,6 +398,12 @@ class IndexFull(ClickhookError):
     the batch was written."""
 
 
+class PositionsMoved(ClickhookError):
+    """Another writer indexed these partitions since this one last did (a rebalance): the
+    batch was not written; seek to the stored positions and go on from there. Raised by the
+    shared store (``pg_store``); here so that the log catches it without importing psycopg."""
+
+
 class IndexFormatChanged(ClickhookError):
     """A file left by a build that wrote another layout: it is built again."""
 
