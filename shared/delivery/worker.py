@@ -15,7 +15,7 @@ from shared.delivery.endpoint_gate import EndpointGate, gate_for
 from shared.delivery.http_client import WebhookClient
 from shared.delivery.sender import Sender
 from shared.kafka.caps_membership import FIRST_SHARE_TIMEOUT_S, CapsMembership
-from shared.kafka.clients import create_audit_producer
+from shared.kafka.clients import HANDOFF_LINGER_MS, create_audit_producer
 from shared.kafka.lag import LagScope, lag_reporting
 from shared.kafka.partition_worker import PartitionWorker
 from shared.kafka.service_base import ServiceBase, service_base
@@ -50,7 +50,7 @@ async def run_delivery_worker(
     metrics.initialise(service, settings)
     async with (
         tracing(settings, service),
-        service_base(settings) as base,
+        service_base(settings, linger_ms=HANDOFF_LINGER_MS) as base,
         deliverer_for(base, service) as deliverer,
         caps_share(base, service) as membership,
         ops_server(base, port(settings)),

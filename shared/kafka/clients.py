@@ -74,6 +74,17 @@ def partition_for_key(key: bytes | None, all_partitions: list[int], available: l
     return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
+# The dispatcher's and the retry service's producer, which hands deliveries off to the tiers
+# and the dead letters, lingers this long. No click waits on a hand-off (only its record's
+# commit does), and without a linger a steady stream of them (a hung endpoint's deferrals, one
+# per click) went out as a produce request each, one as soon as the last was answered: 500 a
+# second beside a 500/s stream, each a turn of the broker's request handlers that the clicks'
+# own produce and fetch requests queued behind, and a compressed one-record batch to build in
+# the service. The fast endpoints' p99 beside a hung one halved with 5 ms (docs/performance.md,
+# "Latency regressions since 12-01").
+HANDOFF_LINGER_MS = 5
+
+
 def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
     """Idempotent producer (acks=all): a send resolves only once the record is durable; one
     whose sequence the broker lost starts again under a new producer id (``idempotence``).
@@ -82,9 +93,10 @@ def create_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProduc
     kilobyte or two each) to the retry tiers at once, and aiokafka sends one batch per
     partition at a time; with the default 16 KiB those hand-offs queued for minutes.
 
-    No linger: aiokafka keeps one request in flight per broker, and what arrives meanwhile
-    is batched anyway, so under load batches fill by themselves; at light load a linger only
-    made each click wait (5 ms was most of a click's way through the pipeline at 200/s).
+    No linger by default: aiokafka keeps one request in flight per broker, and what arrives
+    meanwhile is batched anyway, so under load batches fill by themselves; at light load a
+    linger only made each click wait (5 ms was most of a click's way through the pipeline at
+    200/s). The delivering services' hand-offs linger (``HANDOFF_LINGER_MS``).
     """
     return SequenceRecoveringProducer(
         bootstrap_servers=settings.kafka_bootstrap,

@@ -76,12 +76,12 @@ async def _ensure_topics_when_reachable(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def service_base(settings: Settings) -> AsyncIterator[ServiceBase]:
+async def service_base(settings: Settings, *, linger_ms: int = 0) -> AsyncIterator[ServiceBase]:
     """The base, for the block's duration; raises ``BackgroundTaskFailed`` on the way out when
-    a supervised task died (the block was stopped for it)."""
+    a supervised task died (the block was stopped for it). ``linger_ms``: its producer's."""
     stop = asyncio.Event()
     await _ensure_topics_when_reachable(settings)
-    producer = create_producer(settings)
+    producer = create_producer(settings, linger_ms=linger_ms)
     await producer.start()
     endpoints = EndpointStore(settings)
     probe = BrokerProbe(producer)
