@@ -19,7 +19,7 @@ Here a record goes straight into its partition's open batch, without an await; o
 the partition's next batch over, behind one the sender has not taken yet, waits, and only for
 that partition. The same drains then dropped none of their records, at fan-out 1, 10 and 100,
 and the writer with its producer took 2.2 % of the dispatcher's busy samples against 4.0 %
-(docs/performance.md, "The writer, batch by batch").
+(docs/performance-history.md, "The writer, batch by batch").
 """
 
 from __future__ import annotations

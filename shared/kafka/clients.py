@@ -80,8 +80,8 @@ def partition_for_key(key: bytes | None, all_partitions: list[int], available: l
 # per click) went out as a produce request each, one as soon as the last was answered: 500 a
 # second beside a 500/s stream, each a turn of the broker's request handlers that the clicks'
 # own produce and fetch requests queued behind, and a compressed one-record batch to build in
-# the service. The fast endpoints' p99 beside a hung one halved with 5 ms (docs/performance.md,
-# "Latency regressions since 12-01").
+# the service. The fast endpoints' p99 beside a hung one halved with 5 ms
+# (docs/performance-history.md, "Latency regressions since 12-01").
 HANDOFF_LINGER_MS = 5
 
 

@@ -234,7 +234,7 @@ def test_an_endpoint_with_its_own_values_keeps_them(table: EndpointTable) -> Non
 
 SCALE_ENDPOINTS = 10_000
 # The scale bench's endpoints (tests/bench/scale.py): one link filter, one secret. Decoded as
-# they are, 1,180 bytes each; held, about 860 (docs/performance.md, issue 26 follow-up).
+# they are, 1,180 bytes each; held, about 860 (docs/performance-history.md, issue 26 follow-up).
 HELD_BYTES_MAX = 950
 
 

@@ -1,7 +1,8 @@
 """What a service loads when it starts: the optional features' libraries only when they are on.
 
-Each is megabytes of every process (docs/performance.md, issue 26 follow-up): the OpenTelemetry
-SDK (tracing on), Liquid (a template endpoint) and psycopg (the shared PostgreSQL delivery log).
+Each is megabytes of every process (docs/performance-history.md, issue 26 follow-up): the
+OpenTelemetry SDK (tracing on), Liquid (a template endpoint) and psycopg (the shared PostgreSQL
+delivery log).
 """
 
 from __future__ import annotations
