@@ -257,7 +257,8 @@ class PartitionWorker:
         time, not from now: a head fetched a second before it is due keeps what falls due
         right behind it, which would otherwise be fetched only once the head had started.)"""
         if head_due_ms - now_ms > PARK_AFTER_S * 1000:
-            return deque(records[head : head + 1])  # parked: ``_hold`` keeps none of it
+            # Parked: ``_hold`` keeps none of it (all of it, should the head be nearer by then).
+            return deque(records[head:])
         horizon_ms = head_due_ms + int(PARK_AFTER_S * 1000)
         for index in range(head + 1, len(records)):
             due_ms = self._due_ms(records[index])
