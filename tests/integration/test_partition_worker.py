@@ -368,6 +368,80 @@ async def test_waiting_partitions_hold_no_more_than_the_bound_and_starve_no_due_
     assert len(started) == TIERS * TIER_PARTITIONS + 1
 
 
+# Two tiers: the first's records fall due over 6 s, far more of them than the bound; the
+# second's head falls due just after the first's.
+FIRST_TIER = 24
+FIRST_TIER_APART_MS = 250
+SECOND_TIER = 10
+SECOND_TIER_APART_MS = 50
+SECOND_AFTER_FIRST_MS = 100
+# A held record starts at most HELD_STEP_MS after its due time; the rest is the loop's turn.
+LATE_AT_MOST_MS = 150
+
+
+async def test_a_tier_with_more_records_due_than_the_bound_starves_no_other_tiers_head(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench's 3 s tier (issue 26 follow-up): a first tier's records, more than the bound,
+    due over seconds; a second tier's head due 0.1 s after the first's. Were everything fetched
+    behind the first tier's head held, it would fill the bound (the worker fetches only what
+    fits) and the second tier's head, fetched only once the first's had started down to the
+    resume share (three of them, 0.5 s), would start some 0.4 s late. Held behind a head is
+    only what falls due within ``PARK_AFTER_S``: the second tier's records start within
+    ``LATE_AT_MOST_MS`` of due, every record once, in order, never early, and held + running
+    never exceed the bound."""
+    first, second = (settings.topic_prefix + name for name in ("first", "second"))
+    await ensure_topics(settings, [NewTopic(first, 1, 1), NewTopic(second, 1, 1)])
+    # Far enough off that both heads are first parked, then fetched a second before due.
+    first_due_ms = int(time.time() * 1000) + 3500
+    second_due_ms = first_due_ms + SECOND_AFTER_FIRST_MS
+    records = [
+        (first, 0, b"%d" % (first_due_ms + FIRST_TIER_APART_MS * n)) for n in range(FIRST_TIER)
+    ]
+    records += [
+        (second, 0, b"%d" % (second_due_ms + SECOND_TIER_APART_MS * n)) for n in range(SECOND_TIER)
+    ]
+    await _produce_to_partitions(settings.kafka_bootstrap, records)
+    consumer = create_consumer(settings, group_id=settings.topic_prefix + "two_tiers")
+    started: dict[str, list[tuple[int, int, int]]] = {first: [], second: []}
+    over_bound: list[int] = []
+
+    async def handle(record: Record) -> None:
+        over_bound.extend([worker.occupancy] if worker.occupancy > MAX_IN_FLIGHT else [])
+        at_ms = int(time.time() * 1000)
+        started[record.topic].append((record.offset, _due_ms(record) or 0, at_ms))
+
+    real_getmany = consumer.getmany
+
+    async def getmany_within_the_bound(
+        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        batches: dict[TopicPartition, list[Record]] = await real_getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+        fetched = sum(map(len, batches.values()))
+        if worker.occupancy + fetched > MAX_IN_FLIGHT:
+            over_bound.append(worker.occupancy + fetched)
+        return batches
+
+    monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
+    worker = PartitionWorker(
+        consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=1, not_before_ms=_due_ms
+    )
+    consumer.subscribe([first, second], listener=worker.listener)
+    try:
+        await _run_until(worker, consumer, lambda: sum(map(len, started.values())) >= len(records))
+    finally:
+        await consumer.stop()
+
+    assert over_bound == []
+    for topic, count in ((first, FIRST_TIER), (second, SECOND_TIER)):
+        assert [offset for offset, _, _ in started[topic]] == list(range(count))
+        assert [o for o, due_ms, at_ms in started[topic] if at_ms < due_ms] == []
+    lateness_ms = [at_ms - due_ms for _, due_ms, at_ms in started[second]]
+    assert max(lateness_ms) <= LATE_AT_MOST_MS, lateness_ms
+
+
 # --- a rebalance without a crash: nothing done twice ------------------------------------------
 
 
