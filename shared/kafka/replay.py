@@ -45,10 +45,12 @@ from shared.model.errors import ClickhookError
 from shared.model.messages import (
     REPLAY_HEARTBEAT_MS,
     DeadLetter,
+    DeadLetterHead,
     ReplayCancel,
     ReplayJob,
     ReplayState,
     decode_dead_letter,
+    decode_dead_letter_head,
     encode,
 )
 from shared.model.replays import ReplayBook, cancel_key
@@ -358,19 +360,23 @@ class ReplayRun:
             await self._flush()
 
     def _letter(self, record: Record) -> DeadLetter | None:
-        """The record's dead letter if it is this job's: its endpoint's, died in the window."""
+        """The record's dead letter if it is this job's: its endpoint's, died in the window.
+        Only this job's letters are decoded whole; the others' head says enough."""
         if record.value is None:
             return None
         try:
-            letter = decode_dead_letter(record.value)
+            head = decode_dead_letter_head(record.value)
+            if not self._ours(head):
+                return None
+            return decode_dead_letter(record.value)
         except msgspec.DecodeError:
             return None  # a raw, unreadable record kept for an operator: nothing to replay
+
+    def _ours(self, head: DeadLetterHead) -> bool:
         job = self.job
-        if letter.envelope.endpoint_id != job.endpoint_id:
-            return None
-        if not job.since_ms <= letter.dead_at_ms < job.until_ms:
-            return None
-        return letter
+        return (
+            head.endpoint_id == job.endpoint_id and job.since_ms <= head.dead_at_ms < job.until_ms
+        )
 
     async def _replay(self, letter: DeadLetter, offset: int) -> None:
         job = self.job

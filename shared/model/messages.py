@@ -542,6 +542,24 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     envelope: DeliveryEnvelope
 
 
+class _EnvelopeTarget(msgspec.Struct, frozen=True):
+    endpoint_id: str
+
+
+class DeadLetterHead(msgspec.Struct, frozen=True):
+    """Of a stored ``DeadLetter``, whose it is and when it died, and nothing else: a replay
+    reads every letter of its endpoint's partition, most of them other endpoints', and decoding
+    those whole (the event, the history) was most of what it spent on them. Any record that
+    decodes as a ``DeadLetter`` decodes as this."""
+
+    dead_at_ms: int
+    envelope: _EnvelopeTarget
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.envelope.endpoint_id
+
+
 ReplayState = Literal["running", "completed", "cancelled", "failed", "interrupted"]
 # A running job's owner writes its progress at least this often; a running job not updated for
 # REPLAY_STALE_AFTER_MS is taken as interrupted (its process stopped).
@@ -610,6 +628,7 @@ class ReplayCancel(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(DeliveryEnvelope)
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+_dead_letter_head_decoder = msgspec.json.Decoder(DeadLetterHead)
 _endpoint_decoder = msgspec.json.Decoder(Endpoint)
 _attempt_decoder = msgspec.json.Decoder(AttemptRecord)
 _replay_decoder = msgspec.json.Decoder(ReplayJob)
@@ -626,6 +645,10 @@ def decode_envelope(raw: bytes) -> DeliveryEnvelope:
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:
     return _dead_letter_decoder.decode(raw)
+
+
+def decode_dead_letter_head(raw: bytes) -> DeadLetterHead:
+    return _dead_letter_head_decoder.decode(raw)
 
 
 def decode_endpoint(raw: bytes) -> Endpoint:

@@ -258,6 +258,8 @@ def _semantics_specs() -> list[Spec]:
     return [
         Spec("replay.letters", "replay: dead letters in webhook.dlq", ""),
         Spec("replay.write_per_s", "replay: dead letters written/s (setup)", "/s"),
+        Spec("replay.index_behind", "replay: letters not indexed when the write ended", ""),
+        Spec("replay.index_catch_up_s", "replay: the index's catch-up after the write", "s"),
         Spec("replay.replayed", "replay: letters of the big endpoint replayed", ""),
         Spec("replay.duration_s", "replay: the job's duration", "s"),
         Spec("replay.letters_per_s", "replay: letters replayed/s", "/s"),

@@ -26,6 +26,7 @@ from shared.model.messages import (
     decode_attempt,
     decode_click,
     decode_dead_letter,
+    decode_dead_letter_head,
     decode_endpoint,
     decode_envelope,
     decode_json,
@@ -435,6 +436,20 @@ def test_envelope_round_trips(click: dict[str, Any]) -> None:
 def test_dead_letter_round_trips(click: dict[str, Any]) -> None:
     dead = DeadLetter(reason="exhausted", dead_at_ms=1_735_740_000_000, envelope=_envelope(click))
     assert decode_dead_letter(encode(dead)) == dead
+
+
+def test_a_dead_letters_head_is_whose_it_is_and_when_it_died(click: dict[str, Any]) -> None:
+    dead = DeadLetter(reason="exhausted", dead_at_ms=1_735_740_000_000, envelope=_envelope(click))
+    head = decode_dead_letter_head(encode(dead))
+    assert (head.endpoint_id, head.dead_at_ms) == (dead.envelope.endpoint_id, dead.dead_at_ms)
+
+
+def test_a_record_without_a_dead_letters_head_is_refused(click: dict[str, Any]) -> None:
+    raw = encode(DeadLetter(reason="exhausted", dead_at_ms=1, envelope=_envelope(click)))
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.dead_at_ms"):
+        decode_dead_letter_head(raw.replace(b'"dead_at_ms":1', b'"dead_at_ms":"1"'))
+    with pytest.raises(msgspec.DecodeError):
+        decode_dead_letter_head(b"not json")
 
 
 def test_decoding_an_envelope_checks_field_types() -> None:

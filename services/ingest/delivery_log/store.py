@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -55,7 +55,6 @@ from services.ingest.delivery_log.fill import EVICTED_STREAM, evicted_through
 from shared.model.errors import ClickhookError
 from shared.model.messages import (
     AttemptRecord,
-    DeadLetter,
     Outcome,
     ReplayJob,
     decode_attempt,
@@ -638,17 +637,16 @@ class IndexWriter:
 
     def add_dead_letters(self, fetched: Iterable[Fetched], positions: Positions = ()) -> int:
         positions = list(positions)
-        decoded = self._decoded(self._unseen(fetched, positions), decode_dead_letter)
-        endpoints = {(d.record.envelope.endpoint_id, d.record.envelope.account_id) for d in decoded}
+        decoded = self._decoded(self._unseen(fetched, positions), _indexed_letter)
+        endpoints = {(d.record.endpoint_id, d.record.account_id) for d in decoded}
         kept = self._prepare(endpoints, LETTERS_TIMED, {d.record.dead_at_ms for d in decoded})
         rows: list[tuple[Any, ...]] = []
 
         def write() -> None:
             rows.clear()
             for item in decoded:
-                letter: DeadLetter = item.record
-                envelope = letter.envelope
-                ep = self._endpoint_key(envelope.endpoint_id, envelope.account_id)
+                letter: IndexedLetter = item.record
+                ep = self._endpoint_key(letter.endpoint_id, letter.account_id)
                 if ep is not None and kept(letter.dead_at_ms):
                     rows.append(_letter_row(item.pos, ep, letter))
             self._insert("dead_letters", rows, "ON CONFLICT DO NOTHING")
@@ -902,17 +900,46 @@ class LogWriter(IndexWriter):
         self.used_bytes()
 
 
-def _letter_row(pos: int, ep: int, letter: DeadLetter) -> tuple[Any, ...]:
+class IndexedLetter(NamedTuple):
+    """Of a dead letter, what its row holds, taken out as soon as the letter is decoded: the
+    letter itself (its event, its history's records) is then freed at once. A batch's thousand
+    letters kept whole until its transaction were walked by every young collection of the
+    cyclic GC until promoted: 30-33 us of the writer a letter against 19-22 us at d7d6b0b,
+    19 us with the GC off (docs/performance.md, "The replay's duration")."""
+
+    endpoint_id: str
+    account_id: str
+    dead_at_ms: int
+    webhook_id: str
+    event_id: str
+    reason: str
+    history: bytes
+
+
+def _indexed_letter(raw: bytes) -> IndexedLetter:
+    letter = decode_dead_letter(raw)
     envelope = letter.envelope
-    return (
-        pos,
-        ep,
+    return IndexedLetter(
+        envelope.endpoint_id,
+        envelope.account_id,
         letter.dead_at_ms,
-        text_key(envelope.webhook_id),
         envelope.webhook_id,
         envelope.event_id,
         letter.reason,
         encode_history(envelope.attempts),
+    )
+
+
+def _letter_row(pos: int, ep: int, letter: IndexedLetter) -> tuple[Any, ...]:
+    return (
+        pos,
+        ep,
+        letter.dead_at_ms,
+        text_key(letter.webhook_id),
+        letter.webhook_id,
+        letter.event_id,
+        letter.reason,
+        letter.history,
     )
 
 
