@@ -333,21 +333,7 @@ async def test_waiting_partitions_hold_no_more_than_the_bound_and_starve_no_due_
         ready_order.append(record.topic)
         await asyncio.sleep(0.02)
 
-    real_getmany = consumer.getmany
-
-    async def getmany_within_the_bound(
-        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Record]]:
-        batches: dict[TopicPartition, list[Record]] = await real_getmany(
-            *partitions, timeout_ms=timeout_ms, max_records=max_records
-        )
-        fetched = sum(map(len, batches.values()))
-        # What is fetched is about to be held or started: it must fit beside what already is.
-        if worker.occupancy + fetched > MAX_IN_FLIGHT:
-            over_bound.append(worker.occupancy + fetched)
-        return batches
-
-    monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
+    _note_fetches_over_the_bound(monkeypatch, consumer, lambda: worker.occupancy, over_bound)
     worker = PartitionWorker(
         consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=1, not_before_ms=_due_ms
     )
@@ -411,20 +397,7 @@ async def test_a_tier_with_more_records_due_than_the_bound_starves_no_other_tier
         at_ms = int(time.time() * 1000)
         started[record.topic].append((record.offset, _due_ms(record) or 0, at_ms))
 
-    real_getmany = consumer.getmany
-
-    async def getmany_within_the_bound(
-        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Record]]:
-        batches: dict[TopicPartition, list[Record]] = await real_getmany(
-            *partitions, timeout_ms=timeout_ms, max_records=max_records
-        )
-        fetched = sum(map(len, batches.values()))
-        if worker.occupancy + fetched > MAX_IN_FLIGHT:
-            over_bound.append(worker.occupancy + fetched)
-        return batches
-
-    monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
+    _note_fetches_over_the_bound(monkeypatch, consumer, lambda: worker.occupancy, over_bound)
     worker = PartitionWorker(
         consumer, handle, max_in_flight=MAX_IN_FLIGHT, drain_grace_s=1, not_before_ms=_due_ms
     )
@@ -568,3 +541,27 @@ async def test_a_slow_commit_stops_no_delivery_and_commits_never_overlap(
     offsets = [offset for _, _, offset in commits]
     assert offsets == sorted(offsets)
     assert committed == end
+
+
+def _note_fetches_over_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+    consumer: AIOKafkaConsumer,
+    occupancy: Callable[[], int],
+    over_bound: list[int],
+) -> None:
+    """Wraps the consumer's ``getmany`` to note each fetch that would not fit the bound: what
+    is fetched is about to be held or started, so it must fit beside what already is."""
+    real_getmany = consumer.getmany
+
+    async def getmany_within_the_bound(
+        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        batches: dict[TopicPartition, list[Record]] = await real_getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+        fetched = sum(map(len, batches.values()))
+        if occupancy() + fetched > MAX_IN_FLIGHT:
+            over_bound.append(occupancy() + fetched)
+        return batches
+
+    monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
