@@ -32,10 +32,12 @@
 #
 # Environment (all optional):
 #   KAFKA_NODES            number of nodes (default 1: the single node)
-#   KAFKA_PORT             client port (default 9092; 0 = pick a free port, start only); in a
-#                          cluster, node 1's client port, which names its state dir
+#   KAFKA_PORT             client port (default 9092; 0 = pick free ports, start only: a port
+#                          taken before the broker binds it starts it again on fresh ones, 3
+#                          attempts in all); in a cluster, node 1's client port, which names its
+#                          state dir
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT+1 if free, else a free one;
-#                          single node only)
+#                          with KAFKA_PORT=0 a free one; single node only)
 #   CLICKHOOK_CACHE_DIR    cache root (default ~/.cache/clickhook); jars go to
 #                          $CLICKHOOK_CACHE_DIR/kafka-<version>/libs
 #   KAFKA_STATE_DIR        pid file, properties and logs (default $CLICKHOOK_CACHE_DIR/run-<port>)
@@ -117,6 +119,52 @@ check_java() {
 }
 
 port_in_use() { (: <>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# can_bind PORT: the broker could listen on PORT now. A connect probe (port_in_use) misses the
+# local port of a live connection, which the broker's bind would still fail on; the bind here
+# uses SO_REUSEADDR as the broker's does, so a port left in TIME_WAIT counts as free.
+can_bind() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$HOST" "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((sys.argv[1], int(sys.argv[2])))
+except OSError:
+    sys.exit(1)
+PY
+    return
+  fi
+  ! port_in_use "$1"
+}
+
+# other_free_port PORT: a free port other than PORT.
+other_free_port() {
+  local p
+  p=$(free_port)
+  while [[ $p == "$1" ]]; do p=$(free_port); done
+  echo "$p"
+}
+
+# With KAFKA_PORT=0 the ports are picked free, but another process can take one between the
+# pick and the broker's bind. The broker then exits with "Address already in use"; start
+# again on fresh ports, at most START_ATTEMPTS times in all.
+START_ATTEMPTS=3
+
+# retry_on_bind_conflict DIR...: when a broker of those dirs failed on a port taken under it
+# and the ports were ours to pick, run this start again (the caller has cleaned up).
+retry_on_bind_conflict() {
+  local attempt=${KAFKA_START_ATTEMPT:-1} dir taken=0
+  [[ ${KAFKA_PORT:-} == 0 ]] && ((attempt < START_ATTEMPTS)) || return 0
+  for dir in "$@"; do
+    if grep -qs "Address already in use" "$dir/kafka.out" "$dir/logs/server.log"; then taken=1; fi
+  done
+  ((taken)) || return 0
+  say "a port was taken between its pick and the broker's bind; starting again on fresh ports"
+  export KAFKA_START_ATTEMPT=$((attempt + 1))
+  exec bash "$HERE/$PROG" start
+}
 
 free_port() {
   if command -v python3 >/dev/null 2>&1; then
@@ -469,15 +517,17 @@ cmd_start() {
     return 0
   fi
   cleanup_state
-  port_in_use "$PORT" && die "port $PORT is already in use (set KAFKA_PORT, or KAFKA_PORT=0 for a free one)"
+  can_bind "$PORT" || die "port $PORT is already in use (set KAFKA_PORT, or KAFKA_PORT=0 for a free one)"
 
   local cport=${KAFKA_CONTROLLER_PORT:-}
-  if [[ -z $cport ]]; then
+  if [[ -z $cport && ${KAFKA_PORT:-} == 0 ]]; then
+    cport=$(other_free_port "$PORT")
+  elif [[ -z $cport ]]; then
     cport=$((PORT + 1))
-    if (( cport > 65535 )) || port_in_use "$cport"; then cport=$(free_port); fi
+    if (( cport > 65535 )) || ! can_bind "$cport"; then cport=$(other_free_port "$PORT"); fi
   fi
   [[ $cport != "$PORT" ]] || die "controller port equals KAFKA_PORT ($PORT)"
-  port_in_use "$cport" && die "controller port $cport is already in use (set KAFKA_CONTROLLER_PORT)"
+  can_bind "$cport" || die "controller port $cport is already in use (set KAFKA_CONTROLLER_PORT)"
 
   fetch_libs
 
@@ -502,6 +552,7 @@ cmd_start() {
       tail -n 25 "$STATE/kafka.out" >&2 || true
       say "broker exited during startup (full log: $STATE/logs/server.log)"
       cleanup_state
+      retry_on_bind_conflict "$STATE"
       exit 1
       ;;
     2)
@@ -607,7 +658,7 @@ pick_ports() {
     fi
     for port in "${NODE_PORT[id]}" "${NODE_CPORT[id]}"; do
       ((port <= 65535)) || die "port $port is out of range (set KAFKA_PORT lower)"
-      if port_in_use "$port"; then
+      if ! can_bind "$port"; then
         die "port $port is already in use (set KAFKA_PORT, or KAFKA_PORT=0 for free ones)"
       fi
     done
@@ -642,7 +693,10 @@ start_nodes() {
       *) node_failed "$id" "not ready after ${timeout}s" ;;
     esac
     if ((waited != 0)); then
-      if [[ ${STOP_ON_FAILURE:-0} == 1 ]]; then cmd_cluster_stop >&2; fi
+      if [[ ${STOP_ON_FAILURE:-0} == 1 ]]; then
+        cmd_cluster_stop >&2
+        retry_on_bind_conflict "$STATE"/node-*
+      fi
       exit 1
     fi
   done
