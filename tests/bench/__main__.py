@@ -98,43 +98,60 @@ async def run_scenarios(
         broker.stop()
 
 
-def run_external(
-    plan: Plan, out: Path, only: list[str] | None
-) -> tuple[list[Figure], dict[str, list[float]], list[str]]:
+@dataclasses.dataclass
+class ExternalFigures:
+    """What the scale, delivery-log and durable benches gave, and which were not rerun."""
+
+    scale: list[Figure] = dataclasses.field(default_factory=list)
+    samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    carried: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+
+    def take(self, name: str, out: Path, *, quick: bool, rerun: bool) -> None:
+        if name == "scale":
+            self.scale = (external.run_scale if rerun else external.read_scale)(out, quick=quick)
+        elif name == "delivery log":
+            self.samples.update(
+                external.run_delivery_log(out, quick=quick)
+                if rerun
+                else external.read_delivery_log(out)
+            )
+        else:
+            self.samples.update(
+                external.run_durable(out, quick=quick) if rerun else external.read_durable(out)
+            )
+
+
+def run_external(plan: Plan, out: Path, only: list[str] | None) -> ExternalFigures:
     """The scale, delivery-log and durable benches, after ours (each starts its own broker or
-    cluster); the scale figures, the others' samples, and which benches were carried.
+    cluster).
 
     A run narrowed by --only carries the figures of the benches it leaves out from their files
     already in the output directory, so refreshing the short scenarios keeps results.md whole
-    without the hours the delivery log at its cap takes."""
+    without the hours the delivery log at its cap takes. A bench that fails is carried the same
+    way and named as failed, so the half hour of scenarios before it is never lost."""
     quick = plan.name == "quick"
-    scale: list[Figure] = []
-    samples: dict[str, list[float]] = {}
-    carried: list[str] = []
+    found = ExternalFigures()
     for name in EXTERNAL:
         wanted = (only is None and plan.external) or name in (only or ())
         files_there = all((out / file).exists() for file in external.files_of(name))
         if not wanted and not (only is not None and files_there):
             continue
         started = time.monotonic()
-        if name == "scale":
-            scale = (external.run_scale if wanted else external.read_scale)(out, quick=quick)
-        elif name == "delivery log":
-            samples.update(
-                external.run_delivery_log(out, quick=quick)
-                if wanted
-                else external.read_delivery_log(out)
-            )
-        else:
-            samples.update(
-                external.run_durable(out, quick=quick) if wanted else external.read_durable(out)
-            )
-        if wanted:
+        try:
+            found.take(name, out, quick=quick, rerun=wanted)
+        except RuntimeError as error:
+            found.failed.append(name)
+            print(f"{name}: FAILED ({error})", flush=True)
+            if not files_there:
+                continue
+            found.take(name, out, quick=quick, rerun=False)
+        if wanted and name not in found.failed:
             print(f"{name}: {time.monotonic() - started:.0f}s", flush=True)
         else:
-            carried.append(name)
+            found.carried.append(name)
             print(f"{name}: not rerun, figures carried from {', '.join(external.files_of(name))}")
-    return scale, samples, carried
+    return found
 
 
 def main() -> None:
@@ -152,26 +169,36 @@ def main() -> None:
     print(f"clickhook bench ({plan.name}, {plan.repeats} run(s) each); logs in {log_dir}")
     started = time.monotonic()
     samples = asyncio.run(run_scenarios(plan, log_dir, chosen)) if chosen else {}
-    scale, external_samples, carried = run_external(plan, out, args.only)
-    meta["carried"] = carried
+    found = run_external(plan, out, args.only)
+    meta["carried"] = found.carried
+    meta["failed"] = found.failed
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
-    measured = figures({**samples, **external_samples}) + scale
+    measured = figures({**samples, **found.samples}) + found.scale
     print()
     print(report.text_table(measured))
     report.write_json(out / "results.json", meta, measured)
-    (out / "results.md").write_text(report.markdown_table(measured) + "\n" + _carried_note(carried))
+    (out / "results.md").write_text(
+        report.markdown_table(measured) + "\n" + _carried_note(found.carried, found.failed)
+    )
     sha = (meta["git"]["sha"] or "no git")[:10]
     title = f"clickhook bench ({plan.name}) at {sha}, {meta['started_at'][:16]} UTC"
     report.draw_chart(out / "bench.png", measured, title)
     print(f"\n{meta['duration_s']:.0f}s; wrote {out}/results.json, results.md, bench.png")
+    if found.failed:
+        raise SystemExit(f"failed: {', '.join(found.failed)} (see above)")
 
 
-def _carried_note(carried: list[str]) -> str:
-    if not carried:
-        return ""
-    files = ", ".join(file for name in carried for file in external.files_of(name))
-    return f"\nFigures of {', '.join(carried)} carried from an earlier run of each ({files}).\n"
+def _carried_note(carried: list[str], failed: list[str]) -> str:
+    note = ""
+    if carried:
+        files = ", ".join(file for name in carried for file in external.files_of(name))
+        names = ", ".join(carried)
+        note += f"\nFigures of {names} carried from an earlier run of each ({files}).\n"
+    if failed:
+        names = ", ".join(failed)
+        note += f"\nFailed in this run: {names}; the figures shown are an earlier run's.\n"
+    return note
 
 
 if __name__ == "__main__":
