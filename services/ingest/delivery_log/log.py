@@ -103,6 +103,14 @@ FETCH_MAX_BYTES = 2 * 1024 * 1024
 PARTITION_FETCH_BYTES = 512 * 1024
 BATCH_RECORDS = 5000
 POLL_MS = 500
+# While the writer thread indexes a batch, the next one grows with what arrives meanwhile, up to
+# these bounds: one fetch's worth (some 350 of the replay bench's 2 KB letters) a transaction
+# left the writer's per-batch work (the commit writing each dirtied index page, the positions,
+# the trims and the budget's check) the larger part of its cost while the index fell behind.
+# The bytes bound holds the batch to about two fetches whatever a record's size.
+BATCH_BYTES = 2 * FETCH_MAX_BYTES
+# How long each look for more waits: the writer's end is seen within it.
+GATHER_MS = 5
 EXPIRE_EVERY_S = 60.0
 READER_THREADS = 2
 DETAIL_TIMEOUT_S = 5.0
@@ -629,6 +637,7 @@ class DeliveryLog:
             timeout_ms=0 if self._filling else POLL_MS, max_records=BATCH_RECORDS
         )
         if writing is not None:
+            await self._gather(batches, writing)
             await writing
             writing = None
         if self._shared:
@@ -649,6 +658,23 @@ class DeliveryLog:
             assert self._writer is not None
             await self._write(self._writer.expire, _now_ms())
         return writing, expired_at
+
+    async def _gather(
+        self, batches: dict[TopicPartition, list[Record]], writing: asyncio.Future[None]
+    ) -> None:
+        """Add to ``batches`` what is fetched until ``writing`` ends or the batch is full:
+        records of one partition stay in their order, so each partition's last is still the
+        position its batch reaches."""
+        records = sum(len(found) for found in batches.values())
+        size = sum(len(r.value or b"") for found in batches.values() for r in found)
+        while not writing.done() and records < BATCH_RECORDS and size < BATCH_BYTES:
+            more = await self._consumer.getmany(
+                timeout_ms=GATHER_MS, max_records=BATCH_RECORDS - records
+            )
+            for tp, found in more.items():
+                batches.setdefault(tp, []).extend(found)
+                records += len(found)
+                size += sum(len(r.value or b"") for r in found)
 
     async def _index_both(
         self, batches: dict[TopicPartition, list[Record]], older: HistoryBatch | None
