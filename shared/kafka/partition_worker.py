@@ -74,11 +74,11 @@ RESUME_AT_SHARE = 0.75
 # fetched again this long before it; behind a held head, records due more than this after it
 # are not held either (everything held is thus due, and gives its room back, soon).
 PARK_AFTER_S = 1.0
-# Records taken from the consumer in one poll, however much room: aiokafka decodes a record only
-# as it hands it over, and what it fetched past the window behind a held head is dropped
-# undecoded (fetched again once the held records have started). Taking all there was room for,
-# each record of the retry bench's tiers was decoded three times (every window's tail again);
-# 1.2 times taking 50 (1.7 taking 100, no fewer taking 25).
+# Records taken from the consumer in one poll by a worker that holds records, however much
+# room: aiokafka decodes a record only as it hands it over, and what it fetched past the window
+# behind a held head is dropped undecoded (fetched again once the held records have started).
+# Taking all there was room for, each record of the retry bench's tiers was decoded three times
+# (every window's tail again); 1.2 times taking 50 (1.7 taking 100, no fewer taking 25).
 TAKE_RECORDS = 50
 # Held records are started in steps of this much: records falling due a few milliseconds
 # apart go out together, one wake-up for several, at most this much after their due time.
@@ -144,6 +144,9 @@ class PartitionWorker:
         self._backpressure = False
         self._room = asyncio.Event()
         self._resume_at = int(max_in_flight * RESUME_AT_SHARE)
+        # Only a worker that holds records drops any it took: the others take all there is
+        # room for (the dispatcher's loop, at thousands of deliveries a second, turns less).
+        self._take_at_most = max_in_flight if not_before_ms is None else TAKE_RECORDS
         self._stopping = False
         self._committing: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -174,7 +177,7 @@ class PartitionWorker:
             room = max(1, self._max_in_flight - self._occupied())
             with collecting() as undecodable:
                 batches = await self._consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=min(room, TAKE_RECORDS)
+                    timeout_ms=timeout_ms, max_records=min(room, self._take_at_most)
                 )
             for tp, records in batches.items():
                 self._take(tp, records)
