@@ -26,9 +26,7 @@ sooner, was fetched only once they had started down to the resume share: the ben
 tier's p99 lateness went from 53 to 255 ms.) Every held record therefore starts, or is
 dropped to be fetched again, within about twice ``PARK_AFTER_S``, and the room it took is
 given back; a waiting partition costs no memory however long it waits, and any number of
-them fit in any bound. Records are taken from the consumer ``TAKE_RECORDS`` at a time, the
-partition of a held head left unpaused until the window behind it is taken: aiokafka decodes
-records only as it hands them over, so what lies past the window is dropped undecoded.
+them fit in any bound.
 """
 
 from __future__ import annotations
@@ -74,12 +72,6 @@ RESUME_AT_SHARE = 0.75
 # fetched again this long before it; behind a held head, records due more than this after it
 # are not held either (everything held is thus due, and gives its room back, soon).
 PARK_AFTER_S = 1.0
-# Records taken from the consumer in one poll by a worker that holds records, however much
-# room: aiokafka decodes a record only as it hands it over, and what it fetched past the window
-# behind a held head is dropped undecoded (fetched again once the held records have started).
-# Taking all there was room for, each record of the retry bench's tiers was decoded three times
-# (every window's tail again); 1.2 times taking 50 (1.7 taking 100, no fewer taking 25).
-TAKE_RECORDS = 50
 # Held records are started in steps of this much: records falling due a few milliseconds
 # apart go out together, one wake-up for several, at most this much after their due time.
 # (Waking for each one cost the retry service twice the CPU per redelivery of a backlog.)
@@ -88,10 +80,9 @@ HELD_STEP_MS = 50
 
 @dataclass(slots=True)
 class _Held:
-    """A partition waiting for its head: the head first, then what was fetched behind it
-    (paused once a record past the window behind the head showed up); nothing when the head
-    is due later than ``PARK_AFTER_S`` (parked: the partition is positioned at the head, to
-    fetch it again shortly before it is due)."""
+    """A paused partition waiting for its head: the head first, then what was fetched
+    behind it; nothing when the head is due later than ``PARK_AFTER_S`` (parked: the
+    partition is positioned at the head, to fetch it again shortly before it is due)."""
 
     records: deque[Record]
     due_ms: int
@@ -144,9 +135,6 @@ class PartitionWorker:
         self._backpressure = False
         self._room = asyncio.Event()
         self._resume_at = int(max_in_flight * RESUME_AT_SHARE)
-        # Only a worker that holds records drops any it took: the others take all there is
-        # room for (the dispatcher's loop, at thousands of deliveries a second, turns less).
-        self._take_at_most = max_in_flight if not_before_ms is None else TAKE_RECORDS
         self._stopping = False
         self._committing: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -176,9 +164,7 @@ class PartitionWorker:
             # room every partition is paused, and the poll only keeps the consumer in its group.
             room = max(1, self._max_in_flight - self._occupied())
             with collecting() as undecodable:
-                batches = await self._consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=min(room, self._take_at_most)
-                )
+                batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batches.items():
                 self._take(tp, records)
             for batch in undecodable:
@@ -254,48 +240,32 @@ class PartitionWorker:
         self._committed.update(offsets)
 
     def _take(self, tp: TopicPartition, records: list[Record]) -> None:
-        if tp in self._held:
-            # Fetched behind a head held while its partition still fills (see ``_hold_from``).
-            self._hold_behind(tp, records)
-            return
         now_ms = _now_ms()
         for index, record in enumerate(records):
             due_ms = self._due_ms(record)
             if due_ms is not None and due_ms > now_ms:
-                self._hold_from(tp, records[index:], due_ms, now_ms)
+                self._hold(tp, self._due_soon(tp, records, index, due_ms, now_ms), due_ms)
                 return
             self._start(tp, record)
 
-    def _hold_from(
-        self, tp: TopicPartition, records: list[Record], head_due_ms: int, now_ms: int
-    ) -> None:
-        """Hold the head, records[0], and what falls due within ``PARK_AFTER_S`` of it; park
-        it if it is due later than that. (The window is measured from the head's due time,
-        not from now: a head fetched a second before it is due keeps what falls due right
-        behind it, which would otherwise be fetched only once the head had started.)"""
+    def _due_soon(
+        self, tp: TopicPartition, records: list[Record], head: int, head_due_ms: int, now_ms: int
+    ) -> deque[Record]:
+        """The head and the records behind it up to the first that falls due more than
+        ``PARK_AFTER_S`` after it; the partition is positioned at that one, to fetch it and
+        what follows again once the ones kept have started. (Measured from the head's due
+        time, not from now: a head fetched a second before it is due keeps what falls due
+        right behind it, which would otherwise be fetched only once the head had started.)"""
         if head_due_ms - now_ms > PARK_AFTER_S * 1000:
-            self._park(tp, records[0].offset, head_due_ms)
-            return
-        # The partition stays unpaused until a record past the window shows up: what follows
-        # the head may come in later takes (a take is at most ``TAKE_RECORDS``).
-        self._set_held(tp, _Held(deque(), head_due_ms))
-        self._hold_behind(tp, records)
-
-    def _hold_behind(self, tp: TopicPartition, records: list[Record]) -> None:
-        """Add to a held partition the records up to the first that falls due more than
-        ``PARK_AFTER_S`` after its head; the partition is paused and positioned at that one,
-        to fetch it and what follows again once the ones held have started."""
-        held = self._held[tp]
-        horizon_ms = held.due_ms + int(PARK_AFTER_S * 1000)
-        for index, record in enumerate(records):
-            due_ms = self._due_ms(record)
+            # Parked: ``_hold`` keeps none of it (all of it, should the head be nearer by then).
+            return deque(records[head:])
+        horizon_ms = head_due_ms + int(PARK_AFTER_S * 1000)
+        for index in range(head + 1, len(records)):
+            due_ms = self._due_ms(records[index])
             if due_ms is not None and due_ms > horizon_ms:
-                self._consumer.pause(tp)
-                self._consumer.seek(tp, record.offset)
-                records = records[:index]
-                break
-        held.records.extend(records)
-        self._held_records += len(records)
+                self._consumer.seek(tp, records[index].offset)
+                return deque(records[head:index])
+        return deque(records[head:])
 
     def _start(self, tp: TopicPartition, record: Record) -> None:
         self._start_work(tp, record.offset, functools.partial(self._handler, record))
@@ -330,18 +300,12 @@ class PartitionWorker:
     def _hold(self, tp: TopicPartition, records: deque[Record], due_ms: int) -> None:
         """Keep the partition's head, and what came behind it, paused until it is due; when
         that is far off, keep nothing but the due time."""
+        self._consumer.pause(tp)
         if due_ms - _now_ms() > PARK_AFTER_S * 1000:
-            self._park(tp, records[0].offset, due_ms)
-            return
-        self._consumer.pause(tp)
+            # All of it is fetched again shortly before the head is due.
+            self._consumer.seek(tp, records[0].offset)
+            records = deque()
         self._set_held(tp, _Held(records, due_ms))
-
-    def _park(self, tp: TopicPartition, head_offset: int, due_ms: int) -> None:
-        """Keep only the head's due time: the partition is paused and positioned at the head,
-        to fetch it, and what follows, again shortly before it is due."""
-        self._consumer.pause(tp)
-        self._consumer.seek(tp, head_offset)
-        self._set_held(tp, _Held(deque(), due_ms))
 
     def _set_held(self, tp: TopicPartition, held: _Held) -> None:
         self._forget_held(tp)

@@ -415,47 +415,6 @@ async def test_a_tier_with_more_records_due_than_the_bound_starves_no_other_tier
     assert max(lateness_ms) <= LATE_AT_MOST_MS, lateness_ms
 
 
-# A tier's records falling due 10 ms apart over 4 s: four windows of ``PARK_AFTER_S`` behind
-# its head, each fetched again once the one before has started.
-SPREAD_OUT = 400
-SPREAD_OUT_APART_MS = 10
-
-
-async def test_what_lies_past_a_held_window_is_not_handed_over_again_and_again(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each window behind a held head is fetched again once the one before it has started;
-    taking all that was fetched, every window's tail was handed over (decoded) and dropped
-    again: 3.5 times the records here. Taken ``TAKE_RECORDS`` at a time, each fetch hands
-    over at most that many past its window; the records still start once each, in order,
-    never early."""
-    topic = settings.topic_prefix + "spread_out"
-    await ensure_topics(settings, [NewTopic(topic, 1, 1)])
-    first_due_ms = int(time.time() * 1000) + 1500
-    due = [first_due_ms + SPREAD_OUT_APART_MS * n for n in range(SPREAD_OUT)]
-    await produce(settings.kafka_bootstrap, topic, [b"%d" % at for at in due])
-    consumer = create_consumer(settings, group_id=settings.topic_prefix + "spread_out")
-    started: list[tuple[int, int]] = []
-    handed_over: list[int] = []
-
-    async def handle(record: Record) -> None:
-        started.append((record.offset, int(time.time() * 1000)))
-
-    _count_handed_over(monkeypatch, consumer, handed_over)
-    worker = PartitionWorker(
-        consumer, handle, max_in_flight=1000, drain_grace_s=1, not_before_ms=_due_ms
-    )
-    consumer.subscribe([topic], listener=worker.listener)
-    try:
-        await _run_until(worker, consumer, lambda: len(started) >= SPREAD_OUT)
-    finally:
-        await consumer.stop()
-
-    assert [offset for offset, _ in started] == list(range(SPREAD_OUT))
-    assert [offset for offset, at_ms in started if at_ms < due[offset]] == []
-    assert sum(handed_over) <= 2 * SPREAD_OUT, sum(handed_over)
-
-
 # --- a rebalance without a crash: nothing done twice ------------------------------------------
 
 
@@ -606,21 +565,3 @@ def _note_fetches_over_the_bound(
         return batches
 
     monkeypatch.setattr(consumer, "getmany", getmany_within_the_bound)
-
-
-def _count_handed_over(
-    monkeypatch: pytest.MonkeyPatch, consumer: AIOKafkaConsumer, handed_over: list[int]
-) -> None:
-    """Wraps the consumer's ``getmany`` to note how many records each call hands over."""
-    real_getmany = consumer.getmany
-
-    async def getmany_counted(
-        *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Record]]:
-        batches: dict[TopicPartition, list[Record]] = await real_getmany(
-            *partitions, timeout_ms=timeout_ms, max_records=max_records
-        )
-        handed_over.append(sum(map(len, batches.values())))
-        return batches
-
-    monkeypatch.setattr(consumer, "getmany", getmany_counted)
