@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from services.ingest.delivery_log.api import decode_cursor, encode_cursor
 from services.ingest.delivery_log.store import (
     ATTEMPT_ID_PREFIX,
+    WAL_CHECKPOINT_BYTES,
+    WAL_LIMIT_BYTES,
     AttemptFilter,
     Fetched,
     IndexFull,
@@ -135,6 +137,27 @@ def attempts_of(endpoints: list[str], first: int, count: int, base_ms: int) -> l
                                   outcome="http_5xx", status=502, response_body=PAGE_1K)))
         for n in range(first, first + count)
     ]  # fmt: skip
+
+
+def test_the_writer_checkpoints_past_sqlites_default_and_within_the_wal_limit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite3"
+    writer, reader = LogWriter(path, per_endpoint=100_000, max_bytes=64 << 20), LogReader(path)
+    wal = path.with_name(path.name + "-wal")
+    sqlite_default = 1000 * writer.page_size
+    base = now_ms() - 3_600_000
+    endpoints = [f"ep_{n}" for n in range(50)]
+    written = 0
+    while wal.stat().st_size <= sqlite_default:
+        writer.add_attempts(attempts_of(endpoints, written, 500, base), now_ms())
+        written += 500
+    # Not copied into the file after every commit past 4 MB, and readable all the same.
+    assert reader.attempts("ep_0", AttemptFilter(), 1)[0].event_id == f"evt_{written - 50}"
+    assert WAL_CHECKPOINT_BYTES < WAL_LIMIT_BYTES
+    (pages,) = writer._sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()
+    assert pages * writer.page_size == WAL_CHECKPOINT_BYTES
+    writer.close()
 
 
 @pytest.fixture(name="budgeted")

@@ -92,6 +92,13 @@ EVICT_SHARE = 0.05
 MIN_PAGES = 64  # a budget smaller than this is no index at all
 # The WAL is cut back to this after checkpoints; it comes on top of the budget.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+# The writer checkpoints once the WAL holds this much, not at SQLite's 4 MB: a batch dirties an
+# index page per endpoint in it, so past a few hundred thousand rows each commit wrote more
+# than 4 MB and checkpointed (copied its pages into the file and synced it) every time; with
+# more commits between checkpoints an endpoint's page is copied once for all of them. Half the
+# limit leaves the other half for the commit that crosses it (docs/performance.md, "The
+# delivery log's writer on a big index").
+WAL_CHECKPOINT_BYTES = WAL_LIMIT_BYTES // 2
 # What a receiver answered, as the deliverer keeps it (shared/delivery/http_client.py); a dead
 # letter keeps the first characters of its last answer only: the whole answers are in the
 # attempts rows, while they are kept.
@@ -726,6 +733,7 @@ class LogWriter(IndexWriter):
         self.max_pages = max(MIN_PAGES, max_bytes // page_size)
         db.execute(f"PRAGMA max_page_count={self.max_pages}")
         db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.page_size: int = page_size
         self._endpoint_keys: dict[str, int] = {}
         self._next_key = 1
