@@ -160,6 +160,28 @@ def test_the_writer_checkpoints_past_sqlites_default_and_within_the_wal_limit(
     writer.close()
 
 
+def test_an_endpoint_purged_at_its_cap_keeps_the_wal_within_its_limit(tmp_path: Path) -> None:
+    """Deleting an endpoint rewrites a page for nearly each of its rows (they lie among other
+    endpoints'): some 50 MB at 10,000 attempts. Its commit must not land on a WAL already
+    holding up to WAL_CHECKPOINT_BYTES, or the WAL passes the limit the budget promises."""
+    path = tmp_path / "log.sqlite3"
+    writer = LogWriter(path, per_endpoint=10_000, max_bytes=1 << 30)
+    wal = path.with_name(path.name + "-wal")
+    endpoints = [f"ep_{n}" for n in range(4)]
+    base = now_ms() - 3_600_000
+    for first in range(0, 40_000, 2000):
+        writer.add_attempts(attempts_of(endpoints, first, 2000, base), now_ms())
+    # The WAL just short of its checkpoint, as it is once in every WAL_CHECKPOINT_BYTES.
+    writer._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    filler, written = ["ep_filler"], 40_000
+    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (1 << 20):
+        writer.add_attempts(attempts_of(filler, written, 20, base), now_ms())
+        written += 20
+    writer.purge_endpoints(["ep_0"], now_ms())
+    assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    writer.close()
+
+
 @pytest.fixture(name="budgeted")
 def fixture_budgeted(tmp_path: Path) -> tuple[LogWriter, LogReader, Path]:
     path = tmp_path / "log.sqlite3"
