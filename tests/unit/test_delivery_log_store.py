@@ -3,6 +3,7 @@ percentiles, cursors and record ids."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -171,13 +172,61 @@ def test_an_endpoint_purged_at_its_cap_keeps_the_wal_within_its_limit(tmp_path: 
     base = now_ms() - 3_600_000
     for first in range(0, 40_000, 2000):
         writer.add_attempts(attempts_of(endpoints, first, 2000, base), now_ms())
-    # The WAL just short of its checkpoint, as it is once in every WAL_CHECKPOINT_BYTES.
+    # The WAL short of its checkpoint by less than the commit to come, as it is once in every
+    # WAL_CHECKPOINT_BYTES (the fill's commits are far smaller than the 4 MB it stops short).
     writer._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     filler, written = ["ep_filler"], 40_000
-    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (1 << 20):
+    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (4 << 20):
         writer.add_attempts(attempts_of(filler, written, 20, base), now_ms())
         written += 20
+    assert wal.stat().st_size < WAL_CHECKPOINT_BYTES  # not checkpointed yet
     writer.purge_endpoints(["ep_0"], now_ms())
+    assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    writer.close()
+
+
+def test_an_eviction_round_on_a_big_index_keeps_the_wal_within_its_limit(
+    tmp_path: Path,
+) -> None:
+    """A round evicts the oldest 5,000 rows of each table, whose index entries lie all over
+    the endpoint, event and delivery indexes: some 37 MB of pages at a million attempts in
+    4 KiB pages, 42 MB here (400,000 rows in 64 KiB pages, built in SQL to be quick). It must
+    not land on a WAL about to be checkpointed."""
+    path = tmp_path / "log.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as made:
+        made.execute("PRAGMA page_size=65536")
+        made.execute("VACUUM")
+    writer = LogWriter(path, per_endpoint=10_000, max_bytes=1 << 30)
+    wal = path.with_name(path.name + "-wal")
+    rows, endpoints, base = 400_000, 1000, now_ms() - 3_600_000
+    db = writer._sqlite
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO endpoints VALUES (?, ?, 'acc_1')",
+        [(key, f"ep_{key}") for key in range(1, endpoints + 1)],
+    )
+    numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})"
+    db.execute(
+        f"{numbers} INSERT INTO attempts SELECT i, i % {endpoints} + 1, {base - rows} + i,"
+        " random(), 'wh_' || i, 'evt_' || i, 1, 1.0, 'http_5xx', 502, NULL, 'x', NULL, NULL,"
+        " NULL, NULL FROM n"
+    )
+    db.execute(
+        f"{numbers} INSERT OR IGNORE INTO deliveries SELECT i % {endpoints} + 1, random(),"
+        f" {base - rows} + i, i, 'dead' FROM n"
+    )
+    db.execute("COMMIT")
+    writer._forget_endpoints()
+    writer._recount()
+    # The WAL short of its checkpoint by less than the commit to come, as it is once in every
+    # WAL_CHECKPOINT_BYTES (the fill's commits are far smaller than the 4 MB it stops short).
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    written = rows
+    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (4 << 20):
+        writer.add_attempts(attempts_of(["ep_filler"], written, 20, base), now_ms())
+        written += 20
+    assert wal.stat().st_size < WAL_CHECKPOINT_BYTES  # not checkpointed yet
+    assert writer.make_room(writer.used_bytes() - 1) > 0
     assert wal.stat().st_size <= WAL_LIMIT_BYTES
     writer.close()
 

@@ -745,13 +745,19 @@ class LogWriter(IndexWriter):
     def close(self) -> None:
         self._sqlite.close()
 
+    def _checkpoint(self) -> None:
+        """Before a write that may take more than the half of ``WAL_LIMIT_BYTES`` a WAL about
+        to be checkpointed leaves it: it then begins the WAL again instead of going on past the
+        limit. A purge rewrites a page for nearly each row of the endpoint (its rows lie among
+        other endpoints'): some 50 MB at 10,000 attempts; an eviction round's rows are all over
+        the endpoint, event and delivery indexes: some 37 MB at a million attempts."""
+        self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def purge_endpoints(
         self, endpoint_ids: Iterable[str], now_ms: int, positions: Positions = ()
     ) -> None:
-        """As the base's, on a checkpointed WAL: a purge rewrites a page for nearly each row of
-        the endpoint (its rows lie among other endpoints'), some 50 MB at 10,000 attempts, more
-        than the half of ``WAL_LIMIT_BYTES`` a WAL about to be checkpointed leaves for it."""
-        self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """As the base's, on a checkpointed WAL (``_checkpoint``)."""
+        self._checkpoint()
         super().purge_endpoints(endpoint_ids, now_ms, positions)
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -843,6 +849,8 @@ class LogWriter(IndexWriter):
         """Evict the oldest rows across endpoints until at most ``target_bytes`` hold rows;
         returns how many rows went."""
         evicted = 0
+        if self.used_bytes() > target_bytes:
+            self._checkpoint()  # later rounds follow the autocheckpoint a big one crosses
         while self.used_bytes() > target_bytes:
             gone = self._evict_oldest(self._eviction_round())
             if gone == 0:
