@@ -213,7 +213,7 @@ BIG_ROWS, BIG_ENDPOINTS = 400_000, 1000
 
 
 def big_index(path: Path, rows: int = BIG_ROWS) -> LogWriter:
-    """BIG_ROWS attempts and their deliveries over BIG_ENDPOINTS (ep_1 …), an hour and more
+    """``rows`` attempts and their deliveries over BIG_ENDPOINTS (ep_1 …), an hour and more
     old, in 64 KiB pages: each page a commit dirties weighs as 16 of 4 KiB, as on an index
     many times bigger. Built in SQL to be quick."""
     with contextlib.closing(sqlite3.connect(path)) as made:
