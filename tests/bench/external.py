@@ -61,14 +61,23 @@ def read_scale(out_dir: Path, *, quick: bool) -> list[Figure]:
 
 
 def run_delivery_log(out_dir: Path, *, quick: bool) -> dict[str, list[float]]:
-    _run(
-        ["tests.bench.delivery_log", "--output", str(out_dir / DELIVERY_LOG_FILE)]
-        + (QUICK_DELIVERY_LOG if quick else [])
-    )
-    _run(
-        ["tests.bench.delivery_log", "at-cap", "--output", str(out_dir / CAP_FILE)]
-        + (QUICK_CAP if quick else [])
-    )
+    """Both runs write beside their files, which are replaced once both have succeeded: a
+    failure at the cap leaves the last run's pair whole (a failed bench is carried from it)."""
+    fresh = {name: out_dir / f"{name}.new" for name in (DELIVERY_LOG_FILE, CAP_FILE)}
+    try:
+        _run(
+            ["tests.bench.delivery_log", "--output", str(fresh[DELIVERY_LOG_FILE])]
+            + (QUICK_DELIVERY_LOG if quick else [])
+        )
+        _run(
+            ["tests.bench.delivery_log", "at-cap", "--output", str(fresh[CAP_FILE])]
+            + (QUICK_CAP if quick else [])
+        )
+        for name, path in fresh.items():
+            path.replace(out_dir / name)
+    finally:
+        for path in fresh.values():
+            path.unlink(missing_ok=True)
     return read_delivery_log(out_dir)
 
 

@@ -3,6 +3,7 @@ percentiles, cursors and record ids."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -157,6 +158,155 @@ def test_the_writer_checkpoints_past_sqlites_default_and_within_the_wal_limit(
     assert WAL_CHECKPOINT_BYTES < WAL_LIMIT_BYTES
     (pages,) = writer._sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()
     assert pages * writer.page_size == WAL_CHECKPOINT_BYTES
+    writer.close()
+
+
+def test_an_endpoint_purged_at_its_cap_keeps_the_wal_within_its_limit(tmp_path: Path) -> None:
+    """Deleting an endpoint rewrites a page for nearly each of its rows (they lie among other
+    endpoints'): some 50 MB at 10,000 attempts. Its commit must not land on a WAL already
+    holding up to WAL_CHECKPOINT_BYTES, or the WAL passes the limit the budget promises."""
+    path = tmp_path / "log.sqlite3"
+    writer = LogWriter(path, per_endpoint=10_000, max_bytes=1 << 30)
+    wal = path.with_name(path.name + "-wal")
+    endpoints = [f"ep_{n}" for n in range(4)]
+    base = now_ms() - 3_600_000
+    for first in range(0, 40_000, 2000):
+        writer.add_attempts(attempts_of(endpoints, first, 2000, base), now_ms())
+    # The WAL short of its checkpoint by less than the commit to come, as it is once in every
+    # WAL_CHECKPOINT_BYTES (the fill's commits are far smaller than the 4 MB it stops short).
+    writer._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    filler, written = ["ep_filler"], 40_000
+    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (4 << 20):
+        writer.add_attempts(attempts_of(filler, written, 20, base), now_ms())
+        written += 20
+    assert wal.stat().st_size < WAL_CHECKPOINT_BYTES  # not checkpointed yet
+    writer.purge_endpoints(["ep_0"], now_ms())
+    assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    writer.close()
+
+
+def test_an_eviction_round_on_a_big_index_keeps_the_wal_within_its_limit(
+    tmp_path: Path,
+) -> None:
+    """A round evicts the oldest 5,000 rows of each table, whose index entries lie all over
+    the endpoint, event and delivery indexes: some 37 MB of pages at a million attempts in
+    4 KiB pages, 42 MB here (400,000 rows in 64 KiB pages, built in SQL to be quick). It must
+    not land on a WAL about to be checkpointed."""
+    path = tmp_path / "log.sqlite3"
+    writer, rows, base = big_index(path), BIG_ROWS, now_ms() - 3_600_000
+    wal = path.with_name(path.name + "-wal")
+    db = writer._sqlite
+    # The WAL short of its checkpoint by less than the commit to come, as it is once in every
+    # WAL_CHECKPOINT_BYTES (the fill's commits are far smaller than the 4 MB it stops short).
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    written = rows
+    while wal.stat().st_size < WAL_CHECKPOINT_BYTES - (4 << 20):
+        writer.add_attempts(attempts_of(["ep_filler"], written, 20, base), now_ms())
+        written += 20
+    assert wal.stat().st_size < WAL_CHECKPOINT_BYTES  # not checkpointed yet
+    assert writer.make_room(writer.used_bytes() - 1) > 0
+    assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    writer.close()
+
+
+BIG_ROWS, BIG_ENDPOINTS = 400_000, 1000
+
+
+def big_index(path: Path, rows: int = BIG_ROWS) -> LogWriter:
+    """``rows`` attempts and their deliveries over BIG_ENDPOINTS (ep_1 …), an hour and more
+    old, in 64 KiB pages: each page a commit dirties weighs as 16 of 4 KiB, as on an index
+    many times bigger. Built in SQL to be quick."""
+    with contextlib.closing(sqlite3.connect(path)) as made:
+        made.execute("PRAGMA page_size=65536")
+        made.execute("VACUUM")
+    writer = LogWriter(path, per_endpoint=10_000, max_bytes=1 << 30)
+    endpoints, base = BIG_ENDPOINTS, now_ms() - 3_600_000
+    db = writer._sqlite
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO endpoints VALUES (?, ?, 'acc_1')",
+        [(key, f"ep_{key}") for key in range(1, endpoints + 1)],
+    )
+    numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})"
+    db.execute(
+        f"{numbers} INSERT INTO attempts SELECT i, i % {endpoints} + 1, {base - rows} + i,"
+        " random(), 'wh_' || i, 'evt_' || i, 1, 1.0, 'http_5xx', 502, NULL, 'x', NULL, NULL,"
+        " NULL, NULL FROM n"
+    )
+    db.execute(
+        f"{numbers} INSERT OR IGNORE INTO deliveries SELECT i % {endpoints} + 1, random(),"
+        f" {base - rows} + i, i, 'dead' FROM n"
+    )
+    db.execute("COMMIT")
+    writer._forget_endpoints()
+    writer._recount()
+    return writer
+
+
+def test_gathered_batches_on_a_big_index_keep_the_wal_within_its_limit(tmp_path: Path) -> None:
+    """A batch as the log gathers them (5,000 attempts, here over 1,000 endpoints) dirties a
+    page per endpoint and per random key it touches: 17 MB of WAL at 300,000 attempts in 4 KiB
+    pages, 26 MB at a million, more at the cap; 40 MB here (800,000 in 64 KiB pages). On a WAL
+    short of its checkpoint (up to WAL_CHECKPOINT_BYTES) it would pass WAL_LIMIT_BYTES: the
+    writer, having measured such a batch, checkpoints before it instead."""
+    path = tmp_path / "log.sqlite3"
+    rows, base = 800_000, now_ms() - 3_600_000
+    writer, wal = big_index(path, rows), path.with_name(path.name + "-wal")
+    endpoints = [f"ep_{key}" for key in range(1, BIG_ENDPOINTS + 1)]
+    written, sizes = rows, []
+    for _ in range(3):
+        writer.add_attempts(attempts_of(endpoints, written, 5000, base), now_ms())
+        written += 5000
+        sizes.append(wal.stat().st_size)
+        # Then small batches until the WAL nears its checkpoint, as it does once in every
+        # WAL_CHECKPOINT_BYTES (begun again on a truncated file: what it holds is its size).
+        writer._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(40):
+            if wal.stat().st_size >= WAL_CHECKPOINT_BYTES - (3 << 20):
+                break
+            writer.add_attempts(attempts_of(["ep_filler"], written, 20, base), now_ms())
+            written += 20
+            sizes.append(wal.stat().st_size)
+    # The first batch, on an empty WAL, is more than the room it would find on a full one.
+    assert sizes[0] > WAL_LIMIT_BYTES - WAL_CHECKPOINT_BYTES + (3 << 20)
+    assert max(sizes) <= WAL_LIMIT_BYTES
+    writer.close()
+
+
+def test_a_reader_through_the_checkpoint_before_a_batch_neither_blocks_nor_loses_it(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint is passive: a reader's snapshot keeps the WAL from beginning again, and
+    the batch is appended to it instead of waiting."""
+    path = tmp_path / "log.sqlite3"
+    writer, reader = LogWriter(path, per_endpoint=100, max_bytes=64 << 20), LogReader(path)
+    base = now_ms() - 3_600_000
+    writer.add_attempts(attempts_of(["ep_1"], 0, 10, base), now_ms())
+    reading = sqlite3.connect(path, isolation_level=None, timeout=0)
+    reading.execute("BEGIN")
+    assert reading.execute("SELECT COUNT(*) FROM attempts").fetchone() == (10,)
+    writer._largest_batch = WAL_LIMIT_BYTES  # every batch now checkpoints first
+    writer.add_attempts(attempts_of(["ep_1"], 10, 10, base), now_ms())
+    assert reading.execute("SELECT COUNT(*) FROM attempts").fetchone() == (10,)
+    reading.execute("COMMIT")
+    reading.close()
+    assert len(reader.attempts("ep_1", AttemptFilter(), 100)) == 20
+    writer.close()
+
+
+def test_the_wal_file_holds_what_was_written_since_it_began_again(tmp_path: Path) -> None:
+    """Its size is then what the WAL holds (journal_size_limit 0), not the most it ever held:
+    a checkpoint and one small batch leave it small."""
+    path = tmp_path / "log.sqlite3"
+    writer = LogWriter(path, per_endpoint=100_000, max_bytes=64 << 20)
+    wal = path.with_name(path.name + "-wal")
+    endpoints, base, written = [f"ep_{n}" for n in range(50)], now_ms() - 3_600_000, 0
+    while wal.stat().st_size < 4 << 20:
+        writer.add_attempts(attempts_of(endpoints, written, 500, base), now_ms())
+        written += 500
+    writer._checkpoint()
+    writer.add_attempts(attempts_of(endpoints, written, 1, base), now_ms())
+    assert wal.stat().st_size < 1 << 20
     writer.close()
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import math
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -90,15 +91,21 @@ EVICT_ROWS = 5000  # per table and round: one short transaction each
 # its oldest, not everything at once.
 EVICT_SHARE = 0.05
 MIN_PAGES = 64  # a budget smaller than this is no index at all
-# The WAL is cut back to this after checkpoints; it comes on top of the budget.
+# The most the WAL takes, on top of the budget: a batch that would take it further lands on a
+# checkpointed WAL (``LogWriter._fitted``).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # The writer checkpoints once the WAL holds this much, not at SQLite's 4 MB: a batch dirties an
 # index page per endpoint in it, so past a few hundred thousand rows each commit wrote more
 # than 4 MB and checkpointed (copied its pages into the file and synced it) every time; with
 # more commits between checkpoints an endpoint's page is copied once for all of them. Half the
-# limit leaves the other half for the commit that crosses it (docs/performance.md, "The
-# delivery log's writer on a big index").
+# limit leaves the other half for the commit that crosses it (docs/performance-history.md, "The
+# delivery log's writer on a big index"); a batch bigger than that half begins a checkpointed
+# WAL instead (docs/performance-history.md, "The WAL's limit with gathered batches").
 WAL_CHECKPOINT_BYTES = WAL_LIMIT_BYTES // 2
+# The WAL file's header (https://www.sqlite.org/fileformat2.html#walformat): bytes 12-24 are its
+# checkpoint sequence number and first salt, which change each time the WAL begins again.
+WAL_HEADER_BYTES = 32
+WAL_GENERATION = slice(12, 24)
 # What a receiver answered, as the deliverer keeps it (shared/delivery/http_client.py); a dead
 # letter keeps the first characters of its last answer only: the whole answers are in the
 # attempts rows, while they are kept.
@@ -732,8 +739,15 @@ class LogWriter(IndexWriter):
         # never outgrows the budget whatever the eviction below does.
         self.max_pages = max(MIN_PAGES, max_bytes // page_size)
         db.execute(f"PRAGMA max_page_count={self.max_pages}")
-        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        # 0: the WAL file is cut back to the first commit each time the WAL begins again after a
+        # checkpoint, so its size is what was written since, not the most it ever held
+        # (https://www.sqlite.org/pragma.html#pragma_journal_size_limit). Until the next commit
+        # it keeps the frames just checkpointed: an over-estimate, which only checkpoints sooner.
+        db.execute("PRAGMA journal_size_limit=0")
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
+        self._wal = path.with_name(path.name + "-wal")
+        # The most WAL a batch's commit wrote on this connection, as measured (``_fitted``).
+        self._largest_batch = 0
         self.page_size: int = page_size
         self._endpoint_keys: dict[str, int] = {}
         self._next_key = 1
@@ -741,9 +755,25 @@ class LogWriter(IndexWriter):
         self._forget_endpoints()
         self._recount()
         self.evicted_through_ms = evicted_through(self.positions())
+        self._checkpoint()  # what a crash left: the first batch's size is not known yet
 
     def close(self) -> None:
         self._sqlite.close()
+
+    def _checkpoint(self) -> None:
+        """Before a write that may take more than the half of ``WAL_LIMIT_BYTES`` a WAL about
+        to be checkpointed leaves it: it then begins the WAL again instead of going on past the
+        limit. A purge rewrites a page for nearly each row of the endpoint (its rows lie among
+        other endpoints'): some 50 MB at 10,000 attempts; an eviction round's rows are all over
+        the endpoint, event and delivery indexes: some 37 MB at a million attempts."""
+        self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def purge_endpoints(
+        self, endpoint_ids: Iterable[str], now_ms: int, positions: Positions = ()
+    ) -> None:
+        """As the base's, on a checkpointed WAL (``_checkpoint``)."""
+        self._checkpoint()
+        super().purge_endpoints(endpoint_ids, now_ms, positions)
 
     # --- endpoints ---------------------------------------------------------------------------
 
@@ -781,13 +811,39 @@ class LogWriter(IndexWriter):
 
     def _fitted(self, write: Callable[[], None]) -> None:
         """Write a batch; when it does not fit, evict the oldest and try once more. Below the
-        budget the disk itself may be full: then what the index holds now is what fits."""
+        budget the disk itself may be full: then what the index holds now is what fits.
+
+        The WAL checkpoints at ``WAL_CHECKPOINT_BYTES``, so a batch may land on a WAL holding
+        nearly that much; on a big index a batch of 5,000 writes 17-26 MB or more (a page per
+        endpoint and per random key it touches). When what the WAL holds and the largest batch
+        so far would pass ``WAL_LIMIT_BYTES``, the batch begins a checkpointed WAL instead
+        (a passive checkpoint: it never waits for readers; one reading through the commit keeps
+        the WAL from beginning again, and the commit is then appended)."""
+        before = self._wal_state()
+        if before[0] + self._largest_batch > WAL_LIMIT_BYTES:
+            self._checkpoint()
         try:
             self._transaction(write)
         except IndexFull:
             budget = self.max_pages * self.page_size
             self.make_room(int(BUDGET_LOW * min(budget, self.used_bytes())))
             self._transaction(write)  # IndexFull again: the caller backs off
+            return  # the rounds of eviction in between: no measure of the batch
+        self._largest_batch = max(self._largest_batch, self._wal_written(before))
+
+    def _wal_state(self) -> tuple[int, bytes]:
+        """The WAL file's size, and what in its header changes each time it begins again."""
+        try:
+            with self._wal.open("rb") as wal:
+                return os.fstat(wal.fileno()).st_size, wal.read(WAL_HEADER_BYTES)[WAL_GENERATION]
+        except FileNotFoundError:
+            return 0, b""
+
+    def _wal_written(self, before: tuple[int, bytes]) -> int:
+        """Bytes of WAL the last commit wrote: the file's growth, or, when the WAL began again
+        with it (its header changed), the whole file (cut back to it: journal_size_limit 0)."""
+        size, generation = self._wal_state()
+        return size if generation != before[1] else size - before[0]
 
     def _transaction(self, write: Callable[[], None]) -> None:
         """One transaction; on any failure nothing of it stays, in the file or in memory."""
@@ -834,6 +890,8 @@ class LogWriter(IndexWriter):
         """Evict the oldest rows across endpoints until at most ``target_bytes`` hold rows;
         returns how many rows went."""
         evicted = 0
+        if self.used_bytes() > target_bytes:
+            self._checkpoint()  # later rounds follow the autocheckpoint a big one crosses
         while self.used_bytes() > target_bytes:
             gone = self._evict_oldest(self._eviction_round())
             if gone == 0:
@@ -913,7 +971,7 @@ class IndexedLetter(NamedTuple):
     letter itself (its event, its history's records) is then freed at once. A batch's thousand
     letters kept whole until its transaction were walked by every young collection of the
     cyclic GC until promoted: 30-33 us of the writer a letter against 19-22 us at d7d6b0b,
-    19 us with the GC off (docs/performance.md, "The replay's duration")."""
+    19 us with the GC off (docs/performance-history.md, "The replay's duration")."""
 
     endpoint_id: str
     account_id: str
