@@ -761,11 +761,12 @@ class LogWriter(IndexWriter):
         self._sqlite.close()
 
     def _checkpoint(self) -> None:
-        """Before a write that may take more than the half of ``WAL_LIMIT_BYTES`` a WAL about
-        to be checkpointed leaves it: it then begins the WAL again instead of going on past the
-        limit. A purge rewrites a page for nearly each row of the endpoint (its rows lie among
-        other endpoints'): some 50 MB at 10,000 attempts; an eviction round's rows are all over
-        the endpoint, event and delivery indexes: some 37 MB at a million attempts."""
+        """A passive checkpoint (it never waits for readers), so that the next write begins
+        the WAL again instead of adding to what it holds. Run before writes that may take more
+        than half of ``WAL_LIMIT_BYTES``: a purge rewrites a page for nearly each row of the
+        endpoint (its rows lie among other endpoints'), some 50 MB at 10,000 attempts; an
+        eviction round's rows are all over the endpoint, event and delivery indexes, some 37 MB
+        at a million attempts."""
         self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def purge_endpoints(
