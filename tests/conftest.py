@@ -6,24 +6,44 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaError
 from hypothesis import settings
 
+from tests.support import services
 from tests.support.broker import PrivateBroker
 from tests.support.receiver import Receiver
 from tests.support.topics import delete_topics_of
 
 DELETE_TIMEOUT_S = 10.0
+# Lines of each service's log that go with a failed test's report.
+FAILURE_LOG_LINES = 80
 
 # No time limit per example: on the 2-core machine with a broker beside the suite, a first
 # example or a busy moment took longer than hypothesis's 200 ms default and failed a test that
 # checks what is computed, not how fast (speed is make bench's).
 settings.register_profile("clickhook", deadline=None)
 settings.load_profile("clickhook")
+
+
+def pytest_runtest_setup() -> None:
+    services.STARTED.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the logs of the services it started: a click that never
+    arrived in CI is otherwise a timeout and nothing more."""
+    report = yield
+    if report.failed:
+        for service in services.STARTED:
+            report.sections.append(
+                (f"{service.name} log ({service.log_path})", service.log_tail(FAILURE_LOG_LINES))
+            )
+    return report
 
 
 @pytest.fixture(name="kafka_bootstrap", scope="session")

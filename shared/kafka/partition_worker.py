@@ -413,6 +413,7 @@ class PartitionWorker:
         return max(HELD_STEP_MS, min(IDLE_POLL_MS, wakeup_ms))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("partitions_revoked", **_described(revoked))
         for tp in revoked:
             # Never started, so never committed: the next owner reads them again. Dropped
             # before the wait below: the loop runs on meanwhile, and a held record it started
@@ -431,6 +432,8 @@ class PartitionWorker:
             self._finished_before.pop(tp, None)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # A rebalance is when consuming stops: its start and end say how long that was.
+        log.info("partitions_assigned", **_described(assigned))
         # A rebalance clears aiokafka's pauses: re-apply backpressure on the next poll.
         self._backpressure = False
         for tp in assigned:
@@ -447,6 +450,11 @@ class PartitionWorker:
         if self._finished_before:
             count = sum(len(offsets) for offsets in self._finished_before.values())
             log.info("skipping_finished_records", partitions=len(assigned), records=count)
+
+
+def _described(partitions: set[TopicPartition]) -> dict[str, object]:
+    """A rebalance's partitions for a log line: how many, of which topics."""
+    return {"partitions": len(partitions), "topics": sorted({tp.topic for tp in partitions})}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -49,6 +49,11 @@ async def wait_ready(
     raise AssertionError(f"{name}: {url} not ready in {timeout_s}s:\n{log_tail()}")
 
 
+# The service processes started since the current test began: when the test fails, their logs
+# go with its report (tests/conftest.py), so a failure in CI shows what the services did.
+STARTED: list[ServiceProcess] = []
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -58,6 +63,8 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = field(default=None)
 
     def start(self) -> None:
+        if all(started is not self for started in STARTED):
+            STARTED.append(self)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"],
