@@ -18,15 +18,20 @@ from shared.model.envelopes import first_envelope
 from shared.model.errors import InvalidClick, InvalidClickReason
 from shared.model.filters import endpoint_wants
 from shared.model.messages import ClickEvent, DeliveryEnvelope, Endpoint, decode_stored_click
-from shared.model.topics import HEADER_ENDPOINT, Topics, header_value
+from shared.model.topics import HEADER_ENDPOINT, Topics, endpoints_at, header_value
 from shared.model.trace_context import TraceContext, from_record
 from shared.ops import metrics, tracing
 from shared.ops.logging import bind_delivery
-from shared.ops.metrics import Service
+from shared.ops.metrics import EndpointTableWaitOutcome, Service
 from shared.ops.settings import Settings
 
 SERVICE: Service = "dispatcher"
 UNDECODABLE_BATCH: InvalidClickReason = "undecodable_batch"
+# The longest a click waits for the endpoint table to read as far as ingest's had when it
+# accepted the click (``clickhook-endpoints-at``). The follower is a few milliseconds behind at
+# most when it is well; one that is not (its partition's leader unreachable from here alone)
+# costs each click this much, and the click then goes to the endpoints the table holds.
+ENDPOINT_TABLE_WAIT_S = 2.0
 log = structlog.get_logger(__name__)
 
 
@@ -62,6 +67,9 @@ class Dispatcher:
         except InvalidClick as exc:
             await self._set_aside(record, exc)
             return
+        stamp = endpoints_at(record.headers)
+        if stamp is not None and not self._endpoints.has_reached(stamp):
+            await self._wait_for_table(stamp)
         targets = self._targets(record, event)
         trace = from_record(record.headers)
         if len(targets) == 1:
@@ -70,6 +78,13 @@ class Dispatcher:
         elif targets:
             # gather wraps each in a task of its own, as bind_delivery requires.
             await asyncio.gather(*(self._deliver(endpoint, event, trace) for endpoint in targets))
+
+    async def _wait_for_table(self, stamp: int) -> None:
+        """Until the endpoint table has read what ingest's had read when it accepted the click:
+        an endpoint created just before is then one of the click's targets."""
+        reached = await self._endpoints.reached(stamp, ENDPOINT_TABLE_WAIT_S)
+        outcome: EndpointTableWaitOutcome = "reached" if reached else "timed_out"
+        metrics.ENDPOINT_TABLE_WAITS.labels(outcome=outcome).inc()
 
     def _targets(self, record: Record, event: ClickEvent) -> list[Endpoint]:
         """The account's endpoints that want the click; only the named one for a click

@@ -29,7 +29,7 @@ def create_app(base: ServiceBase, *, delivery_log: DeliveryLog | None = None) ->
     timers), else the settings' own."""
     settings = base.settings
     auth = Authenticator(settings.api_keys)
-    clicks = ClickIntake(settings, base.producer, auth)
+    clicks = ClickIntake(settings, base.producer, auth, base.endpoints)
     endpoints = EndpointApi(settings, base.endpoints, auth, base.producer)
     backfills = BackfillApi(settings, endpoints, base.endpoints, base.producer)
     replays = ReplayApi(settings, endpoints, base.producer, base.supervisor)

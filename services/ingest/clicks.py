@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from services.ingest.api_types import Accepted
 from services.ingest.auth import Authenticator, insufficient_scope
 from services.ingest.responses import RETRY_AFTER_S, ApiError, invalid, struct_response
+from shared.kafka.endpoint_store import EndpointStore
 from shared.model.errors import InvalidInput, Problem
 from shared.model.messages import (
     ClickEvent,
@@ -25,7 +26,7 @@ from shared.model.messages import (
     encode,
     validate_click,
 )
-from shared.model.topics import Topics
+from shared.model.topics import Topics, endpoints_at_headers
 from shared.model.trace_context import TraceContext, from_http
 from shared.ops import metrics, tracing
 from shared.ops.settings import Settings
@@ -74,10 +75,17 @@ def validate_all(items: list[Any], now: datetime) -> list[ClickEvent]:
 
 
 class ClickIntake:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        auth: Authenticator,
+        endpoints: EndpointStore,
+    ) -> None:
         self._settings = settings
         self._producer = producer
         self._auth = auth
+        self._endpoints = endpoints
         self._topic = Topics(settings.topic_prefix).clicks
         self._accepted = metrics.INGEST_EVENTS.labels(result="accepted", reason="")
         self._malformed = self._rejected("malformed")
@@ -123,10 +131,11 @@ class ClickIntake:
 
     async def _publish(self, events: list[ClickEvent], trace: TraceContext | None) -> None:
         """Each click's record carries the request's trace context (the publish span's when
-        tracing is on)."""
+        tracing is on) and how far the endpoint table had read (``clickhook-endpoints-at``)."""
         with tracing.publish_span(trace, topic=self._topic, events=len(events)) as span:
+            traced = [] if span.context is None else span.context.record_headers()
             await self._publish_traced(
-                events, [] if span.context is None else span.context.record_headers()
+                events, traced + endpoints_at_headers(self._endpoints.stamp())
             )
 
     async def _publish_traced(

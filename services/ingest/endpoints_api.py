@@ -217,6 +217,10 @@ class EndpointApi:
         # The delivery log's short health of an endpoint, shown by GET (set by create_app).
         self.delivery_summary: Callable[[str], Awaitable[msgspec.Struct | None]] | None = None
 
+    def stamp(self) -> int | None:
+        """How far the endpoint table has read, for a click published now (``EndpointStore``)."""
+        return self._store.stamp()
+
     def principal(self, request: web.Request) -> Principal:
         principal = self._auth.authenticate(request)
         if principal.account_id is None and not principal.is_admin:

@@ -109,6 +109,11 @@ class EndpointStore:
         self._end_offsets: dict[TopicPartition, int] = {}
         self.table = EndpointTable()
         self.loaded = asyncio.Event()
+        # How far the follower has read: its position, which also passes what records do not
+        # show (transaction markers, records compacted away), as last looked at.
+        self._position = 0
+        # Set and replaced each time the follower reads on: what ``reached`` waits for.
+        self._read_on = asyncio.Event()
 
     @property
     def writer_id(self) -> str:
@@ -130,6 +135,7 @@ class EndpointStore:
     async def follow(self) -> None:
         """Read to the end seen at start (then ``loaded`` is set), then follow; never returns."""
         await self._catch_up(self._end_offsets)
+        await self._note_position()
         self.loaded.set()
         log.info("endpoints_loaded", endpoints=len(self.table.all()))
         while True:
@@ -139,6 +145,44 @@ class EndpointStore:
                     self._apply_record(record.key, record.value, record.offset)
             if batches:
                 self._update_gauge()
+            else:
+                await self._note_position()
+            self._pulse()
+
+    # --- how far the table has read ----------------------------------------------------------
+
+    def stamp(self) -> int | None:
+        """What a click accepted now carries as ``clickhook-endpoints-at``: the offset past the
+        newest record the table holds (its own writes included, read-your-writes). None when
+        the topic has more than its one partition (an offset would not say how far)."""
+        if len(self._assignment) != 1:
+            return None
+        return self.table.records_through
+
+    def has_reached(self, stamp: int) -> bool:
+        """Has the table read every record before ``stamp``?"""
+        return max(self.table.records_through, self._position) >= stamp
+
+    async def reached(self, stamp: int, timeout_s: float) -> bool:
+        """Wait until the table has read every record before ``stamp``; False when it has not
+        within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.has_reached(stamp):
+                    await self._read_on.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _note_position(self) -> None:
+        """Look at the follower's position: an idle poll is when markers and gaps are passed
+        without a record to show for it."""
+        if len(self._assignment) == 1:
+            self._position = await self._consumer.position(self._assignment[0])
+
+    def _pulse(self) -> None:
+        self._read_on.set()
+        self._read_on = asyncio.Event()
 
     # --- writes ------------------------------------------------------------------------------
 

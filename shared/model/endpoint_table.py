@@ -97,10 +97,13 @@ class EndpointTable:
         # Kept as endpoints come and go: the gauge reads it after every write, and counting
         # a table of 100,000 at each would make a bulk import quadratic.
         self._enabled = 0
+        # The offset past the newest record applied, whether it changed the table or not.
+        self.records_through = 0
 
     def apply(self, endpoint_id: str, endpoint: Endpoint | None, offset: int) -> bool:
         """Apply the record at ``offset`` (None: a tombstone); False if an equal or newer one
         is held. The endpoint is kept with ``version=offset``."""
+        self.records_through = max(self.records_through, offset + 1)
         previous = self._by_id.get(endpoint_id)
         last = previous.version if previous is not None else self._deleted.get(endpoint_id, -1)
         if last >= offset:

@@ -29,6 +29,11 @@ HEADER_SOURCE = "clickhook-source"
 HEADER_DUE_AT_MS = "clickhook-due-at-ms"
 # On a ``clicks`` record: deliver it to this endpoint only, whatever its filters (test events).
 HEADER_ENDPOINT = "clickhook-endpoint"
+# On a ``clicks`` record ingest accepted: how far its endpoint table had read ``webhook.endpoints``
+# (the offset past the newest record it held). The dispatcher routes the click with a table read
+# at least as far, so an endpoint whose create (or change) was answered before the click was
+# accepted sees the click.
+HEADER_ENDPOINTS_AT = "clickhook-endpoints-at"
 
 
 def header_value(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None:
@@ -40,6 +45,20 @@ def header_value(headers: Iterable[tuple[str, bytes | None]], name: str) -> str 
             except UnicodeDecodeError:
                 return None
     return None
+
+
+def endpoints_at_headers(stamp: int | None) -> list[tuple[str, bytes]]:
+    """A click's ``clickhook-endpoints-at`` header; none without a stamp."""
+    return [] if stamp is None else [(HEADER_ENDPOINTS_AT, str(stamp).encode())]
+
+
+def endpoints_at(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
+    """The ``clickhook-endpoints-at`` offset of a click; None when absent or not an offset (a
+    producer of its own may set anything: the click is then routed as one without it)."""
+    value = header_value(headers, HEADER_ENDPOINTS_AT)
+    if value is None or not value.isdigit() or not value.isascii():
+        return None
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)

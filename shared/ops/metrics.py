@@ -32,6 +32,7 @@ INGEST_CLICKS_ROUTE = "/v1/clicks"
 MALFORMED_ENVELOPE = "malformed_envelope"
 DeadLetterLabel = DeadLetterReason | Literal["malformed_envelope"]
 OperationalEventResult = Literal["published", "failed"]
+EndpointTableWaitOutcome = Literal["reached", "timed_out"]
 
 LATENCY_BUCKETS_S = (
     0.005,
@@ -138,6 +139,12 @@ ATTEMPT_LOG_DROPPED = Counter(
     "Delivery log records not written to webhook.attempts: full (too many waiting while the "
     "broker was slow or away) or send_failed; deliveries are not affected",
     ["service", "reason"],
+)
+ENDPOINT_TABLE_WAITS = Counter(
+    "clickhook_endpoint_table_waits_total",
+    "Clicks that waited for the dispatcher's endpoint table to read as far as ingest's had when "
+    "it accepted them, by outcome (timed_out: routed after the wait with the table as it was)",
+    ["outcome"],
 )
 CAPS_SHARE = Gauge(
     "clickhook_caps_share_ratio",
@@ -261,6 +268,7 @@ def _initialise_delivery(service: Service, settings: Settings) -> None:
         group = topics.group(DISPATCHER_GROUP)
         produced_to.append(topics.clicks_invalid)
         zero(INVALID_RECORDS, reason=literal_values(InvalidClickReason))
+        zero(ENDPOINT_TABLE_WAITS, outcome=literal_values(EndpointTableWaitOutcome))
     else:
         group = topics.group(RETRY_GROUP)
         dead_letter_reasons = literal_values(DeadLetterLabel)

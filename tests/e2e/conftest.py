@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.services import ServiceProcess, free_port, launch, service_env
 
@@ -126,20 +127,36 @@ class Pipeline:
         service.start()
         return service
 
-    async def produce_clicks(self, events: list[dict[str, Any]]) -> None:
+    async def produce_clicks(
+        self, events: list[dict[str, Any]], headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         """Straight to the ``clicks`` topic, as a shortener may do."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True)
         await producer.start()
         try:
             futures = [
                 await producer.send(
-                    self.topic("clicks"), key=e["link"]["id"].encode(), value=orjson.dumps(e)
+                    self.topic("clicks"),
+                    key=e["link"]["id"].encode(),
+                    value=orjson.dumps(e),
+                    headers=headers,
                 )
                 for e in events
             ]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
+
+    async def metric(self, service: str, name: str, **labels: str) -> float:
+        """One sample of a service's /metrics (0 when it has none)."""
+        port = self.services[service].port
+        async with self.session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return float(sample.value)
+        return 0.0
 
     def logs(self) -> str:
         return "\n".join(

@@ -74,6 +74,19 @@ def test_an_endpoints_version_is_the_offset_of_its_record(table: EndpointTable) 
     assert held.version == 9
 
 
+def test_records_through_is_past_the_newest_record_applied_or_ignored(
+    table: EndpointTable,
+) -> None:
+    """What a click's ``clickhook-endpoints-at`` stamp says: every record before it is read,
+    tombstones and records a newer one made moot included."""
+    assert table.records_through == 0
+    table.apply("ep_1", _endpoint("ep_1"), 4)
+    table.apply("ep_2", None, 7)
+    assert table.records_through == 8
+    table.apply("ep_1", _endpoint("ep_1"), 2)  # older than what is held: ignored
+    assert table.records_through == 8
+
+
 def test_apply_replaces_with_a_newer_record(table: EndpointTable) -> None:
     table.apply("ep_1", _endpoint(), offset=1)
     newer = _endpoint(url="https://hooks.example.com/v2")

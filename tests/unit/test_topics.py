@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.model.schedule import parse_duration_s, parse_schedule
-from shared.model.topics import DISPATCHER_GROUP, RETRY_GROUP, Topics
+from shared.model.topics import (
+    DISPATCHER_GROUP,
+    HEADER_ENDPOINTS_AT,
+    RETRY_GROUP,
+    Topics,
+    endpoints_at,
+    endpoints_at_headers,
+)
 
 KAFKA_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 _prefixes = st.text(alphabet=KAFKA_NAME_CHARS, max_size=12)
@@ -113,3 +120,22 @@ def test_retry_topic_names_round_trip_to_their_delay(prefix: str, delay_ms: int)
 def test_retry_pattern_keeps_deployments_apart(prefix: str, other: str, delay_ms: int) -> None:
     matched = re.match(Topics(prefix).retry_pattern, Topics(other).retry(delay_ms / 1000))
     assert (matched is not None) == (prefix == other)
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_an_endpoints_at_stamp_round_trips(stamp: int) -> None:
+    assert endpoints_at(endpoints_at_headers(stamp)) == stamp
+
+
+def test_no_stamp_no_header() -> None:
+    assert endpoints_at_headers(None) == []
+    assert endpoints_at([("traceparent", b"00-ab")]) is None
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"-1", b"1.5", b" 7", b"seven", "\uff17".encode(), b"\xff", None]
+)
+def test_a_stamp_that_is_not_an_offset_reads_as_none(value: bytes | None) -> None:
+    """A producer of the shortener's own may set the header to anything: the click is then
+    routed as one without it."""
+    assert endpoints_at([(HEADER_ENDPOINTS_AT, value)]) is None

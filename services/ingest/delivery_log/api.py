@@ -40,7 +40,7 @@ from shared.model.formats import TEST_LINK_ID, sample_click
 from shared.model.messages import Endpoint, encode
 from shared.model.signing import webhook_id
 from shared.model.times import to_ms
-from shared.model.topics import HEADER_ENDPOINT, Topics
+from shared.model.topics import HEADER_ENDPOINT, Topics, endpoints_at_headers
 from shared.ops.settings import Settings
 from shared.ops.supervision import Supervisor
 
@@ -294,7 +294,10 @@ class DeliveryLogApi:
             self._clicks_topic,
             key=TEST_LINK_ID.encode(),
             value=encode(event),
-            headers=[(HEADER_ENDPOINT, endpoint.id.encode())],
+            headers=[
+                (HEADER_ENDPOINT, endpoint.id.encode()),
+                *endpoints_at_headers(self._endpoints.stamp()),
+            ],
         )
         return SentTestEvent(
             endpoint_id=endpoint.id, event_id=event_id, webhook_id=webhook_id(event_id, endpoint.id)
