@@ -148,15 +148,16 @@ class Pipeline:
             await producer.stop()
 
     async def metric(self, service: str, name: str, **labels: str) -> float:
-        """One sample of a service's /metrics (0 when it has none)."""
+        """The sum of a service's samples of ``name`` that carry ``labels`` (0: none)."""
         port = self.services[service].port
         async with self.session.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    return float(sample.value)
-        return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def logs(self) -> str:
         return "\n".join(

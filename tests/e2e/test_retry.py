@@ -13,7 +13,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 from shared.model.messages import DeliveryEnvelope, decode_dead_letter, encode
@@ -194,16 +193,9 @@ async def test_breaker_opens_after_failures_and_a_probe_closes_it(
 
 async def scrape_counter(pipeline: Pipeline, name: str, **labels: str) -> float:
     """The sum over dispatcher and retry of the samples of ``name`` that carry ``labels``."""
-    total = 0.0
-    for service in ("dispatcher", "retry"):
-        port = pipeline.services[service].port
-        async with pipeline.session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-    return total
+    return sum(
+        [await pipeline.metric(service, name, **labels) for service in ("dispatcher", "retry")]
+    )
 
 
 async def test_envelope_in_a_tier_of_an_older_schedule_is_not_stranded(
