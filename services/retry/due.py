@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.model.topics import HEADER_DUE_AT_MS, header_value
+from shared.model.topics import HEADER_DUE_AT_MS, header_int
 
 
 def due_at_ms_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
-    value = header_value(headers, HEADER_DUE_AT_MS)
-    if value is None or not (value.isascii() and value.isdigit()):
-        return None
-    return int(value)
+    return header_int(headers, HEADER_DUE_AT_MS)

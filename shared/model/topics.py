@@ -34,6 +34,9 @@ HEADER_ENDPOINT = "clickhook-endpoint"
 # at least as far, so an endpoint whose create (or change) was answered before the click was
 # accepted sees the click.
 HEADER_ENDPOINTS_AT = "clickhook-endpoints-at"
+# Offsets and epoch milliseconds are 64-bit integers: no more digits than this. A longer value is
+# not one (and Python refuses to convert past 4,300 digits: the record would fail each time).
+MAX_INT64_DIGITS = 19
 
 
 def header_value(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None:
@@ -52,13 +55,21 @@ def endpoints_at_headers(stamp: int | None) -> list[tuple[str, bytes]]:
     return [] if stamp is None else [(HEADER_ENDPOINTS_AT, str(stamp).encode())]
 
 
+def header_int(headers: Iterable[tuple[str, bytes | None]], name: str) -> int | None:
+    """A header's value as a non-negative decimal integer of 64 bits at most; None when absent
+    or not one (a producer may set anything)."""
+    value = header_value(headers, name)
+    if value is None or len(value) > MAX_INT64_DIGITS:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 def endpoints_at(headers: Iterable[tuple[str, bytes | None]]) -> int | None:
     """The ``clickhook-endpoints-at`` offset of a click; None when absent or not an offset (a
     producer of its own may set anything: the click is then routed as one without it)."""
-    value = header_value(headers, HEADER_ENDPOINTS_AT)
-    if value is None or not value.isdigit() or not value.isascii():
-        return None
-    return int(value)
+    return header_int(headers, HEADER_ENDPOINTS_AT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,3 +91,22 @@ async def test_ingest_stamps_clicks_and_test_events_past_the_endpoint_it_answere
     assert [endpoints_at(record.headers) for record in clicks] == [offset + 1, offset + 1]
     await receiver.wait_for(2, timeout_s=10)
     assert await pipeline.metric("dispatcher", WAITS, outcome="timed_out") == 0
+
+
+async def test_a_stamp_that_is_not_an_offset_is_ignored_not_fatal(
+    start_pipeline: StartPipeline, receiver: Receiver
+) -> None:
+    """A producer of the shortener's own may set the header to anything: 5,000 digits (more
+    than Python converts) neither stall the partition nor delay the click."""
+    pipeline = await start_pipeline()
+    await pipeline.create_endpoint(receiver.url())
+
+    await pipeline.produce_clicks(
+        [make_click("evt_hostile", account_id=ACCOUNT_ID)],
+        headers=[(HEADER_ENDPOINTS_AT, b"9" * 5000)],
+    )
+    await pipeline.produce_clicks([make_click("evt_after", account_id=ACCOUNT_ID)])
+    await receiver.wait_for(2, timeout_s=10)
+
+    assert await pipeline.metric("dispatcher", WAITS) == 0
+    assert "record_handler_failed" not in pipeline.logs()

@@ -18,7 +18,9 @@ def test_due_at_is_none_without_the_header() -> None:
     assert due_at_ms_from_headers([("clickhook-source", b"dispatcher")]) is None
 
 
-@pytest.mark.parametrize("value", [b"", b"soon", b"1.5e12", b"\xff"])
+@pytest.mark.parametrize(
+    "value", [b"", b"soon", b"1.5e12", b"\xff", b"1" * 20, b"9" * 5000], ids=lambda v: v[:8]
+)
 def test_due_at_is_none_for_a_malformed_value(value: bytes) -> None:
     assert due_at_ms_from_headers([(HEADER_DUE_AT_MS, value)]) is None
 

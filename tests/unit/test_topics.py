@@ -133,7 +133,9 @@ def test_no_stamp_no_header() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [b"", b"-1", b"1.5", b" 7", b"seven", "\uff17".encode(), b"\xff", None]
+    "value",
+    [b"", b"-1", b"1.5", b" 7", b"seven", "\uff17".encode(), b"\xff", None, b"1" * 20, b"9" * 5000],
+    ids=lambda v: repr(v)[:12],
 )
 def test_a_stamp_that_is_not_an_offset_reads_as_none(value: bytes | None) -> None:
     """A producer of the shortener's own may set the header to anything: the click is then
